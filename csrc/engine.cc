@@ -1,0 +1,537 @@
+#include "engine.h"
+
+#include <time.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "status.h"
+
+namespace tfdump {
+namespace {
+
+constexpr size_t kChunkBytes = 1u << 20;       // per-stripe copy buffer
+constexpr size_t kMaxChunkedCopy = 256u << 10;  // larger copies get their own block
+
+int64_t NowUs() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
+}
+
+// Each producer thread sticks to one stripe, so its records keep their order
+// within the stripe and threads rarely share a lock.
+unsigned ThreadStripe() {
+  static std::atomic<unsigned> next{0};
+  thread_local unsigned mine = next.fetch_add(1);
+  return mine;
+}
+
+void FreeBlock(void* p) { std::free(p); }
+
+uint32_t ApiInternKey(void* e, const char* device, size_t device_len, const char* node, size_t node_len,
+                      int32_t slot, const char* op, size_t op_len) {
+  return static_cast<Engine*>(e)->InternKey(device, device_len, node, node_len, slot, op, op_len);
+}
+int ApiSubmit(void* e, const tfdump_tensor_in* in) { return static_cast<Engine*>(e)->Submit(*in); }
+
+constexpr uint32_t kNonNumericFlags = TFDUMP_FLAG_STRING | TFDUMP_FLAG_VARIANT | TFDUMP_FLAG_RESOURCE;
+
+}  // namespace
+
+// A reference-counted copy buffer: records copied into it hold one reference
+// each, the stripe holds one while the chunk is current.
+struct Engine::Chunk {
+  std::atomic<int> refs{1};
+  size_t cap = 0, used = 0;
+  uint8_t* bytes() { return reinterpret_cast<uint8_t*>(this + 1); }
+  static Chunk* New(size_t cap) {
+    void* mem = std::malloc(sizeof(Chunk) + cap);
+    if (mem == nullptr) return nullptr;
+    Chunk* c = new (mem) Chunk;
+    c->cap = cap;
+    return c;
+  }
+  static void Release(void* p) {
+    Chunk* c = static_cast<Chunk*>(p);
+    if (c->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      c->~Chunk();
+      std::free(c);
+    }
+  }
+};
+
+Engine::Engine(const EngineOptions& options) : options_(options) {
+  if (options_.workers < 1) options_.workers = 1;
+  if (options_.frame_bytes < 4096) options_.frame_bytes = 4096;
+  api_.api_version = TFDUMP_ENGINE_API_VERSION;
+  api_.engine = this;
+  api_.intern_key = &ApiInternKey;
+  api_.submit = &ApiSubmit;
+  api_.zero_copy_threshold = options_.zero_copy_threshold;
+  emitted_keys_.resize(options_.workers);
+}
+
+Engine::~Engine() {
+  for (Stripe& s : stripes_) {
+    std::lock_guard<std::mutex> lk(s.mu);
+    for (Record& r : s.records) ReleaseRecord(r);
+    s.records.clear();
+    if (s.chunk != nullptr) Chunk::Release(s.chunk);
+    s.chunk = nullptr;
+  }
+}
+
+uint32_t Engine::InternKey(const char* device, size_t device_len, const char* node, size_t node_len, int32_t slot,
+                           const char* debug_op, size_t debug_op_len) {
+  std::string composite;
+  composite.reserve(device_len + node_len + debug_op_len + 16);
+  composite.append(device, device_len).push_back('\0');
+  composite.append(node, node_len).push_back('\0');
+  composite.append(debug_op, debug_op_len).push_back('\0');
+  composite.append(std::to_string(slot));
+  {
+    std::shared_lock<std::shared_mutex> lk(keys_mu_);
+    auto it = key_ids_.find(composite);
+    if (it != key_ids_.end()) return it->second;
+  }
+  std::unique_lock<std::shared_mutex> lk(keys_mu_);
+  auto it = key_ids_.find(composite);
+  if (it != key_ids_.end()) return it->second;
+  const uint32_t id = static_cast<uint32_t>(keys_.size());
+  keys_.push_back(KeyInfo{slot, std::string(device, device_len), std::string(node, node_len),
+                          std::string(debug_op, debug_op_len)});
+  key_ids_.emplace(std::move(composite), id);
+  return id;
+}
+
+void Engine::BeginRun(uint32_t run_id) {
+  RunState& run = runs_[run_id % kRunRing];
+  run.open.store(false, std::memory_order_release);
+  run.seq = 0;
+  run.tensors = 0;
+  run.bytes = 0;
+  run.dropped_tensors = 0;
+  run.dropped_bytes = 0;
+  run.run_id.store(run_id, std::memory_order_release);
+  run.open.store(true, std::memory_order_release);
+}
+
+RunCounters Engine::EndRun(uint32_t run_id) {
+  RunState& run = runs_[run_id % kRunRing];
+  RunCounters c;
+  if (run.run_id.load() != run_id) return c;
+  run.open.store(false, std::memory_order_release);
+  c.tensors = run.tensors.load();
+  c.bytes = run.bytes.load();
+  c.dropped_tensors = run.dropped_tensors.load();
+  c.dropped_bytes = run.dropped_bytes.load();
+  Kick();  // the run's last partial frame goes out now
+  return c;
+}
+
+bool Engine::ReserveBudget(uint64_t charge) {
+  uint64_t cur = queued_bytes_.load(std::memory_order_relaxed);
+  for (;;) {
+    // An empty queue always admits one record, however large: TF already
+    // holds that memory, and refusing it could only deadlock.
+    if (cur == 0 || cur + charge <= options_.queue_bytes) {
+      if (queued_bytes_.compare_exchange_weak(cur, cur + charge, std::memory_order_acq_rel)) {
+        uint64_t hw = high_water_.load(std::memory_order_relaxed);
+        while (cur + charge > hw && !high_water_.compare_exchange_weak(hw, cur + charge)) {
+        }
+        return true;
+      }
+      continue;
+    }
+    if (options_.policy == Backpressure::kDrop || shutdown_.load() || error_.load() != kOk) return false;
+    {
+      std::unique_lock<std::mutex> lk(budget_mu_);
+      budget_waiters_.fetch_add(1);
+      // Bounded waits: a lost wake-up can only cost 20 ms, never a hang.
+      budget_cv_.wait_for(lk, std::chrono::milliseconds(20), [&] {
+        const uint64_t q = queued_bytes_.load();
+        return q == 0 || q + charge <= options_.queue_bytes || shutdown_.load() || error_.load() != kOk;
+      });
+      budget_waiters_.fetch_sub(1);
+    }
+    cur = queued_bytes_.load(std::memory_order_relaxed);
+  }
+}
+
+void Engine::ReleaseBudget(uint64_t charge) {
+  queued_bytes_.fetch_sub(charge, std::memory_order_acq_rel);
+  if (budget_waiters_.load() > 0) {
+    std::lock_guard<std::mutex> lk(budget_mu_);
+    budget_cv_.notify_all();
+  }
+}
+
+void Engine::CountDrop(RunState* run, uint64_t bytes) {
+  if (run != nullptr) {
+    run->dropped_tensors.fetch_add(1, std::memory_order_relaxed);
+    run->dropped_bytes.fetch_add(bytes, std::memory_order_relaxed);
+  }
+  st_dropped_.fetch_add(1, std::memory_order_relaxed);
+  st_dropped_bytes_.fetch_add(bytes, std::memory_order_relaxed);
+}
+
+void Engine::ReleaseRecord(Record& r) {
+  if (r.release != nullptr && r.owner != nullptr) r.release(r.owner);
+  r.release = nullptr;
+  r.owner = nullptr;
+}
+
+int Engine::Submit(const tfdump_tensor_in& in) {
+  RunState& run = runs_[in.run_id % kRunRing];
+  const int64_t arrival_us = in.wall_us != 0 ? in.wall_us : NowUs();
+  auto release_input = [&] {
+    if (in.owner != nullptr && in.release != nullptr) in.release(in.owner);
+  };
+  if (!run.open.load(std::memory_order_acquire) || run.run_id.load(std::memory_order_acquire) != in.run_id) {
+    release_input();
+    return TFDUMP_SUBMIT_BAD_RUN;
+  }
+  // The sequence number is taken on arrival, before any backpressure wait, so
+  // it is the exact order in which the debug ops handed tensors over.
+  const uint64_t seq = run.seq.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t charge = in.charge_bytes != 0 ? in.charge_bytes : in.size;
+
+  if (options_.discard) {
+    run.tensors.fetch_add(1, std::memory_order_relaxed);
+    run.bytes.fetch_add(in.size, std::memory_order_relaxed);
+    st_tensors_.fetch_add(1, std::memory_order_relaxed);
+    st_bytes_.fetch_add(in.size, std::memory_order_relaxed);
+    release_input();
+    return TFDUMP_SUBMIT_OK;
+  }
+  if (shutdown_.load() || error_.load() != kOk || !ReserveBudget(charge)) {
+    CountDrop(&run, in.size);
+    release_input();
+    return TFDUMP_SUBMIT_DROPPED;
+  }
+
+  Record r;
+  r.run_id = in.run_id;
+  r.key_id = in.key_id;
+  r.seq = seq;
+  r.wall_us = arrival_us;
+  r.dtype = in.dtype;
+  r.flags = in.flags;
+  r.elem_size = in.elem_size;
+  if (in.ndims > 0 && in.dims != nullptr) r.dims.assign(in.dims, in.dims + in.ndims);
+  r.size = in.size;
+  r.encode = in.encode;
+  r.charge = charge;
+  r.owner = in.owner;
+  r.release = in.release;
+  r.data = static_cast<const uint8_t*>(in.data);
+
+  Stripe& stripe = stripes_[ThreadStripe() % kStripes];
+  const bool copy = in.owner == nullptr && in.encode == nullptr && in.size > 0;
+  if (copy && in.size > kMaxChunkedCopy) {
+    void* block = std::malloc(in.size);
+    if (block == nullptr) {
+      ReleaseBudget(charge);
+      CountDrop(&run, in.size);
+      return TFDUMP_SUBMIT_DROPPED;
+    }
+    std::memcpy(block, in.data, in.size);
+    r.data = static_cast<const uint8_t*>(block);
+    r.owner = block;
+    r.release = &FreeBlock;
+  }
+  {
+    std::lock_guard<std::mutex> lk(stripe.mu);
+    if (copy && in.size <= kMaxChunkedCopy) {
+      if (stripe.chunk == nullptr || stripe.chunk->used + in.size > stripe.chunk->cap) {
+        if (stripe.chunk != nullptr) Chunk::Release(stripe.chunk);
+        stripe.chunk = Chunk::New(kChunkBytes);
+        if (stripe.chunk == nullptr) {
+          ReleaseBudget(charge);
+          CountDrop(&run, in.size);
+          return TFDUMP_SUBMIT_DROPPED;
+        }
+      }
+      Chunk* c = stripe.chunk;
+      uint8_t* dst = c->bytes() + c->used;
+      std::memcpy(dst, in.data, in.size);
+      c->used += (in.size + 7) & ~size_t(7);
+      c->refs.fetch_add(1, std::memory_order_relaxed);
+      r.data = dst;
+      r.owner = c;
+      r.release = &Chunk::Release;
+    }
+    stripe.records.push_back(std::move(r));
+  }
+  run.tensors.fetch_add(1, std::memory_order_relaxed);
+  run.bytes.fetch_add(in.size, std::memory_order_relaxed);
+  st_tensors_.fetch_add(1, std::memory_order_relaxed);
+  st_bytes_.fetch_add(in.size, std::memory_order_relaxed);
+  outstanding_.fetch_add(1, std::memory_order_acq_rel);
+  pending_records_.fetch_add(1, std::memory_order_acq_rel);
+  const uint64_t pending = pending_bytes_.fetch_add(in.size, std::memory_order_acq_rel) + in.size;
+  // Wake a worker only when a full frame is waiting: a notify per tensor
+  // would be a futex call per tensor.
+  if (pending >= options_.frame_bytes && pending - in.size < options_.frame_bytes && idle_workers_.load() > 0) {
+    std::lock_guard<std::mutex> lk(work_mu_);
+    work_cv_.notify_one();
+  }
+  return TFDUMP_SUBMIT_OK;
+}
+
+void Engine::Kick() {
+  kicks_.fetch_add(1, std::memory_order_acq_rel);
+  std::lock_guard<std::mutex> lk(work_mu_);
+  work_cv_.notify_all();
+}
+
+namespace {
+
+struct BlobRef {
+  const uint8_t* data;
+  size_t size;
+  uint32_t elem_size;
+  Hash128 hash;
+};
+
+// A record's payload after deferred encoding, with its hashes.
+struct Prepared {
+  std::string encoded;  // main payload produced by an encoder
+  const uint8_t* main = nullptr;
+  size_t main_len = 0;
+  Hash128 main_hash{0, 0};
+  std::vector<BlobRef> blobs;
+  bool failed = false;
+};
+
+void SinkAppend(tfdump_encode_sink* sink, const void* data, size_t size) {
+  static_cast<Prepared*>(sink->impl)->encoded.append(static_cast<const char*>(data), size);
+}
+uint32_t SinkAddBlob(tfdump_encode_sink* sink, const void* data, size_t size, uint32_t elem_size) {
+  auto* p = static_cast<Prepared*>(sink->impl);
+  p->blobs.push_back(BlobRef{static_cast<const uint8_t*>(data), size, elem_size, Hash128{0, 0}});
+  return static_cast<uint32_t>(p->blobs.size() - 1);
+}
+
+}  // namespace
+
+void Engine::StoreBlob(Frame* frame, const Hash128& h, const uint8_t* p, size_t n, uint32_t elem_size, bool numeric,
+                       std::unordered_set<Hash128, Hash128Hasher>* frame_hashes) {
+  if (!frame_hashes->insert(h).second) {
+    st_deduped_.fetch_add(n, std::memory_order_relaxed);
+    return;
+  }
+  const uint64_t offset = frame->data.size();
+  const bool shuffle = options_.shuffle && numeric && elem_size > 1 && elem_size <= 16 && n >= elem_size;
+  frame->data.resize(offset + n);
+  if (shuffle) {
+    Shuffle(p, n, elem_size, frame->data.data() + offset);
+  } else {
+    std::memcpy(frame->data.data() + offset, p, n);
+  }
+  frame->table.Blob(h, n, offset, shuffle ? kFilterShuffle : kFilterNone, shuffle ? uint8_t(elem_size) : uint8_t(0));
+  frame->new_hashes.push_back(h);
+  st_stored_.fetch_add(n, std::memory_order_relaxed);
+}
+
+std::unique_ptr<Frame> Engine::NextFrame(int worker, int timeout_ms, bool* finished) {
+  *finished = false;
+  if (worker < 0 || worker >= options_.workers) return nullptr;
+  static thread_local uint64_t seen_kicks = 0;
+  {
+    std::unique_lock<std::mutex> lk(work_mu_);
+    auto ready = [&] {
+      return pending_bytes_.load() >= options_.frame_bytes ||
+             (pending_records_.load() > 0 && kicks_.load() != seen_kicks) || shutdown_.load();
+    };
+    idle_workers_.fetch_add(1);
+    work_cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms), ready);
+    idle_workers_.fetch_sub(1);
+  }
+  seen_kicks = kicks_.load();
+  if (pending_records_.load() == 0) {
+    if (shutdown_.load() && outstanding_.load() == 0) *finished = true;
+    return nullptr;
+  }
+
+  auto frame = std::make_unique<Frame>();
+  frame->worker = worker;
+  uint64_t bytes = 0;
+  const unsigned start = next_stripe_.fetch_add(1, std::memory_order_relaxed);
+  for (size_t i = 0; i < kStripes && bytes < options_.frame_bytes; ++i) {
+    Stripe& s = stripes_[(start + i) % kStripes];
+    std::lock_guard<std::mutex> lk(s.mu);
+    while (!s.records.empty() && bytes < options_.frame_bytes) {
+      Record& r = s.records.front();
+      if (!frame->records.empty() && bytes + r.size > options_.frame_bytes) break;
+      bytes += r.size;
+      frame->records.push_back(std::move(r));
+      s.records.pop_front();
+    }
+  }
+  pending_records_.fetch_sub(frame->records.size(), std::memory_order_acq_rel);
+  pending_bytes_.fetch_sub(bytes, std::memory_order_acq_rel);
+  if (frame->records.empty()) return nullptr;
+
+  // Pass 1, no locks held: run deferred encoders and hash every payload.
+  std::vector<Prepared> prepared(frame->records.size());
+  for (size_t i = 0; i < frame->records.size(); ++i) {
+    Record& r = frame->records[i];
+    Prepared& p = prepared[i];
+    frame->charge += r.charge;
+    if (r.encode != nullptr) {
+      tfdump_encode_sink sink{&p, &SinkAppend, &SinkAddBlob};
+      if (r.encode(r.owner, &sink) != 0) {
+        p.failed = true;
+        frame->encode_failures.push_back(LateDrop{r.run_id, 1, r.size, kInternal});
+        continue;
+      }
+      p.main = reinterpret_cast<const uint8_t*>(p.encoded.data());
+      p.main_len = p.encoded.size();
+    } else {
+      p.main = r.data;
+      p.main_len = r.size;
+    }
+    if (p.main_len > 0) p.main_hash = HashBytes(p.main, p.main_len);
+    for (BlobRef& b : p.blobs) b.hash = HashBytes(b.data, b.size);
+  }
+
+  // Pass 2: one lock to learn which payloads earlier frames already hold.
+  std::unordered_set<Hash128, Hash128Hasher> frame_hashes;
+  {
+    std::lock_guard<std::mutex> lk(dedup_mu_);
+    auto seen = [&](const Hash128& h) {
+      if (committed_.count(h) != 0) frame_hashes.insert(h);
+    };
+    for (const Prepared& p : prepared) {
+      if (p.failed) continue;
+      if (p.main_len > 0) seen(p.main_hash);
+      for (const BlobRef& b : p.blobs) seen(b.hash);
+    }
+  }
+  const size_t already_stored = frame_hashes.size();
+  (void)already_stored;
+
+  // Pass 3: lay out the table and the data block.
+  std::vector<bool>& emitted = emitted_keys_[worker];
+  std::vector<Hash128> blob_hashes;
+  for (size_t i = 0; i < frame->records.size(); ++i) {
+    Record& r = frame->records[i];
+    Prepared& p = prepared[i];
+    if (p.failed) continue;
+    if (r.key_id >= emitted.size()) emitted.resize(r.key_id + 1, false);
+    if (!emitted[r.key_id]) {
+      std::shared_lock<std::shared_mutex> lk(keys_mu_);
+      if (r.key_id < keys_.size()) {
+        const KeyInfo& k = keys_[r.key_id];
+        frame->table.KeyDef(r.key_id, k.slot, k.device, k.node, k.debug_op);
+        emitted[r.key_id] = true;
+      }
+    }
+    const bool numeric = (r.flags & kNonNumericFlags) == 0;
+    if (p.main_len > 0) StoreBlob(frame.get(), p.main_hash, p.main, p.main_len, r.elem_size, numeric, &frame_hashes);
+    blob_hashes.clear();
+    for (const BlobRef& b : p.blobs) {
+      StoreBlob(frame.get(), b.hash, b.data, b.size, b.elem_size, true, &frame_hashes);
+      blob_hashes.push_back(b.hash);
+    }
+    frame->table.Tensor(r.run_id, r.seq, r.wall_us, r.key_id, r.dtype, static_cast<uint16_t>(r.flags),
+                        r.dims.data(), static_cast<int>(r.dims.size()), p.main_hash, p.main_len, blob_hashes.data(),
+                        static_cast<uint32_t>(blob_hashes.size()));
+    ++frame->n_tensors;
+  }
+  return frame;
+}
+
+void Engine::CommitFrame(std::unique_ptr<Frame> frame, int status, uint64_t stored_bytes) {
+  (void)stored_bytes;
+  if (status == kOk) {
+    std::lock_guard<std::mutex> lk(dedup_mu_);
+    // Bounded memory: past the cap, start over (costs duplicates, never data).
+    if (committed_.size() + frame->new_hashes.size() > options_.dedup_max_entries) committed_.clear();
+    committed_.insert(frame->new_hashes.begin(), frame->new_hashes.end());
+    st_written_.fetch_add(frame->n_tensors, std::memory_order_relaxed);
+    st_frames_.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    // The frame never reached the disk: its key definitions must be written
+    // again, and its tensors are lost and counted per run.
+    emitted_keys_[frame->worker].clear();
+    std::unordered_map<uint32_t, LateDrop> per_run;
+    for (const Record& r : frame->records) {
+      LateDrop& d = per_run[r.run_id];
+      d.run_id = r.run_id;
+      d.tensors += 1;
+      d.bytes += r.size;
+      d.reason = status;
+    }
+    std::lock_guard<std::mutex> lk(late_mu_);
+    for (auto& kv : per_run) {
+      late_drops_.push_back(kv.second);
+      st_dropped_.fetch_add(kv.second.tensors, std::memory_order_relaxed);
+      st_dropped_bytes_.fetch_add(kv.second.bytes, std::memory_order_relaxed);
+    }
+  }
+  if (!frame->encode_failures.empty()) {
+    std::lock_guard<std::mutex> lk(late_mu_);
+    for (const LateDrop& d : frame->encode_failures) {
+      late_drops_.push_back(d);
+      st_dropped_.fetch_add(d.tensors, std::memory_order_relaxed);
+      st_dropped_bytes_.fetch_add(d.bytes, std::memory_order_relaxed);
+    }
+  }
+  for (Record& r : frame->records) ReleaseRecord(r);
+  ReleaseBudget(frame->charge);
+  const uint64_t n = frame->records.size();
+  if (outstanding_.fetch_sub(n, std::memory_order_acq_rel) == n) {
+    std::lock_guard<std::mutex> lk(idle_mu_);
+    idle_cv_.notify_all();
+  }
+}
+
+bool Engine::WaitIdle(int timeout_ms) {
+  Kick();
+  std::unique_lock<std::mutex> lk(idle_mu_);
+  return idle_cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms), [&] { return outstanding_.load() == 0; });
+}
+
+void Engine::Shutdown() {
+  shutdown_.store(true);
+  Kick();
+  std::lock_guard<std::mutex> lk(budget_mu_);
+  budget_cv_.notify_all();
+}
+
+void Engine::SetError(int code) {
+  int expected = kOk;
+  error_.compare_exchange_strong(expected, code);
+  std::lock_guard<std::mutex> lk(budget_mu_);
+  budget_cv_.notify_all();
+}
+
+EngineStats Engine::Stats() const {
+  EngineStats s;
+  s.tensors_accepted = st_tensors_.load();
+  s.bytes_accepted = st_bytes_.load();
+  s.tensors_dropped = st_dropped_.load();
+  s.bytes_dropped = st_dropped_bytes_.load();
+  s.tensors_written = st_written_.load();
+  s.payload_bytes_stored = st_stored_.load();
+  s.payload_bytes_deduped = st_deduped_.load();
+  s.frames = st_frames_.load();
+  s.queued_bytes = queued_bytes_.load();
+  s.queue_high_water = high_water_.load();
+  s.records_outstanding = outstanding_.load();
+  return s;
+}
+
+std::vector<LateDrop> Engine::TakeLateDrops() {
+  std::lock_guard<std::mutex> lk(late_mu_);
+  std::vector<LateDrop> out;
+  out.swap(late_drops_);
+  return out;
+}
+
+}  // namespace tfdump

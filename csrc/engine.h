@@ -1,0 +1,198 @@
+// The capture engine: accepts tensors from any thread (TF executor threads
+// through the bridge, or Python through tfdump_fast._native), holds them in a
+// bounded queue, and lays them out as frames for the writer workers.
+// No Python, no TensorFlow: see engine_api.h for the C ABI the bridge uses.
+#ifndef TFDUMP_ENGINE_H_
+#define TFDUMP_ENGINE_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "engine_api.h"
+#include "format.h"
+
+namespace tfdump {
+
+enum class Backpressure : int { kBlock = 0, kDrop = 1 };
+
+struct EngineOptions {
+  uint64_t queue_bytes = 256ull << 20;   // byte budget of accepted, unwritten tensors
+  Backpressure policy = Backpressure::kBlock;
+  int workers = 2;
+  uint64_t frame_bytes = 2ull << 20;     // small records are batched up to this size
+  bool shuffle = true;                   // byte-shuffle numeric payloads
+  uint64_t zero_copy_threshold = 64ull << 10;
+  bool discard = false;                  // accept and drop everything: the capture floor
+  uint64_t dedup_max_entries = 4ull << 20;
+};
+
+struct RunCounters {
+  uint64_t tensors = 0, bytes = 0, dropped_tensors = 0, dropped_bytes = 0;
+};
+
+// Tensors lost after they were accepted (disk budget, write error, encoder
+// failure); reported to the metadata shard as `drops` events.
+struct LateDrop {
+  uint32_t run_id;
+  uint64_t tensors, bytes;
+  int reason;  // StatusCode
+};
+
+struct EngineStats {
+  uint64_t tensors_accepted = 0, bytes_accepted = 0;
+  uint64_t tensors_dropped = 0, bytes_dropped = 0;
+  uint64_t tensors_written = 0;
+  uint64_t payload_bytes_stored = 0;   // distinct payload bytes laid out in frames
+  uint64_t payload_bytes_deduped = 0;  // payload bytes not stored again thanks to dedup
+  uint64_t frames = 0;
+  uint64_t queued_bytes = 0, queue_high_water = 0;
+  uint64_t records_outstanding = 0;
+};
+
+struct Record {
+  uint32_t run_id = 0, key_id = 0;
+  uint64_t seq = 0;
+  int64_t wall_us = 0;
+  int32_t dtype = 0;
+  uint32_t flags = 0;
+  uint32_t elem_size = 0;
+  std::vector<int64_t> dims;
+  const uint8_t* data = nullptr;
+  size_t size = 0;
+  tfdump_encode_fn encode = nullptr;
+  void* owner = nullptr;
+  tfdump_release_fn release = nullptr;
+  uint64_t charge = 0;
+};
+
+// One frame laid out by a worker, waiting to be compressed and written.
+struct Frame {
+  int worker = 0;
+  TableWriter table;
+  std::vector<uint8_t> data;
+  std::vector<Record> records;
+  std::vector<Hash128> new_hashes;
+  uint64_t charge = 0;
+  uint32_t n_tensors = 0;
+  std::vector<LateDrop> encode_failures;
+};
+
+class Engine {
+ public:
+  explicit Engine(const EngineOptions& options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const tfdump_engine_api* api() const { return &api_; }
+  const EngineOptions& options() const { return options_; }
+
+  uint32_t InternKey(const char* device, size_t device_len, const char* node, size_t node_len, int32_t slot,
+                     const char* debug_op, size_t debug_op_len);
+  // Any thread. Never throws. TFDUMP_SUBMIT_* codes.
+  int Submit(const tfdump_tensor_in& in);
+
+  void BeginRun(uint32_t run_id);
+  RunCounters EndRun(uint32_t run_id);
+
+  // Worker side. Returns nullptr on timeout, or when shut down and drained
+  // (then *finished is set).
+  std::unique_ptr<Frame> NextFrame(int worker, int timeout_ms, bool* finished);
+  // status kOk: the frame is on disk; otherwise its tensors are lost and
+  // counted as late drops with that reason.
+  void CommitFrame(std::unique_ptr<Frame> frame, int status, uint64_t stored_bytes);
+
+  // Wakes workers so partial frames go out now.
+  void Kick();
+  // Waits until every accepted record is committed; false on timeout.
+  bool WaitIdle(int timeout_ms);
+  // Stops accepting (later submits are dropped); workers drain and finish.
+  void Shutdown();
+  // A worker failed for good (e.g. disk full): later submits are dropped and
+  // counted; the Python side raises the error.
+  void SetError(int code);
+  int error() const { return error_.load(); }
+
+  EngineStats Stats() const;
+  std::vector<LateDrop> TakeLateDrops();
+
+ private:
+  struct RunState {
+    std::atomic<uint32_t> run_id{0};
+    std::atomic<bool> open{false};
+    std::atomic<uint64_t> seq{0}, tensors{0}, bytes{0}, dropped_tensors{0}, dropped_bytes{0};
+  };
+  struct Chunk;
+  struct Stripe {
+    std::mutex mu;
+    std::deque<Record> records;
+    Chunk* chunk = nullptr;  // per-producer copy buffer for small payloads
+  };
+  struct KeyInfo {
+    int32_t slot;
+    std::string device, node, debug_op;
+  };
+
+  static constexpr size_t kRunRing = 4096;
+  static constexpr size_t kStripes = 16;
+
+  bool ReserveBudget(uint64_t charge);
+  void ReleaseBudget(uint64_t charge);
+  void CountDrop(RunState* run, uint64_t bytes);
+  void ReleaseRecord(Record& r);
+  void LayOut(Frame* frame, Record& r, std::unordered_set<Hash128, Hash128Hasher>* frame_hashes,
+              std::vector<bool>* emitted);
+  void StoreBlob(Frame* frame, const Hash128& h, const uint8_t* p, size_t n, uint32_t elem_size, bool numeric,
+                 std::unordered_set<Hash128, Hash128Hasher>* frame_hashes);
+
+  EngineOptions options_;
+  tfdump_engine_api api_;
+
+  RunState runs_[kRunRing];
+  Stripe stripes_[kStripes];
+
+  mutable std::shared_mutex keys_mu_;
+  std::unordered_map<std::string, uint32_t> key_ids_;
+  std::deque<KeyInfo> keys_;
+
+  std::atomic<uint64_t> queued_bytes_{0}, high_water_{0};
+  std::atomic<uint64_t> pending_records_{0}, pending_bytes_{0};  // not yet taken by a worker
+  std::atomic<uint64_t> outstanding_{0};                         // accepted, not yet committed
+  std::atomic<int> budget_waiters_{0};
+  std::mutex budget_mu_;
+  std::condition_variable budget_cv_;
+
+  std::mutex work_mu_;
+  std::condition_variable work_cv_;
+  std::atomic<uint64_t> kicks_{0};
+  std::atomic<int> idle_workers_{0};
+  std::atomic<bool> shutdown_{false};
+  std::atomic<int> error_{0};
+  std::atomic<unsigned> next_stripe_{0};
+
+  std::mutex idle_mu_;
+  std::condition_variable idle_cv_;
+
+  std::mutex dedup_mu_;
+  std::unordered_set<Hash128, Hash128Hasher> committed_;
+  std::vector<std::vector<bool>> emitted_keys_;  // per worker: KEY_DEF already written to its shard
+
+  std::mutex late_mu_;
+  std::vector<LateDrop> late_drops_;
+
+  std::atomic<uint64_t> st_tensors_{0}, st_bytes_{0}, st_dropped_{0}, st_dropped_bytes_{0};
+  std::atomic<uint64_t> st_written_{0}, st_stored_{0}, st_deduped_{0}, st_frames_{0};
+};
+
+}  // namespace tfdump
+
+#endif  // TFDUMP_ENGINE_H_

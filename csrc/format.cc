@@ -1,0 +1,386 @@
+#include "format.h"
+
+#include <cstring>
+
+#include "status.h"
+
+#if defined(__x86_64__)
+#include <nmmintrin.h>
+#endif
+
+namespace tfdump {
+namespace {
+
+// ---- CRC-32C ---------------------------------------------------------------
+
+struct Crc32cTable {
+  uint32_t t[8][256];
+  Crc32cTable() {
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+      t[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; ++i)
+      for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xFF];
+  }
+};
+const Crc32cTable& Table() {
+  static const Crc32cTable table;
+  return table;
+}
+
+uint32_t Crc32cSoftware(const uint8_t* p, size_t n, uint32_t crc) {
+  const auto& t = Table().t;
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    v ^= crc;
+    crc = t[7][v & 0xFF] ^ t[6][(v >> 8) & 0xFF] ^ t[5][(v >> 16) & 0xFF] ^ t[4][(v >> 24) & 0xFF] ^
+          t[3][(v >> 32) & 0xFF] ^ t[2][(v >> 40) & 0xFF] ^ t[1][(v >> 48) & 0xFF] ^ t[0][v >> 56];
+    p += 8;
+    n -= 8;
+  }
+  while (n--) crc = (crc >> 8) ^ t[0][(crc ^ *p++) & 0xFF];
+  return crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) uint32_t Crc32cHardware(const uint8_t* p, size_t n, uint32_t crc) {
+  uint64_t c = crc;
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    c = _mm_crc32_u64(c, v);
+    p += 8;
+    n -= 8;
+  }
+  uint32_t c32 = static_cast<uint32_t>(c);
+  while (n--) c32 = _mm_crc32_u8(c32, *p++);
+  return c32;
+}
+bool HaveSse42() {
+  static const bool have = __builtin_cpu_supports("sse4.2");
+  return have;
+}
+#endif
+
+// ---- MurmurHash3 x64 128 -------------------------------------------------------
+
+inline uint64_t Rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+inline uint64_t Fmix(uint64_t k) {
+  k ^= k >> 33;
+  k *= 0xff51afd7ed558ccdull;
+  k ^= k >> 33;
+  k *= 0xc4ceb9fe1a85ec53ull;
+  k ^= k >> 33;
+  return k;
+}
+
+inline void Store32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
+inline void Store64(uint8_t* p, uint64_t v) { std::memcpy(p, &v, 8); }
+inline uint32_t Load32(const uint8_t* p) { uint32_t v; std::memcpy(&v, p, 4); return v; }
+inline uint64_t Load64(const uint8_t* p) { uint64_t v; std::memcpy(&v, p, 8); return v; }
+
+}  // namespace
+
+uint32_t Crc32c(const void* data, size_t size, uint32_t crc) {
+  const uint8_t* p = static_cast<const uint8_t*>(data);
+  crc = ~crc;
+#if defined(__x86_64__)
+  if (HaveSse42()) return ~Crc32cHardware(p, size, crc);
+#endif
+  return ~Crc32cSoftware(p, size, crc);
+}
+
+Hash128 HashBytes(const void* data, size_t len) {
+  const uint8_t* p = static_cast<const uint8_t*>(data);
+  const size_t nblocks = len / 16;
+  uint64_t h1 = 0, h2 = 0;
+  const uint64_t c1 = 0x87c37b91114253d5ull, c2 = 0x4cf5ad432745937full;
+  for (size_t i = 0; i < nblocks; ++i) {
+    uint64_t k1 = Load64(p + i * 16), k2 = Load64(p + i * 16 + 8);
+    k1 *= c1; k1 = Rotl(k1, 31); k1 *= c2; h1 ^= k1;
+    h1 = Rotl(h1, 27); h1 += h2; h1 = h1 * 5 + 0x52dce729;
+    k2 *= c2; k2 = Rotl(k2, 33); k2 *= c1; h2 ^= k2;
+    h2 = Rotl(h2, 31); h2 += h1; h2 = h2 * 5 + 0x38495ab5;
+  }
+  const uint8_t* tail = p + nblocks * 16;
+  uint64_t k1 = 0, k2 = 0;
+  switch (len & 15) {
+    case 15: k2 ^= uint64_t(tail[14]) << 48; [[fallthrough]];
+    case 14: k2 ^= uint64_t(tail[13]) << 40; [[fallthrough]];
+    case 13: k2 ^= uint64_t(tail[12]) << 32; [[fallthrough]];
+    case 12: k2 ^= uint64_t(tail[11]) << 24; [[fallthrough]];
+    case 11: k2 ^= uint64_t(tail[10]) << 16; [[fallthrough]];
+    case 10: k2 ^= uint64_t(tail[9]) << 8; [[fallthrough]];
+    case 9: k2 ^= uint64_t(tail[8]); k2 *= c2; k2 = Rotl(k2, 33); k2 *= c1; h2 ^= k2; [[fallthrough]];
+    case 8: k1 ^= uint64_t(tail[7]) << 56; [[fallthrough]];
+    case 7: k1 ^= uint64_t(tail[6]) << 48; [[fallthrough]];
+    case 6: k1 ^= uint64_t(tail[5]) << 40; [[fallthrough]];
+    case 5: k1 ^= uint64_t(tail[4]) << 32; [[fallthrough]];
+    case 4: k1 ^= uint64_t(tail[3]) << 24; [[fallthrough]];
+    case 3: k1 ^= uint64_t(tail[2]) << 16; [[fallthrough]];
+    case 2: k1 ^= uint64_t(tail[1]) << 8; [[fallthrough]];
+    case 1: k1 ^= uint64_t(tail[0]); k1 *= c1; k1 = Rotl(k1, 31); k1 *= c2; h1 ^= k1;
+  }
+  h1 ^= len; h2 ^= len;
+  h1 += h2; h2 += h1;
+  h1 = Fmix(h1); h2 = Fmix(h2);
+  h1 += h2; h2 += h1;
+  return Hash128{h1, h2};
+}
+
+void Shuffle(const uint8_t* src, size_t size, size_t es, uint8_t* dst) {
+  if (es <= 1) { std::memcpy(dst, src, size); return; }
+  const size_t n = size / es;
+  if (es == 4) {
+    uint8_t *d0 = dst, *d1 = dst + n, *d2 = dst + 2 * n, *d3 = dst + 3 * n;
+    for (size_t i = 0; i < n; ++i) {
+      d0[i] = src[4 * i]; d1[i] = src[4 * i + 1]; d2[i] = src[4 * i + 2]; d3[i] = src[4 * i + 3];
+    }
+  } else {
+    for (size_t i = 0; i < n; ++i)
+      for (size_t k = 0; k < es; ++k) dst[k * n + i] = src[i * es + k];
+  }
+  std::memcpy(dst + n * es, src + n * es, size - n * es);
+}
+
+void Unshuffle(const uint8_t* src, size_t size, size_t es, uint8_t* dst) {
+  if (es <= 1) { std::memcpy(dst, src, size); return; }
+  const size_t n = size / es;
+  if (es == 4) {
+    const uint8_t *s0 = src, *s1 = src + n, *s2 = src + 2 * n, *s3 = src + 3 * n;
+    for (size_t i = 0; i < n; ++i) {
+      dst[4 * i] = s0[i]; dst[4 * i + 1] = s1[i]; dst[4 * i + 2] = s2[i]; dst[4 * i + 3] = s3[i];
+    }
+  } else {
+    for (size_t i = 0; i < n; ++i)
+      for (size_t k = 0; k < es; ++k) dst[i * es + k] = src[k * n + i];
+  }
+  std::memcpy(dst + n * es, src + n * es, size - n * es);
+}
+
+void EncodeFileHeader(const FileHeader& h, uint8_t out[kFileHeaderSize]) {
+  std::memset(out, 0, kFileHeaderSize);
+  std::memcpy(out, kFileMagic, 8);
+  Store32(out + 8, h.format_version);
+  Store32(out + 12, h.shard_index);
+  Store64(out + 16, h.writer_id);
+  Store64(out + 24, static_cast<uint64_t>(h.created_us));
+  Store32(out + 32, h.pid);
+  Store32(out + 44, Crc32c(out, 44));
+}
+
+int DecodeFileHeader(const uint8_t in[kFileHeaderSize], FileHeader* h) {
+  if (std::memcmp(in, kFileMagic, 8) != 0) return kCorrupt;
+  if (Load32(in + 44) != Crc32c(in, 44)) return kCorrupt;
+  h->format_version = Load32(in + 8);
+  h->shard_index = Load32(in + 12);
+  h->writer_id = Load64(in + 16);
+  h->created_us = static_cast<int64_t>(Load64(in + 24));
+  h->pid = Load32(in + 32);
+  if (h->format_version > kFormatVersion) return kBadVersion;
+  return kOk;
+}
+
+void EncodeFrameHeader(const FrameHeader& h, uint8_t out[kFrameHeaderSize]) {
+  std::memset(out, 0, kFrameHeaderSize);
+  Store32(out, kFrameMagic);
+  out[4] = h.kind;
+  out[5] = h.codec;
+  out[6] = static_cast<uint8_t>(h.level);
+  Store32(out + 8, h.table_stored_len);
+  Store32(out + 12, h.table_raw_len);
+  Store64(out + 16, h.data_stored_len);
+  Store64(out + 24, h.data_raw_len);
+  Store32(out + 32, h.n_entries);
+  Store32(out + 36, h.table_crc);
+  Store32(out + 40, h.data_crc);
+  Store32(out + 44, Crc32c(out, 44));
+}
+
+int DecodeFrameHeader(const uint8_t in[kFrameHeaderSize], FrameHeader* h) {
+  if (Load32(in) != kFrameMagic) return kCorrupt;
+  if (Load32(in + 44) != Crc32c(in, 44)) return kCorrupt;
+  h->kind = in[4];
+  h->codec = in[5];
+  h->level = static_cast<int8_t>(in[6]);
+  h->table_stored_len = Load32(in + 8);
+  h->table_raw_len = Load32(in + 12);
+  h->data_stored_len = Load64(in + 16);
+  h->data_raw_len = Load64(in + 24);
+  h->n_entries = Load32(in + 32);
+  h->table_crc = Load32(in + 36);
+  h->data_crc = Load32(in + 40);
+  return kOk;
+}
+
+void TableWriter::PutRaw(const void* p, size_t n) {
+  const uint8_t* b = static_cast<const uint8_t*>(p);
+  buf_.insert(buf_.end(), b, b + n);
+}
+
+void TableWriter::PutStr(const std::string& s) {
+  Put(static_cast<uint32_t>(s.size()));
+  PutRaw(s.data(), s.size());
+}
+
+void TableWriter::KeyDef(uint32_t key_id, int32_t output_slot, const std::string& device,
+                         const std::string& node, const std::string& debug_op) {
+  PutU8(kEntryKeyDef);
+  Put(key_id);
+  Put(output_slot);
+  PutStr(device);
+  PutStr(node);
+  PutStr(debug_op);
+  ++n_entries_;
+}
+
+void TableWriter::Blob(const Hash128& hash, uint64_t raw_len, uint64_t data_offset, uint8_t filter,
+                       uint8_t elem_size) {
+  PutU8(kEntryBlob);
+  PutHash(hash);
+  Put(raw_len);
+  Put(data_offset);
+  PutU8(filter);
+  PutU8(elem_size);
+  ++n_entries_;
+}
+
+void TableWriter::Tensor(uint32_t run_id, uint64_t seq, int64_t wall_us, uint32_t key_id, int32_t dtype,
+                         uint16_t flags, const int64_t* dims, int ndims, const Hash128& payload_hash,
+                         uint64_t payload_len, const Hash128* blob_hashes, uint32_t n_blobs) {
+  PutU8(kEntryTensor);
+  Put(run_id);
+  Put(seq);
+  Put(wall_us);
+  Put(key_id);
+  Put(dtype);
+  Put(flags);
+  PutU8(static_cast<uint8_t>(ndims));
+  PutRaw(dims, sizeof(int64_t) * ndims);
+  PutHash(payload_hash);
+  Put(payload_len);
+  Put(n_blobs);
+  for (uint32_t i = 0; i < n_blobs; ++i) PutHash(blob_hashes[i]);
+  ++n_entries_;
+}
+
+void TableWriter::Meta(const std::string& json, const Hash128* attachments, uint32_t n_attachments) {
+  PutU8(kEntryMeta);
+  PutStr(json);
+  Put(n_attachments);
+  for (uint32_t i = 0; i < n_attachments; ++i) PutHash(attachments[i]);
+  ++n_entries_;
+}
+
+namespace {
+
+class TableParser {
+ public:
+  TableParser(const uint8_t* p, size_t n) : p_(p), end_(p + n) {}
+  bool ok() const { return ok_; }
+  bool done() const { return p_ == end_; }
+  template <typename T> T Get() {
+    T v{};
+    if (static_cast<size_t>(end_ - p_) < sizeof(T)) { ok_ = false; return v; }
+    std::memcpy(&v, p_, sizeof(T));
+    p_ += sizeof(T);
+    return v;
+  }
+  Hash128 GetHash() { Hash128 h; h.h1 = Get<uint64_t>(); h.h2 = Get<uint64_t>(); return h; }
+  std::string GetStr() {
+    uint32_t n = Get<uint32_t>();
+    if (!ok_ || static_cast<size_t>(end_ - p_) < n) { ok_ = false; return {}; }
+    std::string s(reinterpret_cast<const char*>(p_), n);
+    p_ += n;
+    return s;
+  }
+  size_t remaining() const { return end_ - p_; }
+
+ private:
+  const uint8_t* p_;
+  const uint8_t* end_;
+  bool ok_ = true;
+};
+
+}  // namespace
+
+int ParseTable(const uint8_t* data, size_t size, uint32_t n_entries, ParsedTable* out, std::string* error) {
+  TableParser in(data, size);
+  for (uint32_t i = 0; i < n_entries; ++i) {
+    const uint8_t type = in.Get<uint8_t>();
+    switch (type) {
+      case kEntryKeyDef: {
+        KeyDefEntry k;
+        k.key_id = in.Get<uint32_t>();
+        k.output_slot = in.Get<int32_t>();
+        k.device = in.GetStr();
+        k.node = in.GetStr();
+        k.debug_op = in.GetStr();
+        out->key_defs.push_back(std::move(k));
+        break;
+      }
+      case kEntryBlob: {
+        BlobEntry b;
+        b.hash = in.GetHash();
+        b.raw_len = in.Get<uint64_t>();
+        b.data_offset = in.Get<uint64_t>();
+        b.filter = in.Get<uint8_t>();
+        b.elem_size = in.Get<uint8_t>();
+        out->blobs.push_back(b);
+        break;
+      }
+      case kEntryTensor: {
+        TensorEntry t;
+        t.run_id = in.Get<uint32_t>();
+        t.seq = in.Get<uint64_t>();
+        t.wall_us = in.Get<int64_t>();
+        t.key_id = in.Get<uint32_t>();
+        t.dtype = in.Get<int32_t>();
+        t.flags = in.Get<uint16_t>();
+        t.ndims = in.Get<uint8_t>();
+        t.dims_offset = static_cast<uint32_t>(out->dims.size());
+        for (int d = 0; d < t.ndims; ++d) out->dims.push_back(in.Get<int64_t>());
+        t.payload_hash = in.GetHash();
+        t.payload_len = in.Get<uint64_t>();
+        t.n_blobs = in.Get<uint32_t>();
+        t.blobs_offset = static_cast<uint32_t>(out->blob_refs.size());
+        if (!in.ok() || t.n_blobs > in.remaining() / 16) {
+          *error = "record table entry " + std::to_string(i) + " lists more blobs than the table holds";
+          return kCorrupt;
+        }
+        for (uint32_t b = 0; b < t.n_blobs; ++b) out->blob_refs.push_back(in.GetHash());
+        out->tensors.push_back(t);
+        break;
+      }
+      case kEntryMeta: {
+        MetaEntry m;
+        m.json = in.GetStr();
+        uint32_t n = in.Get<uint32_t>();
+        if (!in.ok() || n > in.remaining() / 16) {
+          *error = "META entry " + std::to_string(i) + " lists more attachments than the table holds";
+          return kCorrupt;
+        }
+        for (uint32_t a = 0; a < n; ++a) m.attachments.push_back(in.GetHash());
+        out->metas.push_back(std::move(m));
+        break;
+      }
+      default:
+        *error = "unknown record table entry type " + std::to_string(type) + " at entry " + std::to_string(i);
+        return kCorrupt;
+    }
+    if (!in.ok()) {
+      *error = "record table ends inside entry " + std::to_string(i);
+      return kCorrupt;
+    }
+  }
+  if (!in.done()) {
+    *error = "record table has " + std::to_string(in.remaining()) + " bytes after its last entry";
+    return kCorrupt;
+  }
+  return kOk;
+}
+
+}  // namespace tfdump

@@ -1,0 +1,45 @@
+"""tfdump-fast: dump every watched tensor of a TensorFlow step, fast.
+
+Importing the package does not import TensorFlow: the reader works without
+it. The hook and the bridge import TensorFlow when first used.
+"""
+
+from tfdump_fast.errors import (
+    TfdumpBridgeError,
+    TfdumpClosedError,
+    TfdumpCorruptionError,
+    TfdumpDiskBudgetError,
+    TfdumpError,
+    TfdumpFormatError,
+    TfdumpIOError,
+    TfdumpNotFoundError,
+    TfdumpTruncatedError,
+    TfdumpUsageError,
+)
+
+__version__ = "0.1.0"
+
+# Public names resolved on first use, so `import tfdump_fast` stays light.
+_LAZY = {
+    "DumpWriter": "tfdump_fast.writer",
+    "DumpReader": "tfdump_fast.reader",
+    "convert": "tfdump_fast.convert",
+    "import_tfdbg": "tfdump_fast.convert",
+    "DumpingDebugHook": "tfdump_fast.hooks",
+    "DumpingDebugWrapperSession": "tfdump_fast.hooks",
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tfdump_fast' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

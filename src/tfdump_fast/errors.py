@@ -1,0 +1,107 @@
+"""The one error hierarchy of tfdump-fast.
+
+Every error the package raises on purpose is a :class:`TfdumpError`. Each
+subclass also inherits the built-in exception a caller would naturally catch
+(``ValueError`` for bad arguments, ``OSError`` for file-system trouble), so
+``except ValueError`` keeps working for code written against tfdbg.
+
+Native code never raises: it records a status code (``TFDUMP_E_*`` in
+``csrc/status.h``) and :func:`raise_for_status` is the one place that turns
+such a code into an exception.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class TfdumpError(Exception):
+    """Base class of every error raised by tfdump-fast."""
+
+
+class TfdumpUsageError(TfdumpError, ValueError):
+    """A bad argument or option: the message names it and the fix."""
+
+
+class TfdumpClosedError(TfdumpError, ValueError):
+    """The writer or reader was used after ``close()``."""
+
+
+class TfdumpIOError(TfdumpError, OSError):
+    """Reading or writing a session root failed (disk full, permissions, ...)."""
+
+
+class TfdumpDiskBudgetError(TfdumpIOError):
+    """The configured disk budget was reached; later tensors were not written."""
+
+
+class TfdumpFormatError(TfdumpError, ValueError):
+    """A file is not a tfdump-fast dump, or is of an unsupported format version."""
+
+
+class TfdumpCorruptionError(TfdumpFormatError):
+    """A checksum mismatch or an inconsistent structure inside a dump file."""
+
+
+class TfdumpTruncatedError(TfdumpFormatError):
+    """A dump file ends inside a frame (the writer was killed mid-write)."""
+
+
+class TfdumpNotFoundError(TfdumpError, KeyError):
+    """A run, watch key or tensor that the dump does not contain."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class TfdumpBridgeError(TfdumpError, ImportError):
+    """The TensorFlow capture bridge could not be built or loaded."""
+
+
+# Status codes shared with csrc/status.h. Keep the two in step.
+STATUS_OK = 0
+STATUS_IO = 1
+STATUS_NO_SPACE = 2
+STATUS_PERMISSION = 3
+STATUS_CLOSED = 4
+STATUS_BAD_ARGUMENT = 5
+STATUS_DISK_BUDGET = 6
+STATUS_CORRUPT = 7
+STATUS_TRUNCATED = 8
+STATUS_BAD_VERSION = 9
+STATUS_INTERNAL = 10
+
+_STATUS_CLASSES = {
+    STATUS_IO: TfdumpIOError,
+    STATUS_NO_SPACE: TfdumpIOError,
+    STATUS_PERMISSION: TfdumpIOError,
+    STATUS_CLOSED: TfdumpClosedError,
+    STATUS_BAD_ARGUMENT: TfdumpUsageError,
+    STATUS_DISK_BUDGET: TfdumpDiskBudgetError,
+    STATUS_CORRUPT: TfdumpCorruptionError,
+    STATUS_TRUNCATED: TfdumpTruncatedError,
+    STATUS_BAD_VERSION: TfdumpFormatError,
+    STATUS_INTERNAL: TfdumpError,
+}
+
+_STATUS_ERRNO = {
+    STATUS_NO_SPACE: _errno.ENOSPC,
+    STATUS_PERMISSION: _errno.EACCES,
+}
+
+
+def error_for_status(code: int, message: str) -> TfdumpError | None:
+    """Return the exception for a native status code, or None for success."""
+    if code == STATUS_OK:
+        return None
+    cls = _STATUS_CLASSES.get(code, TfdumpError)
+    if issubclass(cls, OSError) and code in _STATUS_ERRNO:
+        return cls(_STATUS_ERRNO[code], message)
+    return cls(message)
+
+
+def raise_for_status(code: int, message: str) -> None:
+    """Raise the exception for a native status code; do nothing on success."""
+    exc = error_for_status(code, message)
+    if exc is not None:
+        raise exc

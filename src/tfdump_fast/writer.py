@@ -1,0 +1,711 @@
+"""DumpWriter: the Python side of the capture engine.
+
+The engine (``csrc/engine.cc``) accepts tensors from any thread and lays them
+out as frames. This module owns what Python is good at and what happens once
+per frame: the shard files, the worker threads (each with its own zstd
+compressor; ``zstandard`` and ``os.writev`` release the GIL), the codec
+back-off, the disk budget, run bookkeeping and the metadata shard.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import zstandard
+
+from tfdump_fast import _native, dtypes, errors
+from tfdump_fast.encoding import encode_strings
+
+__all__ = ["DumpWriter", "Run", "DEFAULT_DEVICE"]
+
+log = logging.getLogger("tfdump_fast")
+
+DEFAULT_DEVICE = "/job:localhost/replica:0/task:0/device:CPU:0"
+SHARD_SUFFIX = ".tfds"
+_CODECS = ("zstd", "raw")
+_POLICIES = ("block", "drop")
+# Back-off ladder: when the queue stays above the high-water mark the workers
+# step down to a cheaper setting, and step back up once it drains.
+_FAST_ZSTD_LEVEL = -5
+_HIGH_WATER = 0.5
+_RAW_WATER = 0.8
+_LOW_WATER = 0.25
+_META_LEVEL = 3
+
+
+@dataclass
+class Run:
+    """One logical run (one debugged ``Session.run``) of a :class:`DumpWriter`.
+
+    Attributes
+    ----------
+    run_id : int
+        Writer-local run number (1, 2, ...).
+    run_name : str
+        ``run_<epoch_us>_<counter>``, the name tfdbg would give the run.
+    debug_urls : list of str
+        The URLs to pass to ``debug_utils.watch_graph`` (empty when the run
+        was begun with ``capture=False``).
+    """
+
+    run_id: int
+    run_name: str
+    wall_us: int
+    debug_urls: List[str] = field(default_factory=list)
+    slot: int = -1
+    ended: bool = False
+    counters: Dict[str, int] = field(default_factory=dict)
+
+
+_open_writers: "weakref.WeakSet[DumpWriter]" = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    # A training script that never calls end()/close() still gets its data:
+    # flush and close every writer before the interpreter tears down.
+    for writer in list(_open_writers):
+        try:
+            writer.close()
+        except Exception as exc:  # noqa: BLE001 - exit path: report, never raise
+            log.error("tfdump-fast: closing %s at exit failed: %s", writer.session_root, exc)
+
+
+atexit.register(_close_all_at_exit)
+
+
+def _status_for_oserror(exc: OSError) -> int:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return errors.STATUS_NO_SPACE
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return errors.STATUS_PERMISSION
+    return errors.STATUS_IO
+
+
+def _writev_all(fd: int, parts: Sequence) -> None:
+    """os.writev until every byte is out (it may write less than asked)."""
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        n = os.writev(fd, views)
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
+
+
+class DumpWriter:
+    """Asynchronous, compressed, deduplicating writer of tensor dumps.
+
+    Parameters
+    ----------
+    session_root : str or os.PathLike
+        Directory of the dump. Created if missing. An existing file, or a
+        non-empty directory without ``allow_existing=True``, is an error.
+    queue_bytes : int, default 256 MiB
+        Byte budget of accepted but not yet written tensors.
+    policy : {"block", "drop"}, default "block"
+        What a producer does when the queue is full: wait (lossless
+        backpressure) or drop the tensor (counted per run, recorded).
+    workers : int, default 2
+        Writer threads; each writes its own shard file.
+    codec : {"zstd", "raw"}, default "zstd"
+    level : int, default 1
+        zstd level (negative levels are faster).
+    shuffle : bool, default True
+        Byte-shuffle numeric payloads before compression.
+    frame_bytes : int, default 2 MiB
+        Small tensors are batched into frames of about this size.
+    disk_limit_bytes : int, optional
+        Stop writing tensors once this many bytes are on disk (like tfdbg's
+        ``TFDBG_DISK_BYTES_LIMIT``); the run goes on, drops are recorded.
+    allow_existing : bool, default False
+        Append to a non-empty session root (several writers may share one).
+    backoff : bool, default True
+        Step down to cheaper compression while the queue stays above half full.
+    sink : {"disk", "null"}, default "disk"
+        ``"null"`` accepts and discards every tensor: the capture floor.
+    zero_copy_threshold : int, default 64 KiB
+        Tensors at least this large are kept by reference, smaller ones copied.
+    flush_interval : float, default 0.1
+        Longest time (s) a partial frame waits before it is written.
+    """
+
+    def __init__(
+        self,
+        session_root,
+        *,
+        queue_bytes: int = 256 << 20,
+        policy: str = "block",
+        workers: int = 2,
+        codec: str = "zstd",
+        level: int = 1,
+        shuffle: bool = True,
+        frame_bytes: int = 2 << 20,
+        disk_limit_bytes: Optional[int] = None,
+        allow_existing: bool = False,
+        backoff: bool = True,
+        sink: str = "disk",
+        zero_copy_threshold: int = 64 << 10,
+        flush_interval: float = 0.1,
+        dedup_max_entries: int = 4 << 20,
+    ):
+        self._validate(queue_bytes, policy, workers, codec, level, frame_bytes, disk_limit_bytes, sink,
+                       zero_copy_threshold, flush_interval)
+        self.session_root = os.fspath(session_root)
+        self.options = {
+            "queue_bytes": int(queue_bytes), "policy": policy, "workers": int(workers), "codec": codec,
+            "level": int(level), "shuffle": bool(shuffle), "frame_bytes": int(frame_bytes),
+            "disk_limit_bytes": disk_limit_bytes, "backoff": bool(backoff), "sink": sink,
+            "zero_copy_threshold": int(zero_copy_threshold),
+        }
+        self._prepare_root(self.session_root, allow_existing)
+
+        self.writer_id = secrets.randbits(64)
+        self.writer_name = "w%016x" % self.writer_id
+        self._closed = False
+        self._lock = threading.RLock()
+        self._meta_lock = threading.Lock()
+        self._run_counter = 0
+        self._open_runs: Dict[int, Run] = {}
+        self._implicit_run: Optional[Run] = None
+        self._error: Optional[errors.TfdumpError] = None
+        self._disk_budget_hit = False
+        self._bytes_written = 0
+        self._bytes_lock = threading.Lock()
+        self._frames_by_codec: Dict[str, int] = {}
+        self._codec_state = "configured"
+        self._codec_changes: List[Dict[str, Any]] = []
+        self._attachments_stored: set = set()
+        self._flush_timeout_ms = max(1, int(flush_interval * 1000))
+
+        self._engine = _native.NativeEngine(
+            int(queue_bytes), policy, int(workers), int(frame_bytes), bool(shuffle),
+            int(zero_copy_threshold), sink == "null", int(dedup_max_entries))
+        self._meta_compressor = zstandard.ZstdCompressor(level=_META_LEVEL)
+        self._fds: List[int] = []
+        created_us = time.time_ns() // 1000
+        try:
+            for k in range(workers):
+                self._fds.append(self._open_shard(f"{self.writer_name}-{k}{SHARD_SUFFIX}", k, created_us))
+            self._meta_fd = self._open_shard(f"{self.writer_name}-meta{SHARD_SUFFIX}",
+                                             _native.META_SHARD_INDEX, created_us)
+        except OSError as exc:
+            for fd in self._fds:
+                os.close(fd)
+            raise errors.TfdumpIOError(
+                exc.errno, f"cannot create dump files in {self.session_root!r}: {exc.strerror}. "
+                "Check that the directory is writable and the disk has space.") from exc
+
+        self._write_meta({
+            "event": "writer_open", "writer_id": self.writer_name, "pid": os.getpid(),
+            "host": socket.gethostname(), "format_version": _native.FORMAT_VERSION,
+            "options": self.options, "tfdump_version": _package_version(), "wall_us": created_us,
+        })
+        self._threads = [
+            threading.Thread(target=self._worker_main, args=(k,), name=f"tfdump-writer-{k}", daemon=True)
+            for k in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
+        _open_writers.add(self)
+
+    # ------------------------------------------------------------------ setup
+
+    @staticmethod
+    def _validate(queue_bytes, policy, workers, codec, level, frame_bytes, disk_limit_bytes, sink,
+                  zero_copy_threshold, flush_interval):
+        def bad(msg):
+            raise errors.TfdumpUsageError(msg)
+
+        if policy not in _POLICIES:
+            bad(f"policy={policy!r} is not one of {_POLICIES}: 'block' waits for room (lossless), "
+                "'drop' drops and counts tensors when the queue is full")
+        if codec not in _CODECS:
+            bad(f"codec={codec!r} is not one of {_CODECS}")
+        if not isinstance(workers, int) or not 1 <= workers <= 64:
+            bad(f"workers={workers!r} must be an integer between 1 and 64")
+        if not isinstance(queue_bytes, int) or queue_bytes < (1 << 20):
+            bad(f"queue_bytes={queue_bytes!r} must be an integer of at least 1 MiB")
+        if not isinstance(frame_bytes, int) or not 4096 <= frame_bytes <= (256 << 20):
+            bad(f"frame_bytes={frame_bytes!r} must be between 4 KiB and 256 MiB")
+        if frame_bytes > queue_bytes:
+            bad(f"frame_bytes ({frame_bytes}) must not exceed queue_bytes ({queue_bytes})")
+        if codec == "zstd" and not (isinstance(level, int) and -7 <= level <= 22):
+            bad(f"level={level!r} is not a zstd level (-7 to 22)")
+        if disk_limit_bytes is not None and (not isinstance(disk_limit_bytes, int) or disk_limit_bytes <= 0):
+            bad(f"disk_limit_bytes={disk_limit_bytes!r} must be a positive integer or None")
+        if sink not in ("disk", "null"):
+            bad(f"sink={sink!r} must be 'disk' or 'null' (discard everything: the capture floor)")
+        if not isinstance(zero_copy_threshold, int) or zero_copy_threshold < 0:
+            bad(f"zero_copy_threshold={zero_copy_threshold!r} must be a non-negative integer")
+        if not flush_interval > 0:
+            bad(f"flush_interval={flush_interval!r} must be positive (seconds)")
+
+    @staticmethod
+    def _prepare_root(root: str, allow_existing: bool) -> None:
+        if os.path.isfile(root):
+            raise errors.TfdumpUsageError(f"session_root path points to a file: {root}")
+        if os.path.isdir(root):
+            if os.listdir(root) and not allow_existing:
+                raise errors.TfdumpUsageError(
+                    f"session_root path points to a non-empty directory: {root}. Use an empty or new "
+                    "directory, or pass allow_existing=True to add this session's shards beside the "
+                    "existing ones.")
+            return
+        try:
+            os.makedirs(root, exist_ok=True)
+        except OSError as exc:
+            raise errors.TfdumpIOError(
+                exc.errno, f"cannot create session_root {root!r}: {exc.strerror}") from exc
+
+    def _open_shard(self, name: str, shard_index: int, created_us: int) -> int:
+        path = os.path.join(self.session_root, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0),
+                     0o644)
+        try:
+            _writev_all(fd, [_native.encode_file_header(shard_index, self.writer_id, created_us, os.getpid())])
+        except OSError:
+            os.close(fd)
+            raise
+        self._add_written(_native.FILE_HEADER_SIZE)
+        return fd
+
+    # ------------------------------------------------------------- public API
+
+    def begin_run(self, metadata: Optional[Dict[str, Any]] = None, capture: bool = True,
+                  run_name: Optional[str] = None) -> Run:
+        """Open a run.
+
+        Parameters
+        ----------
+        metadata : dict, optional
+            JSON-serialisable fields stored in the run's ``run_begin`` event
+            (fetches, feed keys, global step, ...).
+        capture : bool, default True
+            Bind a TF bridge slot and return its URL in ``run.debug_urls``.
+            ``False`` for runs fed only through :meth:`write`.
+        run_name : str, optional
+            Override the tfdbg-style ``run_<epoch_us>_<counter>`` name.
+
+        Returns
+        -------
+        Run
+        """
+        self._check_usable()
+        with self._lock:
+            self._run_counter += 1
+            run_id = self._run_counter
+        wall_us = time.time_ns() // 1000
+        run = Run(run_id=run_id, run_name=run_name or f"run_{wall_us}_{run_id - 1}", wall_us=wall_us)
+        self._engine.begin_run(run_id)
+        if capture:
+            from tfdump_fast.bridge import get_bridge  # imports TensorFlow
+
+            slot, url = get_bridge().acquire_slot(self._engine.api_address(), run_id)
+            run.slot, run.debug_urls = slot, [url]
+        with self._lock:
+            self._open_runs[run_id] = run
+        event = {"event": "run_begin", "run_id": run_id, "run_name": run.run_name, "wall_us": wall_us}
+        if metadata:
+            event.update(_jsonable(metadata))
+        self._write_meta(event)
+        return run
+
+    def end_run(self, run: Run, status: str = "ok", error: Optional[str] = None,
+                metadata: Optional[Dict[str, Any]] = None, attachments: Optional[Sequence[bytes]] = None
+                ) -> Dict[str, int]:
+        """Close a run after its ``Session.run`` returned (or raised).
+
+        Parameters
+        ----------
+        run : Run
+        status : {"ok", "failed"}
+        error : str, optional
+            The error of a failed run.
+        metadata : dict, optional
+            More JSON fields for the ``run_end`` event (core metadata, ...).
+        attachments : sequence of bytes, optional
+            Binary blobs (e.g. serialized partition GraphDefs), stored once per
+            writer however often they are given; their hex hashes are listed
+            in the event as ``attachment_hashes``.
+
+        Returns
+        -------
+        dict
+            The run's counters: tensors, bytes, dropped_tensors, dropped_bytes.
+        """
+        if status not in ("ok", "failed"):
+            raise errors.TfdumpUsageError(f"status={status!r} must be 'ok' or 'failed'")
+        if run.ended:
+            raise errors.TfdumpUsageError(f"run {run.run_name} was already ended")
+        if run.slot >= 0:
+            from tfdump_fast.bridge import get_bridge
+
+            # Waits for callbacks still in flight on this slot, then frees it.
+            get_bridge().release_slot(run.slot)
+            run.slot = -1
+        counters = self._engine.end_run(run.run_id)
+        run.ended, run.counters = True, counters
+        with self._lock:
+            self._open_runs.pop(run.run_id, None)
+        event = {"event": "run_end", "run_id": run.run_id, "run_name": run.run_name,
+                 "wall_us": time.time_ns() // 1000, "status": status, **counters}
+        if error is not None:
+            event["error"] = str(error)
+        if metadata:
+            event.update(_jsonable(metadata))
+        hashes = [_native.hash128(bytes(a)) for a in attachments or ()]
+        if hashes:
+            event["attachment_hashes"] = [h.hex() for h in hashes]
+        self._write_meta(event, attachments or (), hashes)
+        self._raise_pending_error()
+        return counters
+
+    def write(self, array, node_name: str, output_slot: int = 0, debug_op: str = "DebugIdentity",
+              device: str = DEFAULT_DEVICE, run: Optional[Run] = None, wall_us: int = 0) -> bool:
+        """Write one tensor value from Python (tests, importers, non-TF producers).
+
+        Parameters
+        ----------
+        array : array_like
+            Numeric arrays are stored bit-exactly; ``bytes``/``str``/object
+            arrays as strings.
+        node_name, output_slot, debug_op, device :
+            The watch key.
+        run : Run, optional
+            Defaults to an implicit run that :meth:`flush` and :meth:`close` end.
+        wall_us : int, optional
+            Arrival time (µs since the epoch); default now.
+
+        Returns
+        -------
+        bool
+            False when the tensor was dropped (``policy="drop"``, disk budget).
+        """
+        self._check_usable()
+        if run is None:
+            with self._lock:
+                if self._implicit_run is None:
+                    self._implicit_run = self.begin_run(capture=False)
+                run = self._implicit_run
+        if run.ended:
+            raise errors.TfdumpUsageError(f"run {run.run_name} has ended; begin a new run to write to")
+        arr = np.asarray(array)
+        tf_dtype = dtypes.from_numpy(arr.dtype)
+        flags = 0
+        if tf_dtype == dtypes.DT_STRING:
+            flags = _native.FLAG_STRING
+            payload = encode_strings(
+                (v.encode("utf-8") if isinstance(v, str) else bytes(v)) for v in arr.reshape(-1).tolist())
+            elem_size = 0
+        else:
+            payload = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False)
+            elem_size = dtypes.shuffle_lane_bytes(tf_dtype)
+        key_id = self._engine.intern_key(device, node_name, int(output_slot), debug_op)
+        rc = self._engine.submit(run.run_id, key_id, tf_dtype, flags, arr.shape,
+                                 payload if isinstance(payload, bytes) else payload.reshape(-1).view(np.uint8),
+                                 elem_size, int(wall_us))
+        if rc == _native.SUBMIT_BAD_RUN:
+            raise errors.TfdumpUsageError(f"run {run.run_name} is not open in this writer")
+        return rc == _native.SUBMIT_OK
+
+    def flush(self, timeout: Optional[float] = None) -> None:
+        """Block until every accepted tensor of finished runs is on disk.
+
+        Raises the first worker error (disk full, permission lost) if any.
+        """
+        self._check_open()
+        with self._lock:
+            implicit, self._implicit_run = self._implicit_run, None
+        if implicit is not None:
+            self.end_run(implicit)
+        self._drain(timeout)
+        self._record_late_drops()
+        self._raise_pending_error()
+
+    def close(self) -> None:
+        """Flush, stop the workers, write the closing event and close the files."""
+        if self._closed:
+            return
+        first_error = None
+        try:
+            with self._lock:
+                implicit, self._implicit_run = self._implicit_run, None
+                open_runs = [r for r in self._open_runs.values() if r is not implicit]
+            if implicit is not None:
+                self.end_run(implicit)
+            for run in open_runs:  # runs the caller never ended: keep them, marked
+                self.end_run(run, status="failed", error="writer closed before the run ended")
+        except errors.TfdumpError as exc:
+            first_error = exc
+        try:
+            self._drain(None)
+        finally:
+            self._engine.shutdown()
+            for t in self._threads:
+                t.join(timeout=60)
+            self._record_late_drops()
+            try:
+                self._write_meta({"event": "writer_close", "wall_us": time.time_ns() // 1000,
+                                  "stats": self.stats()})
+            except errors.TfdumpError as exc:
+                first_error = first_error or exc
+            for fd in self._fds + [self._meta_fd]:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._closed = True
+            _open_writers.discard(self)
+        if first_error is not None:
+            raise first_error
+        self._raise_pending_error()
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters of the engine and the writers.
+
+        Returns
+        -------
+        dict
+            ``tensors_accepted``, ``bytes_accepted``, ``tensors_written``,
+            ``tensors_dropped``, ``bytes_dropped``, ``bytes_written`` (on disk),
+            ``payload_bytes_stored`` / ``payload_bytes_deduped``,
+            ``queue_high_water``, ``queued_bytes``, ``frames_by_codec``,
+            ``codec_state``, ``codec_changes``, ``disk_budget_exceeded``, ``error``.
+        """
+        s = self._engine.stats()
+        s.update({
+            "bytes_written": self._bytes_written,
+            "frames_by_codec": dict(self._frames_by_codec),
+            "codec_state": self._codec_state,
+            "codec_changes": len(self._codec_changes),
+            "disk_budget_exceeded": self._disk_budget_hit,
+            "error": str(self._error) if self._error else None,
+        })
+        return s
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "DumpWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --------------------------------------------------------------- internals
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise errors.TfdumpClosedError(f"this DumpWriter ({self.session_root}) is closed")
+
+    def _check_usable(self) -> None:
+        self._check_open()
+        self._raise_pending_error()
+
+    def _raise_pending_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _drain(self, timeout: Optional[float]) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._engine.wait_idle(200):
+            if not any(t.is_alive() for t in self._threads):
+                raise errors.TfdumpError("tfdump-fast writer threads stopped with tensors still queued")
+            if deadline is not None and time.monotonic() > deadline:
+                raise errors.TfdumpError(f"flush timed out after {timeout} s with tensors still queued")
+
+    def _add_written(self, n: int) -> None:
+        with self._bytes_lock:
+            self._bytes_written += n
+
+    def _record_late_drops(self) -> None:
+        for run_id, tensors, nbytes, reason in self._engine.take_late_drops():
+            self._write_meta({"event": "drops", "run_id": run_id, "dropped_tensors": tensors,
+                              "dropped_bytes": nbytes, "reason": _REASONS.get(reason, "error")})
+
+    def _set_error(self, code: int, message: str) -> None:
+        if code == errors.STATUS_DISK_BUDGET:
+            return
+        with self._lock:
+            if self._error is None:
+                self._error = errors.error_for_status(code, message)
+                log.error("tfdump-fast: %s", message)
+        self._engine.set_error(code)
+        try:
+            self._write_meta({"event": "writer_error", "code": code, "message": message})
+        except Exception:  # noqa: BLE001 - the metadata shard may be on the same full disk
+            pass
+
+    def _write_meta(self, event: Dict[str, Any], store: Sequence[bytes] = (),
+                    hashes: Sequence[bytes] = ()) -> None:
+        with self._meta_lock:
+            new = []
+            for payload, h in zip(store, hashes):
+                if h not in self._attachments_stored:
+                    new.append(payload)
+            raw_table, raw_data, n = _native.encode_meta(json.dumps(event, sort_keys=True), new, list(hashes))
+            table = self._meta_compressor.compress(raw_table)
+            data = self._meta_compressor.compress(raw_data) if raw_data else b""
+            header = _native.encode_frame_header(
+                _native.FRAME_KIND_META, _native.CODEC_ZSTD, _META_LEVEL, len(table), len(raw_table),
+                len(data), len(raw_data), n, _native.crc32c(table), _native.crc32c(data))
+            try:
+                _writev_all(self._meta_fd, [header, table, data])
+            except OSError as exc:
+                raise errors.error_for_status(
+                    _status_for_oserror(exc),
+                    f"writing dump metadata to {self.session_root!r} failed: {exc.strerror}") from exc
+            self._attachments_stored.update(_native.hash128(p) for p in new)
+            self._add_written(len(header) + len(table) + len(data))
+
+    def _choose_codec(self):
+        """(codec, level) for the next frame, following the back-off ladder."""
+        configured = (self.options["codec"], self.options["level"] if self.options["codec"] == "zstd" else 0)
+        if not self.options["backoff"] or self.options["codec"] == "raw":
+            return configured
+        fill = self._engine.stats()["queued_bytes"] / self.options["queue_bytes"]
+        state = self._codec_state
+        if fill >= _RAW_WATER:
+            new_state = "raw"
+        elif fill >= _HIGH_WATER and state == "configured":
+            new_state = "fast"
+        elif fill < _LOW_WATER:
+            new_state = "configured"
+        else:
+            new_state = state
+        if new_state != state:
+            with self._lock:
+                if self._codec_state == state:
+                    self._codec_state = new_state
+                    change = {"event": "codec_change", "state": new_state, "queue_fill": round(fill, 3),
+                              "wall_us": time.time_ns() // 1000}
+                    self._codec_changes.append(change)
+                    try:
+                        self._write_meta(change)
+                    except errors.TfdumpError:
+                        pass
+        state = self._codec_state
+        if state == "raw":
+            return ("raw", 0)
+        if state == "fast":
+            return ("zstd", min(_FAST_ZSTD_LEVEL, configured[1]))
+        return configured
+
+    def _worker_main(self, k: int) -> None:
+        fd = self._fds[k]
+        compressors: Dict[int, zstandard.ZstdCompressor] = {}
+        engine = self._engine
+        while True:
+            try:
+                frame, finished = engine.next_frame(k, self._flush_timeout_ms)
+            except BaseException as exc:  # noqa: BLE001 - a worker must never die silently
+                self._set_error(errors.STATUS_INTERNAL, f"writer thread {k} failed: {exc!r}")
+                return
+            if frame is None:
+                if finished:
+                    return
+                continue
+            try:
+                self._write_frame(fd, frame, compressors)
+            except BaseException as exc:  # noqa: BLE001
+                self._set_error(errors.STATUS_INTERNAL, f"writer thread {k} failed: {exc!r}")
+                engine.commit_frame(frame, errors.STATUS_INTERNAL, 0)
+
+    def _write_frame(self, fd: int, frame, compressors) -> None:
+        engine = self._engine
+        if engine.error != errors.STATUS_OK:
+            # After a fatal error or the disk budget nothing more is written;
+            # the frame's tensors are counted as dropped.
+            engine.commit_frame(frame, engine.error, 0)
+            return
+        codec, level = self._choose_codec()
+        raw_table, raw_data = frame.table, frame.data
+        if codec == "zstd":
+            comp = compressors.get(level)
+            if comp is None:
+                comp = compressors[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+            table, data = comp.compress(raw_table), comp.compress(raw_data)
+            codec_id = _native.CODEC_ZSTD
+        else:
+            table, data, codec_id, level = raw_table, raw_data, _native.CODEC_RAW, 0
+        header = _native.encode_frame_header(
+            _native.FRAME_KIND_DATA, codec_id, level, len(table), len(raw_table), len(data), len(raw_data),
+            frame.n_entries, _native.crc32c(table), _native.crc32c(data))
+        total = len(header) + len(table) + len(data)
+        limit = self.options["disk_limit_bytes"]
+        if limit is not None and self._bytes_written + total > limit:
+            self._hit_disk_budget(limit)
+            engine.commit_frame(frame, errors.STATUS_DISK_BUDGET, 0)
+            return
+        try:
+            _writev_all(fd, [header, table, data])
+        except OSError as exc:
+            code = _status_for_oserror(exc)
+            self._set_error(code, f"writing to {self.session_root!r} failed: {exc.strerror} "
+                                  f"({_REASONS.get(code, 'error')}); later tensors are dropped and counted")
+            engine.commit_frame(frame, code, 0)
+            return
+        self._add_written(total)
+        key = codec if codec == "raw" else f"zstd:{level}"
+        self._frames_by_codec[key] = self._frames_by_codec.get(key, 0) + 1
+        engine.commit_frame(frame, errors.STATUS_OK, total)
+
+    def _hit_disk_budget(self, limit: int) -> None:
+        with self._lock:
+            if self._disk_budget_hit:
+                return
+            self._disk_budget_hit = True
+        # Later tensors are dropped at once instead of queued, compressed and discarded.
+        self._engine.set_error(errors.STATUS_DISK_BUDGET)
+        message = (f"tfdump-fast: disk budget of {limit} bytes reached in {self.session_root}; "
+                   "later tensors are not written (counted as drops). Raise disk_limit_bytes to keep more.")
+        log.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        try:
+            self._write_meta({"event": "disk_budget_exceeded", "limit_bytes": limit,
+                              "written_bytes": self._bytes_written, "wall_us": time.time_ns() // 1000})
+        except errors.TfdumpError:
+            pass
+
+
+_REASONS = {
+    errors.STATUS_DISK_BUDGET: "disk_budget",
+    errors.STATUS_NO_SPACE: "no_space",
+    errors.STATUS_PERMISSION: "permission",
+    errors.STATUS_IO: "io_error",
+    errors.STATUS_INTERNAL: "internal_error",
+}
+
+
+def _jsonable(obj):
+    """Metadata must survive json.dumps; anything else becomes its repr."""
+    try:
+        json.dumps(obj)
+        return obj
+    except TypeError:
+        if isinstance(obj, dict):
+            return {str(k): _jsonable(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [_jsonable(v) for v in obj]
+        return repr(obj)
+
+
+def _package_version() -> str:
+    from tfdump_fast import __version__
+
+    return __version__

@@ -648,10 +648,17 @@ class DumpWriter:
             frame.n_entries, _native.crc32c(table), _native.crc32c(data))
         total = len(header) + len(table) + len(data)
         limit = self.options["disk_limit_bytes"]
-        if limit is not None and self._bytes_written + total > limit:
-            self._hit_disk_budget(limit)
-            engine.commit_frame(frame, errors.STATUS_DISK_BUDGET, 0)
-            return
+        if limit is not None:
+            # Reserve the bytes before writing, so two workers cannot both
+            # squeeze in under the budget.
+            with self._bytes_lock:
+                fits = self._bytes_written + total <= limit
+                if fits:
+                    self._bytes_written += total
+            if not fits:
+                self._hit_disk_budget(limit)
+                engine.commit_frame(frame, errors.STATUS_DISK_BUDGET, 0)
+                return
         try:
             _writev_all(fd, [header, table, data])
         except OSError as exc:
@@ -660,7 +667,8 @@ class DumpWriter:
                                   f"({_REASONS.get(code, 'error')}); later tensors are dropped and counted")
             engine.commit_frame(frame, code, 0)
             return
-        self._add_written(total)
+        if limit is None:
+            self._add_written(total)
         key = codec if codec == "raw" else f"zstd:{level}"
         self._frames_by_codec[key] = self._frames_by_codec.get(key, 0) + 1
         engine.commit_frame(frame, errors.STATUS_OK, total)

@@ -197,7 +197,10 @@ int Engine::Submit(const tfdump_tensor_in& in) {
   // The sequence number is taken on arrival, before any backpressure wait, so
   // it is the exact order in which the debug ops handed tensors over.
   const uint64_t seq = run.seq.fetch_add(1, std::memory_order_relaxed);
-  const uint64_t charge = in.charge_bytes != 0 ? in.charge_bytes : in.size;
+  // The bookkeeping of a record counts too, so a flood of scalars cannot
+  // hold many times the budget in Record structs.
+  const uint64_t charge = (in.charge_bytes != 0 ? in.charge_bytes : in.size) + sizeof(Record) +
+                          sizeof(int64_t) * static_cast<uint64_t>(in.ndims > 0 ? in.ndims : 0);
 
   if (options_.discard) {
     run.tensors.fetch_add(1, std::memory_order_relaxed);

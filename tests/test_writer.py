@@ -248,10 +248,10 @@ def test_kill_9_mid_write_keeps_every_complete_frame(session_root):
     _, frames, torn = scan_shard(shard)
     n_complete = sum(len(t.tensors) for _, t, _ in frames)
     assert n_complete >= 400
-    # Tear the last frame in half, as a kill during write() would.
+    # Tear the last complete frame, as a kill during its write() would.
     size = os.path.getsize(shard)
     with open(shard, "r+b") as f:
-        f.truncate(size - 1000)
+        f.truncate(size - torn - 1000)
     _, frames_after, torn_after = scan_shard(shard)
     assert len(frames_after) == len(frames) - 1 and torn_after > 0
     # every surviving tensor holds exactly what was written
@@ -337,6 +337,7 @@ def test_session_root_errors(tmp_path):
     ({"disk_limit_bytes": -1}, "disk_limit_bytes=-1"),
     ({"frame_bytes": 1}, "frame_bytes=1"),
     ({"sink": "tape"}, "sink='tape'"),
+    ({"worker_nice": 40}, "worker_nice=40"),
 ])
 def test_bad_options_name_the_option(session_root, kwargs, match):
     with pytest.raises(errors.TfdumpUsageError, match=match):

@@ -141,6 +141,11 @@ class DumpWriter:
         Tensors at least this large are kept by reference, smaller ones copied.
     flush_interval : float, default 0.1
         Longest time (s) a partial frame waits before it is written.
+    worker_nice : int, default 19
+        Scheduling niceness of the writer threads (Linux). The workers then
+        use the CPU time TF leaves idle instead of competing with its
+        executor threads; when the queue fills up, the producers wait and the
+        workers get the CPU. 0 keeps the process's priority.
     """
 
     def __init__(
@@ -161,15 +166,18 @@ class DumpWriter:
         zero_copy_threshold: int = 64 << 10,
         flush_interval: float = 0.1,
         dedup_max_entries: int = 4 << 20,
+        worker_nice: int = 19,
     ):
         self._validate(queue_bytes, policy, workers, codec, level, frame_bytes, disk_limit_bytes, sink,
                        zero_copy_threshold, flush_interval)
+        if not isinstance(worker_nice, int) or not 0 <= worker_nice <= 19:
+            raise errors.TfdumpUsageError(f"worker_nice={worker_nice!r} must be an integer from 0 to 19")
         self.session_root = os.fspath(session_root)
         self.options = {
             "queue_bytes": int(queue_bytes), "policy": policy, "workers": int(workers), "codec": codec,
             "level": int(level), "shuffle": bool(shuffle), "frame_bytes": int(frame_bytes),
             "disk_limit_bytes": disk_limit_bytes, "backoff": bool(backoff), "sink": sink,
-            "zero_copy_threshold": int(zero_copy_threshold),
+            "zero_copy_threshold": int(zero_copy_threshold), "worker_nice": int(worker_nice),
         }
         self._prepare_root(self.session_root, allow_existing)
 
@@ -607,6 +615,12 @@ class DumpWriter:
         return configured
 
     def _worker_main(self, k: int) -> None:
+        nice = self.options["worker_nice"]
+        if nice and hasattr(os, "setpriority"):
+            try:  # per-thread on Linux: the target is this thread's id
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+            except OSError as exc:
+                log.debug("tfdump-fast: cannot renice writer thread: %s", exc)
         fd = self._fds[k]
         compressors: Dict[int, zstandard.ZstdCompressor] = {}
         engine = self._engine

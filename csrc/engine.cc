@@ -14,6 +14,8 @@ namespace {
 
 constexpr size_t kChunkBytes = 1u << 20;       // per-stripe copy buffer
 constexpr size_t kMaxChunkedCopy = 256u << 10;  // larger copies get their own block
+constexpr size_t kMaxFrameRecords = 16384;     // bounds a frame's bookkeeping when tensors are tiny
+constexpr size_t kMinIndexedPayload = 64;       // smaller payloads are deduplicated within a frame only
 
 int64_t NowUs() {
   timespec ts;
@@ -224,7 +226,12 @@ int Engine::Submit(const tfdump_tensor_in& in) {
   r.dtype = in.dtype;
   r.flags = in.flags;
   r.elem_size = in.elem_size;
-  if (in.ndims > 0 && in.dims != nullptr) r.dims.assign(in.dims, in.dims + in.ndims);
+  r.ndims = (in.ndims > 0 && in.dims != nullptr) ? in.ndims : 0;
+  if (r.ndims <= Record::kInlineDims) {
+    for (int d = 0; d < r.ndims; ++d) r.inline_dims[d] = in.dims[d];
+  } else {
+    r.heap_dims.assign(in.dims, in.dims + in.ndims);
+  }
   r.size = in.size;
   r.encode = in.encode;
   r.charge = charge;
@@ -336,7 +343,7 @@ void Engine::StoreBlob(Frame* frame, const Hash128& h, const uint8_t* p, size_t 
     std::memcpy(frame->data.data() + offset, p, n);
   }
   frame->table.Blob(h, n, offset, shuffle ? kFilterShuffle : kFilterNone, shuffle ? uint8_t(elem_size) : uint8_t(0));
-  frame->new_hashes.push_back(h);
+  frame->new_hashes.emplace_back(h, n);
   st_stored_.fetch_add(n, std::memory_order_relaxed);
 }
 
@@ -364,10 +371,10 @@ std::unique_ptr<Frame> Engine::NextFrame(int worker, int timeout_ms, bool* finis
   frame->worker = worker;
   uint64_t bytes = 0;
   const unsigned start = next_stripe_.fetch_add(1, std::memory_order_relaxed);
-  for (size_t i = 0; i < kStripes && bytes < options_.frame_bytes; ++i) {
+  for (size_t i = 0; i < kStripes && bytes < options_.frame_bytes && frame->records.size() < kMaxFrameRecords; ++i) {
     Stripe& s = stripes_[(start + i) % kStripes];
     std::lock_guard<std::mutex> lk(s.mu);
-    while (!s.records.empty() && bytes < options_.frame_bytes) {
+    while (!s.records.empty() && bytes < options_.frame_bytes && frame->records.size() < kMaxFrameRecords) {
       Record& r = s.records.front();
       if (!frame->records.empty() && bytes + r.size > options_.frame_bytes) break;
       bytes += r.size;
@@ -442,7 +449,7 @@ std::unique_ptr<Frame> Engine::NextFrame(int worker, int timeout_ms, bool* finis
       blob_hashes.push_back(b.hash);
     }
     frame->table.Tensor(r.run_id, r.seq, r.wall_us, r.key_id, r.dtype, static_cast<uint16_t>(r.flags),
-                        r.dims.data(), static_cast<int>(r.dims.size()), p.main_hash, p.main_len, blob_hashes.data(),
+                        r.dims(), r.ndims, p.main_hash, p.main_len, blob_hashes.data(),
                         static_cast<uint32_t>(blob_hashes.size()));
     ++frame->n_tensors;
   }
@@ -455,7 +462,10 @@ void Engine::CommitFrame(std::unique_ptr<Frame> frame, int status, uint64_t stor
     std::lock_guard<std::mutex> lk(dedup_mu_);
     // Bounded memory: past the cap, start over (costs duplicates, never data).
     if (committed_.size() + frame->new_hashes.size() > options_.dedup_max_entries) committed_.clear();
-    committed_.insert(frame->new_hashes.begin(), frame->new_hashes.end());
+    for (const auto& nh : frame->new_hashes) {
+      // Tiny payloads cost less to store again than to index (~64 B an entry).
+      if (nh.second >= kMinIndexedPayload) committed_.insert(nh.first);
+    }
     st_written_.fetch_add(frame->n_tensors, std::memory_order_relaxed);
     st_frames_.fetch_add(1, std::memory_order_relaxed);
   } else {

@@ -32,7 +32,7 @@ struct EngineOptions {
   bool shuffle = true;                   // byte-shuffle numeric payloads
   uint64_t zero_copy_threshold = 64ull << 10;
   bool discard = false;                  // accept and drop everything: the capture floor
-  uint64_t dedup_max_entries = 4ull << 20;
+  uint64_t dedup_max_entries = 256ull << 10;  // ~14 MiB of index at most
 };
 
 struct RunCounters {
@@ -65,7 +65,13 @@ struct Record {
   int32_t dtype = 0;
   uint32_t flags = 0;
   uint32_t elem_size = 0;
-  std::vector<int64_t> dims;
+  // Shapes of up to kInlineDims dimensions live in the record itself: no
+  // allocation per tensor on TF's threads.
+  static constexpr int kInlineDims = 6;
+  int32_t ndims = 0;
+  int64_t inline_dims[kInlineDims];
+  std::vector<int64_t> heap_dims;
+  const int64_t* dims() const { return ndims <= kInlineDims ? inline_dims : heap_dims.data(); }
   const uint8_t* data = nullptr;
   size_t size = 0;
   tfdump_encode_fn encode = nullptr;
@@ -80,7 +86,7 @@ struct Frame {
   TableWriter table;
   std::vector<uint8_t> data;
   std::vector<Record> records;
-  std::vector<Hash128> new_hashes;
+  std::vector<std::pair<Hash128, uint64_t>> new_hashes;  // (hash, size) of blobs stored here
   uint64_t charge = 0;
   uint32_t n_tensors = 0;
   std::vector<LateDrop> encode_failures;

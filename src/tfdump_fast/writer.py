@@ -165,7 +165,7 @@ class DumpWriter:
         sink: str = "disk",
         zero_copy_threshold: int = 64 << 10,
         flush_interval: float = 0.1,
-        dedup_max_entries: int = 4 << 20,
+        dedup_max_entries: int = 256 << 10,
         worker_nice: int = 19,
     ):
         self._validate(queue_bytes, policy, workers, codec, level, frame_bytes, disk_limit_bytes, sink,

@@ -387,6 +387,22 @@ std::unique_ptr<Frame> Engine::NextFrame(int worker, int timeout_ms, bool* finis
   if (frame->records.empty()) return nullptr;
 
   // Pass 1, no locks held: run deferred encoders and hash every payload.
+  // Variant records attach the same element buffers over and over (a
+  // TensorList dumped at every loop iteration shares its elements with every
+  // earlier dump), so hashes are remembered by (address, size) for the
+  // frame: every owner stays alive until the frame is committed, so an
+  // address cannot be reused for other bytes meanwhile.
+  struct PtrKey {
+    const uint8_t* p;
+    size_t n;
+    bool operator==(const PtrKey& o) const { return p == o.p && n == o.n; }
+  };
+  struct PtrKeyHash {
+    size_t operator()(const PtrKey& k) const {
+      return std::hash<const void*>()(k.p) ^ (k.n * 0x9E3779B97F4A7C15ull);
+    }
+  };
+  std::unordered_map<PtrKey, Hash128, PtrKeyHash> hash_memo;
   std::vector<Prepared> prepared(frame->records.size());
   for (size_t i = 0; i < frame->records.size(); ++i) {
     Record& r = frame->records[i];
@@ -406,7 +422,15 @@ std::unique_ptr<Frame> Engine::NextFrame(int worker, int timeout_ms, bool* finis
       p.main_len = r.size;
     }
     if (p.main_len > 0) p.main_hash = HashBytes(p.main, p.main_len);
-    for (BlobRef& b : p.blobs) b.hash = HashBytes(b.data, b.size);
+    for (BlobRef& b : p.blobs) {
+      auto it = hash_memo.find(PtrKey{b.data, b.size});
+      if (it != hash_memo.end()) {
+        b.hash = it->second;
+      } else {
+        b.hash = HashBytes(b.data, b.size);
+        hash_memo.emplace(PtrKey{b.data, b.size}, b.hash);
+      }
+    }
   }
 
   // Pass 2: one lock to learn which payloads earlier frames already hold.

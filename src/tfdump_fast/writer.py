@@ -67,6 +67,7 @@ class Run:
     debug_urls: List[str] = field(default_factory=list)
     slot: int = -1
     ended: bool = False
+    writer: Any = field(default=None, repr=False, compare=False)
     counters: Dict[str, int] = field(default_factory=dict)
 
 
@@ -318,11 +319,18 @@ class DumpWriter:
             run_id = self._run_counter
         wall_us = time.time_ns() // 1000
         run = Run(run_id=run_id, run_name=run_name or f"run_{wall_us}_{run_id - 1}", wall_us=wall_us)
+        # While a run is open it keeps its writer (and so the engine the TF
+        # bridge points at) alive, even if the caller drops the writer.
+        run.writer = self
         self._engine.begin_run(run_id)
         if capture:
             from tfdump_fast.bridge import get_bridge  # imports TensorFlow
 
-            slot, url = get_bridge().acquire_slot(self._engine.api_address(), run_id)
+            try:
+                slot, url = get_bridge().acquire_slot(self._engine.api_address(), run_id)
+            except BaseException:
+                self._engine.end_run(run_id)
+                raise
             run.slot, run.debug_urls = slot, [url]
         with self._lock:
             self._open_runs[run_id] = run
@@ -366,7 +374,7 @@ class DumpWriter:
             get_bridge().release_slot(run.slot)
             run.slot = -1
         counters = self._engine.end_run(run.run_id)
-        run.ended, run.counters = True, counters
+        run.ended, run.counters, run.writer = True, counters, None
         with self._lock:
             self._open_runs.pop(run.run_id, None)
         event = {"event": "run_end", "run_id": run.run_id, "run_name": run.run_name,

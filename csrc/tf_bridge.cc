@@ -1,0 +1,660 @@
+// The TensorFlow capture bridge: libtfdump_tf_bridge.so.
+//
+// Compiled on first use against the TensorFlow that runs (see
+// src/tfdump_fast/bridge.py) and loaded with dlopen by tfdump_fast._bridge.
+// It registers one `memcbk://tfdump_slot_<i>` callback per slot with
+// TensorFlow's DebugCallbackRegistry; tfdbg's debug ops then hand every
+// watched tensor to OnTensor() synchronously on TF executor threads, and we
+// forward it to the capture engine through the plain-C tfdump_engine_api
+// (engine_api.h). The C ABI we export is in bridge_api.h.
+//
+// Rules for everything reachable from a TF thread: a few microseconds per
+// tensor, no Python, no exceptions escaping into TensorFlow, no blocking
+// except inside engine->submit (the engine's backpressure policy).
+
+#include <stdint.h>
+#include <string.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tensorflow/core/debug/debug_callback_registry.h"
+#include "tensorflow/core/debug/debug_node_key.h"
+#include "tensorflow/core/framework/resource_handle.h"
+#include "tensorflow/core/framework/resource_handle.pb.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/types.h"
+#include "tensorflow/core/framework/variant.h"
+#include "tensorflow/core/framework/variant_tensor_data.h"
+#include "tensorflow/core/public/version.h"
+#if __has_include("tensorflow/core/public/release_version.h")
+// Since TF 2.2x the version numbers are no longer written into the headers:
+// TF's own build passes them as -D flags and so does our builder
+// (bridge.py, from the tf.__version__ of the wheel whose headers we use).
+#include "tensorflow/core/public/release_version.h"
+#endif
+
+#include "bridge_api.h"
+
+// The TF version this library was compiled against. The loader compares it
+// with tf.__version__ and refuses a library built for another TF (the C++ ABI
+// of tensorflow::Tensor & co. is not stable across releases). The test suite
+// overrides it to exercise that check.
+#if defined(TFDUMP_FAKE_TF_VERSION)
+#define TFDUMP_BRIDGE_TF_VERSION TFDUMP_FAKE_TF_VERSION
+#elif defined(TF_VERSION_STRING)
+#define TFDUMP_BRIDGE_TF_VERSION TF_VERSION_STRING
+#else
+#error "TF version unknown: build with -DTF_MAJOR_VERSION=.. -DTF_MINOR_VERSION=.. -DTF_PATCH_VERSION=.. -DTF_VERSION_SUFFIX=\"..\""
+#endif
+
+// tf.version.GIT_VERSION is not reachable from C++ headers; the builder
+// passes it in as a string literal (informational only).
+#ifndef TFDUMP_TF_GIT_VERSION
+#define TFDUMP_TF_GIT_VERSION ""
+#endif
+
+#define TFDUMP_EXPORT __attribute__((visibility("default")))
+
+namespace {
+
+using tensorflow::DataType;
+using tensorflow::DebugNodeKey;
+using tensorflow::Tensor;
+
+constexpr int kMaxSlots = 64;
+constexpr int kMaxDims = 256;  // TF allows at most 254
+
+// ---------------------------------------------------------------------------
+// Statistics: per-thread counters summed on demand, so the hot path never
+// writes a cache line shared with other executor threads.
+
+struct ThreadStats {
+  std::atomic<uint64_t> forwarded{0};
+  std::atomic<uint64_t> orphaned{0};
+  std::atomic<uint64_t> failed{0};
+};
+
+std::mutex g_stats_mu;
+// Leaked on purpose: a thread's counters must outlive the thread (they are
+// summed later) and the library is never unloaded.
+std::vector<ThreadStats*>* g_all_stats = new std::vector<ThreadStats*>();
+
+// Used by threads whose own block could not be allocated.
+ThreadStats g_fallback_stats;
+
+// Never throws: it is called from the noexcept TF callback. If the
+// registration fails (out of memory) the thread counts into the shared
+// fallback block (its counts may then be slightly off).
+ThreadStats* MyStats() noexcept {
+  thread_local ThreadStats* mine = nullptr;
+  if (mine == nullptr) {
+    try {
+      std::unique_ptr<ThreadStats> s(new ThreadStats());
+      std::lock_guard<std::mutex> lock(g_stats_mu);
+      g_all_stats->push_back(s.get());
+      mine = s.release();
+    } catch (...) {
+      return &g_fallback_stats;
+    }
+  }
+  return mine;
+}
+
+inline void Bump(std::atomic<uint64_t>& c) {
+  // Only this thread writes the counter: a relaxed load+store is enough and
+  // avoids a locked instruction.
+  c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+
+// ---------------------------------------------------------------------------
+// Slots.
+
+// Immutable once published; freed by release_slot after the last callback
+// that could have seen it has finished.
+struct Binding {
+  const tfdump_engine_api* api;
+  uint32_t run_id;
+  // Identifies "this engine, while continuously bound". Key ids are per
+  // engine and an engine's address may be reused by a later engine once the
+  // first is gone, so the per-thread key cache is keyed on the epoch rather
+  // than on the pointer alone.
+  uint64_t epoch;
+};
+
+struct alignas(64) Slot {
+  std::atomic<Binding*> binding{nullptr};
+  std::atomic<int64_t> inflight{0};
+  // Guarded by g_slots_mu.
+  bool registered = false;
+  bool busy = false;
+};
+
+std::mutex g_slots_mu;
+Slot g_slots[kMaxSlots];
+uint64_t g_epoch_counter = 0;  // guarded by g_slots_mu
+
+// ---------------------------------------------------------------------------
+// Per-thread key-id cache. intern_key takes the engine's lock and hashes
+// three strings; a tensor watched inside a while loop arrives once per
+// iteration with the same DebugNodeKey object, so remembering the id per
+// (key object, engine epoch) saves most of that. A hit also compares the key
+// contents, so a DebugNodeKey freed and reallocated at the same address (a
+// kernel destroyed and another created) can never reuse a wrong id.
+
+struct KeyCacheEntry {
+  const DebugNodeKey* nk = nullptr;
+  uint64_t epoch = 0;
+  int32_t output_slot = 0;
+  uint32_t id = 0;
+  std::string device, node, op;
+};
+
+constexpr size_t kKeyCacheSize = 256;  // direct-mapped, power of two
+
+uint32_t InternKey(const Binding& b, const DebugNodeKey& k) {
+  thread_local std::unique_ptr<KeyCacheEntry[]> cache(
+      new KeyCacheEntry[kKeyCacheSize]);
+  uintptr_t h = reinterpret_cast<uintptr_t>(&k) >> 4;
+  h ^= static_cast<uintptr_t>(b.epoch) * 0x9E3779B97F4A7C15ull;
+  h ^= h >> 17;
+  KeyCacheEntry& e = cache[h & (kKeyCacheSize - 1)];
+  if (e.nk == &k && e.epoch == b.epoch && e.output_slot == k.output_slot &&
+      e.node == k.node_name && e.device == k.device_name && e.op == k.debug_op) {
+    return e.id;
+  }
+  const tfdump_engine_api* api = b.api;
+  uint32_t id = api->intern_key(api->engine, k.device_name.data(),
+                                k.device_name.size(), k.node_name.data(),
+                                k.node_name.size(), k.output_slot,
+                                k.debug_op.data(), k.debug_op.size());
+  e.nk = &k;
+  e.epoch = b.epoch;
+  e.output_slot = k.output_slot;
+  e.id = id;
+  e.device.assign(k.device_name);
+  e.node.assign(k.node_name);
+  e.op.assign(k.debug_op);
+  return id;
+}
+
+// ---------------------------------------------------------------------------
+// Payload helpers.
+
+// Byte width of one lane for the shuffle filter: a complex number is two
+// floats, and shuffling by float lanes compresses far better.
+uint32_t ShuffleElemSize(DataType dt) {
+  switch (dt) {
+    case tensorflow::DT_COMPLEX64:
+      return 4;
+    case tensorflow::DT_COMPLEX128:
+      return 8;
+    default: {
+      int s = tensorflow::DataTypeSize(dt);
+      return s > 0 ? static_cast<uint32_t>(s) : 0;
+    }
+  }
+}
+
+void ReleaseTensor(void* owner) { delete static_cast<Tensor*>(owner); }
+
+// Little-endian appenders (x86-64 / aarch64 are little-endian; FORMAT.md
+// fixes little-endian).
+template <typename T>
+inline void Put(std::string* out, T v) {
+  out->append(reinterpret_cast<const char*>(&v), sizeof(T));
+}
+
+// Coalesces the many small appends of a string encoding into few
+// sink->append calls; large pieces go straight through.
+class SinkWriter {
+ public:
+  explicit SinkWriter(tfdump_encode_sink* sink) : sink_(sink) {
+    buf_.reserve(kChunk);
+  }
+  ~SinkWriter() { Flush(); }
+  void Append(const void* p, size_t n) {
+    if (n >= kChunk) {
+      Flush();
+      sink_->append(sink_, p, n);
+      return;
+    }
+    buf_.append(static_cast<const char*>(p), n);
+    if (buf_.size() >= kChunk) Flush();
+  }
+  void Flush() {
+    if (!buf_.empty()) {
+      sink_->append(sink_, buf_.data(), buf_.size());
+      buf_.clear();
+    }
+  }
+
+ private:
+  static constexpr size_t kChunk = 64 << 10;
+  tfdump_encode_sink* sink_;
+  std::string buf_;
+};
+
+// String encoding (FORMAT.md): u64 n, u64 lengths[n], bytes concatenated.
+// Out must provide Append(const void*, size_t).
+struct StringOut {
+  std::string* s;
+  void Append(const void* p, size_t n) {
+    s->append(static_cast<const char*>(p), n);
+  }
+};
+
+template <typename Out>
+void EncodeStrings(const Tensor& t, Out* out) {
+  const int64_t n = t.NumElements();
+  const tensorflow::tstring* v =
+      static_cast<const tensorflow::tstring*>(t.data());
+  uint64_t n64 = static_cast<uint64_t>(n);
+  out->Append(&n64, 8);
+  for (int64_t i = 0; i < n; ++i) {
+    uint64_t len = v[i].size();
+    out->Append(&len, 8);
+  }
+  for (int64_t i = 0; i < n; ++i) out->Append(v[i].data(), v[i].size());
+}
+
+// DT_RESOURCE: each handle as the serialized ResourceHandleProto that
+// Tensor::AsProtoTensorContent (i.e. tfdbg's file:// dump) would carry, laid
+// out as the string encoding.
+template <typename Out>
+void EncodeResources(const Tensor& t, Out* out) {
+  const int64_t n = t.NumElements();
+  const tensorflow::ResourceHandle* v =
+      static_cast<const tensorflow::ResourceHandle*>(t.data());
+  std::vector<std::string> protos(static_cast<size_t>(n));
+  tensorflow::ResourceHandleProto proto;
+  for (int64_t i = 0; i < n; ++i) {
+    proto.Clear();
+    v[i].AsProto(&proto);
+    protos[i] = proto.SerializeAsString();
+  }
+  uint64_t n64 = static_cast<uint64_t>(n);
+  out->Append(&n64, 8);
+  for (const std::string& p : protos) {
+    uint64_t len = p.size();
+    out->Append(&len, 8);
+  }
+  for (const std::string& p : protos) out->Append(p.data(), p.size());
+}
+
+// Owner of a variant tensor while it waits for its encoder: the tensor (which
+// keeps every Variant, and through a TensorList its element buffers, alive)
+// plus the VariantTensorData that Encode() produced, because the blobs handed
+// to add_blob point into those tensors and must stay valid until release.
+struct VariantOwner {
+  Tensor tensor;
+  std::vector<std::unique_ptr<tensorflow::VariantTensorData>> keep;
+};
+
+void ReleaseVariantOwner(void* owner) {
+  delete static_cast<VariantOwner*>(owner);
+}
+
+void PutDims(std::string* out, const Tensor& t) {
+  const int nd = t.dims();
+  Put<uint8_t>(out, static_cast<uint8_t>(nd));
+  for (int i = 0; i < nd; ++i) Put<int64_t>(out, t.dim_size(i));
+}
+
+void EncodeVariantElements(const Tensor& t, VariantOwner* owner,
+                           tfdump_encode_sink* sink, std::string* out);
+
+// tensor_desc of FORMAT.md's variant structure.
+void EncodeSubTensor(const Tensor& st, VariantOwner* owner,
+                     tfdump_encode_sink* sink, std::string* out) {
+  const DataType dt = st.dtype();
+  const bool init = st.IsInitialized();
+  uint16_t flags = 0;
+  if (!init) {
+    flags |= TFDUMP_FLAG_UNINITIALIZED;
+  } else if (dt == tensorflow::DT_STRING) {
+    flags |= TFDUMP_FLAG_STRING;
+  } else if (dt == tensorflow::DT_RESOURCE) {
+    flags |= TFDUMP_FLAG_RESOURCE;
+  } else if (dt == tensorflow::DT_VARIANT) {
+    flags |= TFDUMP_FLAG_VARIANT;
+  }
+  Put<int32_t>(out, static_cast<int32_t>(dt));
+  Put<uint16_t>(out, flags);
+  PutDims(out, st);
+  if (!init || st.NumElements() == 0) {
+    Put<uint8_t>(out, 2);
+    return;
+  }
+  if (tensorflow::DataTypeCanUseMemcpy(dt)) {
+    absl::string_view data = st.tensor_data();
+    Put<uint8_t>(out, 0);
+    Put<uint32_t>(out, sink->add_blob(sink, data.data(), data.size(),
+                                      ShuffleElemSize(dt)));
+    return;
+  }
+  // Strings, resources and nested variants are stored inline.
+  std::string inner;
+  if (dt == tensorflow::DT_STRING) {
+    StringOut so{&inner};
+    EncodeStrings(st, &so);
+  } else if (dt == tensorflow::DT_RESOURCE) {
+    StringOut so{&inner};
+    EncodeResources(st, &so);
+  } else if (dt == tensorflow::DT_VARIANT) {
+    EncodeVariantElements(st, owner, sink, &inner);
+  } else {
+    // A dtype we cannot serialize (none known today): keep the description,
+    // drop the payload rather than fail the whole record.
+    Put<uint8_t>(out, 2);
+    return;
+  }
+  Put<uint8_t>(out, 1);
+  Put<uint64_t>(out, inner.size());
+  out->append(inner);
+}
+
+// Variant structure (FORMAT.md) of every element of a DT_VARIANT tensor.
+void EncodeVariantElements(const Tensor& t, VariantOwner* owner,
+                           tfdump_encode_sink* sink, std::string* out) {
+  const int64_t n = t.NumElements();
+  const tensorflow::Variant* v =
+      static_cast<const tensorflow::Variant*>(t.data());
+  Put<uint64_t>(out, static_cast<uint64_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    owner->keep.emplace_back(new tensorflow::VariantTensorData());
+    tensorflow::VariantTensorData* d = owner->keep.back().get();
+    // An empty Variant encodes nothing: type_name "", no metadata, no
+    // tensors -- exactly what Tensor::AsProtoTensorContent records for it.
+    v[i].Encode(d);
+    const std::string& type_name = d->type_name();
+    const std::string& meta = d->metadata_string();
+    Put<uint32_t>(out, static_cast<uint32_t>(type_name.size()));
+    out->append(type_name);
+    Put<uint32_t>(out, static_cast<uint32_t>(meta.size()));
+    out->append(meta);
+    const int nt = d->tensors_size();
+    Put<uint32_t>(out, static_cast<uint32_t>(nt));
+    for (int j = 0; j < nt; ++j) EncodeSubTensor(d->tensors(j), owner, sink, out);
+  }
+}
+
+// Deferred encoders: run on a writer worker thread, never on a TF thread.
+
+int EncodeStringRecord(void* owner, tfdump_encode_sink* sink) {
+  try {
+    SinkWriter w(sink);
+    EncodeStrings(*static_cast<Tensor*>(owner), &w);
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+
+int EncodeResourceRecord(void* owner, tfdump_encode_sink* sink) {
+  try {
+    SinkWriter w(sink);
+    EncodeResources(*static_cast<Tensor*>(owner), &w);
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+
+int EncodeVariantRecord(void* owner, tfdump_encode_sink* sink) {
+  try {
+    VariantOwner* vo = static_cast<VariantOwner*>(owner);
+    std::string out;
+    EncodeVariantElements(vo->tensor, vo, sink, &out);
+    sink->append(sink, out.data(), out.size());
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+
+// Bytes charged for a variant record: the Variant objects themselves. The
+// tensors inside (e.g. a TensorList's element buffers) are deliberately not
+// charged: they are shared, immutable buffers of TF's live lists, and inside
+// a while loop the same buffers appear in every iteration's dump of the
+// growing list (measured: ~480k element references to only 600 distinct
+// buffers per step of a 200-iteration loop with gradient), so charging them
+// per record would overstate the memory held by orders of magnitude and
+// throttle capture for nothing.
+uint64_t VariantChargeBytes(const Tensor& t) { return t.TotalBytes(); }
+
+// Strings whose whole encoding is below this many bytes and whose tensor has
+// at most this many elements are encoded right away on the TF thread (then
+// copied by the engine): cheaper than a deferred record, and a string held in
+// a legacy ref variable can be overwritten in place by a later Assign (its
+// Copy node forwards rather than copies non-memcpy dtypes).
+constexpr int64_t kInlineStringMaxElems = 64;
+
+// Returns a TFDUMP_SUBMIT_* code.
+int Forward(const Binding& b, const DebugNodeKey& k, const Tensor& t) {
+  const tfdump_engine_api* api = b.api;
+  tfdump_tensor_in in;
+  memset(&in, 0, sizeof(in));
+  in.run_id = b.run_id;
+  in.key_id = InternKey(b, k);
+  const DataType dt = t.dtype();
+  in.dtype = static_cast<int32_t>(dt);
+
+  int64_t dims[kMaxDims];
+  const int nd = t.dims();
+  in.ndims = nd;
+  for (int i = 0; i < nd && i < kMaxDims; ++i) dims[i] = t.dim_size(i);
+  in.dims = dims;
+
+  if (!t.IsInitialized()) {
+    // E.g. a variable read before its initializer ran. No payload; note
+    // TotalBytes() would CHECK-fail on such a tensor.
+    in.flags = TFDUMP_FLAG_UNINITIALIZED;
+    return api->submit(api->engine, &in);
+  }
+
+  if (tensorflow::DataTypeCanUseMemcpy(dt)) {
+    // The Copy node tfdbg inserts before the debug op made a private deep
+    // copy, so referencing its buffer is safe and zero-copy.
+    absl::string_view data = t.tensor_data();
+    in.elem_size = ShuffleElemSize(dt);
+    in.size = data.size();
+    if (data.empty()) return api->submit(api->engine, &in);
+    in.data = data.data();
+    if (data.size() >= api->zero_copy_threshold) {
+      in.owner = new Tensor(t);
+      in.release = ReleaseTensor;
+    }
+    // else: owner NULL, the engine copies the bytes before returning.
+    return api->submit(api->engine, &in);
+  }
+
+  switch (dt) {
+    case tensorflow::DT_STRING: {
+      in.flags = TFDUMP_FLAG_STRING;
+      const int64_t n = t.NumElements();
+      if (n <= kInlineStringMaxElems) {
+        const tensorflow::tstring* v =
+            static_cast<const tensorflow::tstring*>(t.data());
+        uint64_t total = 8 + 8 * static_cast<uint64_t>(n);
+        for (int64_t i = 0; i < n; ++i) total += v[i].size();
+        if (total < api->zero_copy_threshold) {
+          thread_local std::string buf;
+          buf.clear();
+          StringOut so{&buf};
+          EncodeStrings(t, &so);
+          in.data = buf.data();
+          in.size = buf.size();
+          return api->submit(api->engine, &in);
+        }
+      }
+      in.encode = EncodeStringRecord;
+      in.owner = new Tensor(t);
+      in.release = ReleaseTensor;
+      in.charge_bytes = t.TotalBytes();
+      return api->submit(api->engine, &in);
+    }
+    case tensorflow::DT_RESOURCE: {
+      in.flags = TFDUMP_FLAG_RESOURCE;
+      in.encode = EncodeResourceRecord;
+      in.owner = new Tensor(t);
+      in.release = ReleaseTensor;
+      in.charge_bytes = t.TotalBytes();
+      return api->submit(api->engine, &in);
+    }
+    case tensorflow::DT_VARIANT: {
+      in.flags = TFDUMP_FLAG_VARIANT;
+      in.encode = EncodeVariantRecord;
+      VariantOwner* vo = new VariantOwner();
+      vo->tensor = t;
+      in.owner = vo;
+      in.release = ReleaseVariantOwner;
+      in.charge_bytes = VariantChargeBytes(t);
+      return api->submit(api->engine, &in);
+    }
+    default:
+      // Not reachable with today's dtypes; never hand the engine a payload
+      // we cannot describe.
+      return -1;
+  }
+}
+
+// The memcbk callback of slot `slot_index`, on a TF executor thread.
+void OnTensor(int slot_index, const DebugNodeKey& k, const Tensor& t) noexcept {
+  Slot& s = g_slots[slot_index];
+  ThreadStats* st = MyStats();
+  // Announce ourselves before looking at the binding: release_slot clears
+  // the binding and then waits for inflight to reach 0, and sequentially
+  // consistent ordering guarantees that either we see the cleared binding or
+  // release_slot sees our increment (never neither).
+  s.inflight.fetch_add(1, std::memory_order_seq_cst);
+  Binding* b = s.binding.load(std::memory_order_seq_cst);
+  if (b == nullptr) {
+    Bump(st->orphaned);
+  } else {
+    try {
+      int rc = Forward(*b, k, t);
+      if (rc == TFDUMP_SUBMIT_OK || rc == TFDUMP_SUBMIT_DROPPED) {
+        Bump(st->forwarded);  // dropped ones are counted by the engine
+      } else if (rc == TFDUMP_SUBMIT_BAD_RUN) {
+        Bump(st->orphaned);
+      } else {
+        Bump(st->failed);
+      }
+    } catch (...) {
+      // Never let anything propagate into TensorFlow's executor.
+      Bump(st->failed);
+    }
+  }
+  s.inflight.fetch_sub(1, std::memory_order_release);
+}
+
+std::string SlotKey(int i) { return "tfdump_slot_" + std::to_string(i); }
+
+int AcquireSlot(const tfdump_engine_api* api, uint32_t run_id, char* url_out,
+                size_t url_cap) {
+  if (api == nullptr || api->api_version != TFDUMP_ENGINE_API_VERSION ||
+      api->intern_key == nullptr || api->submit == nullptr) {
+    return -1;
+  }
+  try {
+    std::lock_guard<std::mutex> lock(g_slots_mu);
+    int idx = -1;
+    for (int i = 0; i < kMaxSlots; ++i) {
+      if (!g_slots[i].busy) {
+        idx = i;
+        break;
+      }
+    }
+    if (idx < 0) return -1;
+    const std::string url = "memcbk://" + SlotKey(idx);
+    if (url_out == nullptr || url_cap < url.size() + 1) return -1;
+
+    // Same engine already bound elsewhere: it is alive, keep its epoch so
+    // concurrent runs share cached key ids. Otherwise start a new epoch.
+    uint64_t epoch = 0;
+    for (int i = 0; i < kMaxSlots; ++i) {
+      Binding* ob = g_slots[i].binding.load(std::memory_order_relaxed);
+      if (g_slots[i].busy && ob != nullptr && ob->api == api) {
+        epoch = ob->epoch;
+        break;
+      }
+    }
+    if (epoch == 0) epoch = ++g_epoch_counter;
+
+    Slot& s = g_slots[idx];
+    if (!s.registered) {
+      // Registered once and never unregistered: TF CHECK-fails (aborts the
+      // process) on a memcbk URL without a callback, and a cached executor
+      // may still carry this URL long after our run.
+      tensorflow::DebugCallbackRegistry::singleton()->RegisterCallback(
+          SlotKey(idx), [idx](const DebugNodeKey& k, const Tensor& t) {
+            OnTensor(idx, k, t);
+          });
+      s.registered = true;
+    }
+    s.busy = true;
+    s.binding.store(new Binding{api, run_id, epoch}, std::memory_order_seq_cst);
+    memcpy(url_out, url.c_str(), url.size() + 1);
+    return idx;
+  } catch (...) {
+    return -1;
+  }
+}
+
+void ReleaseSlot(int slot) {
+  if (slot < 0 || slot >= kMaxSlots) return;
+  Slot& s = g_slots[slot];
+  Binding* b;
+  {
+    std::lock_guard<std::mutex> lock(g_slots_mu);
+    if (!s.busy) return;
+    b = s.binding.exchange(nullptr, std::memory_order_seq_cst);
+  }
+  // Wait for callbacks that already saw the binding (they may be blocked in
+  // engine submit under the `block` policy; the engine's workers drain it),
+  // so the caller may close the engine as soon as we return.
+  int spins = 0;
+  while (s.inflight.load(std::memory_order_acquire) != 0) {
+    if (++spins < 64) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+  delete b;
+  std::lock_guard<std::mutex> lock(g_slots_mu);
+  s.busy = false;  // only now may the slot be handed out again
+}
+
+void GetStats(tfdump_bridge_stats* out) {
+  if (out == nullptr) return;
+  tfdump_bridge_stats r = {0, 0, 0};
+  std::lock_guard<std::mutex> lock(g_stats_mu);
+  std::vector<const ThreadStats*> all(g_all_stats->begin(), g_all_stats->end());
+  all.push_back(&g_fallback_stats);
+  for (const ThreadStats* s : all) {
+    r.tensors_forwarded += s->forwarded.load(std::memory_order_relaxed);
+    r.tensors_orphaned += s->orphaned.load(std::memory_order_relaxed);
+    r.tensors_failed += s->failed.load(std::memory_order_relaxed);
+  }
+  *out = r;
+}
+
+const tfdump_bridge_api kApi = {
+    TFDUMP_BRIDGE_API_VERSION, TFDUMP_BRIDGE_TF_VERSION, TFDUMP_TF_GIT_VERSION,
+    kMaxSlots,                 AcquireSlot,              ReleaseSlot,
+    GetStats,
+};
+
+}  // namespace
+
+extern "C" TFDUMP_EXPORT const tfdump_bridge_api* tfdump_bridge_get_api(void) {
+  return &kApi;
+}

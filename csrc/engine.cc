@@ -305,6 +305,7 @@ struct BlobRef {
   size_t size;
   uint32_t elem_size;
   Hash128 hash;
+  uint32_t unique;  // index of the frame's distinct (address, size) entry
 };
 
 // A record's payload after deferred encoding, with its hashes.
@@ -317,14 +318,64 @@ struct Prepared {
   bool failed = false;
 };
 
+struct PtrKey {
+  const uint8_t* p;
+  size_t n;
+  bool operator==(const PtrKey& o) const { return p == o.p && n == o.n; }
+};
+struct PtrKeyHash {
+  size_t operator()(const PtrKey& k) const { return std::hash<const void*>()(k.p) ^ (k.n * 0x9E3779B97F4A7C15ull); }
+};
+struct UniqueBlob {
+  const uint8_t* data;
+  size_t size;
+  uint32_t elem_size;
+  Hash128 hash;
+  bool handled;  // stored in this frame, or known to be in an earlier one
+};
+
+// Per-frame state shared by the records of one frame. Variant records attach
+// the same element buffers over and over (a TensorList dumped at every loop
+// iteration shares its elements with every earlier dump), so distinct
+// payloads are remembered by (address, size): every owner stays alive until
+// the frame is committed, so an address cannot be reused meanwhile.
+struct FrameCtx {
+  std::unordered_map<PtrKey, uint32_t, PtrKeyHash> memo;
+  std::vector<UniqueBlob> uniques;
+
+  uint32_t Unique(const uint8_t* data, size_t size, uint32_t elem_size) {
+    auto it = memo.find(PtrKey{data, size});
+    if (it != memo.end()) return it->second;
+    const uint32_t idx = static_cast<uint32_t>(uniques.size());
+    uniques.push_back(UniqueBlob{data, size, elem_size, HashBytes(data, size), false});
+    memo.emplace(PtrKey{data, size}, idx);
+    return idx;
+  }
+};
+
+struct SinkImpl {
+  Prepared* prepared;
+  FrameCtx* ctx;
+};
+
 void SinkAppend(tfdump_encode_sink* sink, const void* data, size_t size) {
-  static_cast<Prepared*>(sink->impl)->encoded.append(static_cast<const char*>(data), size);
+  static_cast<SinkImpl*>(sink->impl)->prepared->encoded.append(static_cast<const char*>(data), size);
 }
 uint32_t SinkAddBlob(tfdump_encode_sink* sink, const void* data, size_t size, uint32_t elem_size) {
-  auto* p = static_cast<Prepared*>(sink->impl);
-  p->blobs.push_back(BlobRef{static_cast<const uint8_t*>(data), size, elem_size, Hash128{0, 0}});
-  return static_cast<uint32_t>(p->blobs.size() - 1);
+  auto* impl = static_cast<SinkImpl*>(sink->impl);
+  const auto* p = static_cast<const uint8_t*>(data);
+  const uint32_t u = impl->ctx->Unique(p, size, elem_size);
+  impl->ctx->uniques[u].elem_size = elem_size;
+  impl->prepared->blobs.push_back(BlobRef{p, size, elem_size, impl->ctx->uniques[u].hash, u});
+  return static_cast<uint32_t>(impl->prepared->blobs.size() - 1);
 }
+void SinkHash(tfdump_encode_sink* sink, const void* data, size_t size, uint8_t out[16]) {
+  auto* impl = static_cast<SinkImpl*>(sink->impl);
+  const Hash128& h = impl->ctx->uniques[impl->ctx->Unique(static_cast<const uint8_t*>(data), size, 0)].hash;
+  std::memcpy(out, &h.h1, 8);
+  std::memcpy(out + 8, &h.h2, 8);
+}
+std::atomic<uint64_t> g_frame_ids{1};
 
 }  // namespace
 
@@ -387,29 +438,17 @@ std::unique_ptr<Frame> Engine::NextFrame(int worker, int timeout_ms, bool* finis
   if (frame->records.empty()) return nullptr;
 
   // Pass 1, no locks held: run deferred encoders and hash every payload.
-  // Variant records attach the same element buffers over and over (a
-  // TensorList dumped at every loop iteration shares its elements with every
-  // earlier dump), so hashes are remembered by (address, size) for the
-  // frame: every owner stays alive until the frame is committed, so an
-  // address cannot be reused for other bytes meanwhile.
-  struct PtrKey {
-    const uint8_t* p;
-    size_t n;
-    bool operator==(const PtrKey& o) const { return p == o.p && n == o.n; }
-  };
-  struct PtrKeyHash {
-    size_t operator()(const PtrKey& k) const {
-      return std::hash<const void*>()(k.p) ^ (k.n * 0x9E3779B97F4A7C15ull);
-    }
-  };
-  std::unordered_map<PtrKey, Hash128, PtrKeyHash> hash_memo;
+  FrameCtx ctx;
+  std::vector<UniqueBlob>& uniques = ctx.uniques;
+  const uint64_t frame_id = g_frame_ids.fetch_add(1, std::memory_order_relaxed);
   std::vector<Prepared> prepared(frame->records.size());
   for (size_t i = 0; i < frame->records.size(); ++i) {
     Record& r = frame->records[i];
     Prepared& p = prepared[i];
     frame->charge += r.charge;
     if (r.encode != nullptr) {
-      tfdump_encode_sink sink{&p, &SinkAppend, &SinkAddBlob};
+      SinkImpl impl{&p, &ctx};
+      tfdump_encode_sink sink{&impl, &SinkAppend, &SinkAddBlob, &SinkHash, frame_id};
       if (r.encode(r.owner, &sink) != 0) {
         p.failed = true;
         frame->encode_failures.push_back(LateDrop{r.run_id, 1, r.size, kInternal});
@@ -422,32 +461,24 @@ std::unique_ptr<Frame> Engine::NextFrame(int worker, int timeout_ms, bool* finis
       p.main_len = r.size;
     }
     if (p.main_len > 0) p.main_hash = HashBytes(p.main, p.main_len);
-    for (BlobRef& b : p.blobs) {
-      auto it = hash_memo.find(PtrKey{b.data, b.size});
-      if (it != hash_memo.end()) {
-        b.hash = it->second;
-      } else {
-        b.hash = HashBytes(b.data, b.size);
-        hash_memo.emplace(PtrKey{b.data, b.size}, b.hash);
-      }
-    }
   }
 
-  // Pass 2: one lock to learn which payloads earlier frames already hold.
+  // Pass 2: one lock to learn which payloads earlier frames already hold
+  // (each distinct payload looked up once, however often it is referred to).
   std::unordered_set<Hash128, Hash128Hasher> frame_hashes;
   {
     std::lock_guard<std::mutex> lk(dedup_mu_);
-    auto seen = [&](const Hash128& h) {
-      if (committed_.count(h) != 0) frame_hashes.insert(h);
-    };
     for (const Prepared& p : prepared) {
-      if (p.failed) continue;
-      if (p.main_len > 0) seen(p.main_hash);
-      for (const BlobRef& b : p.blobs) seen(b.hash);
+      if (!p.failed && p.main_len > 0 && committed_.count(p.main_hash) != 0) frame_hashes.insert(p.main_hash);
+    }
+    for (UniqueBlob& u : uniques) {
+      if (committed_.count(u.hash) != 0) {
+        frame_hashes.insert(u.hash);
+        u.handled = true;
+        st_deduped_.fetch_add(u.size, std::memory_order_relaxed);
+      }
     }
   }
-  const size_t already_stored = frame_hashes.size();
-  (void)already_stored;
 
   // Pass 3: lay out the table and the data block.
   std::vector<bool>& emitted = emitted_keys_[worker];
@@ -468,10 +499,18 @@ std::unique_ptr<Frame> Engine::NextFrame(int worker, int timeout_ms, bool* finis
     const bool numeric = (r.flags & kNonNumericFlags) == 0;
     if (p.main_len > 0) StoreBlob(frame.get(), p.main_hash, p.main, p.main_len, r.elem_size, numeric, &frame_hashes);
     blob_hashes.clear();
+    uint64_t deduped = 0;
     for (const BlobRef& b : p.blobs) {
-      StoreBlob(frame.get(), b.hash, b.data, b.size, b.elem_size, true, &frame_hashes);
+      UniqueBlob& u = uniques[b.unique];
+      if (!u.handled) {
+        StoreBlob(frame.get(), u.hash, u.data, u.size, u.elem_size, true, &frame_hashes);
+        u.handled = true;
+      } else {
+        deduped += u.size;
+      }
       blob_hashes.push_back(b.hash);
     }
+    st_deduped_.fetch_add(deduped, std::memory_order_relaxed);
     frame->table.Tensor(r.run_id, r.seq, r.wall_us, r.key_id, r.dtype, static_cast<uint16_t>(r.flags),
                         r.dims(), r.ndims, p.main_hash, p.main_len, blob_hashes.data(),
                         static_cast<uint32_t>(blob_hashes.size()));

@@ -43,6 +43,15 @@ struct tfdump_encode_sink {
    * is released (it normally points into tensors the owner keeps alive). */
   uint32_t (*add_blob)(tfdump_encode_sink* sink, const void* data, size_t size,
                        uint32_t elem_size);
+  /* Writes the format's 16-byte content hash of (data, size) to out,
+   * remembered by address for the current frame (cheap when repeated). */
+  void (*hash)(tfdump_encode_sink* sink, const void* data, size_t size, uint8_t out[16]);
+  /* Different for every frame. Encoders may cache things keyed on addresses
+   * of data their owners keep alive, but only while frame_id is unchanged:
+   * owners are released when the frame is written. Memory handed to
+   * add_blob from such a cache must stay valid until the encoder's thread
+   * sees the next frame_id. */
+  uint64_t frame_id;
 };
 
 /* Runs on a writer worker thread, never on a TF thread. Returns 0 on

@@ -17,11 +17,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <new>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "tensorflow/core/debug/debug_callback_registry.h"
@@ -32,6 +34,7 @@
 #include "tensorflow/core/framework/types.h"
 #include "tensorflow/core/framework/variant.h"
 #include "tensorflow/core/framework/variant_tensor_data.h"
+#include "tensorflow/core/kernels/tensor_list.h"
 #include "tensorflow/core/public/version.h"
 #if __has_include("tensorflow/core/public/release_version.h")
 // Since TF 2.2x the version numbers are no longer written into the headers:
@@ -360,6 +363,126 @@ void EncodeSubTensor(const Tensor& st, VariantOwner* owner,
   out->append(inner);
 }
 
+// ---------------------------------------------------------------------------
+// TensorLists, described once per frame.
+//
+// Inside a lowered while loop every iteration dumps each gradient
+// accumulator (a TensorList) several times (Enter/Merge/Switch/Identity pass
+// the same list along) and the list grows by one element per iteration, so a
+// 200-iteration step hands over ~5k lists holding ~480k element references
+// to only ~600 distinct buffers. Describing each list element by element in
+// every dump costs O(n) per dump. Instead, a list's element tensors go into
+// one "list blob" (FORMAT.md, variant structure, TENSOR_LIST marker) whose
+// payload references the element buffers by content hash; the list blob is
+// built once per frame per list container (TensorList copies share their
+// container, which cannot change while our owner holds a reference) and
+// every other dump of it costs one add_blob.
+
+constexpr uint32_t kTensorListBlobMarker = 0xFFFFFFFFu;
+
+struct ListMemoEntry {
+  DataType element_dtype;
+  int max_num_elements;
+  tensorflow::PartialTensorShape element_shape;
+  std::string type_name, metadata, list_blob;
+};
+
+struct ListMemo {
+  uint64_t frame_id = 0;
+  // Node-based: the list_blob strings keep their addresses (add_blob
+  // pointers) until the next frame clears the map.
+  std::unordered_map<const void*, ListMemoEntry> entries;
+  std::deque<ListMemoEntry> overflow;  // stable addresses too
+};
+
+// Builds the list blob of a TensorList, or returns false when an element is
+// not a plain memcpy-able tensor (nested lists, strings): those lists take the
+// general path.
+bool BuildListBlob(const tensorflow::VariantTensorData& d, tfdump_encode_sink* sink,
+                   std::string* blob) {
+  const int nt = d.tensors_size();
+  for (int j = 0; j < nt; ++j) {
+    const Tensor& st = d.tensors(j);
+    if (st.IsInitialized() && st.NumElements() > 0 &&
+        !tensorflow::DataTypeCanUseMemcpy(st.dtype())) {
+      return false;
+    }
+  }
+  Put<uint32_t>(blob, static_cast<uint32_t>(nt));
+  uint8_t hash[16];
+  for (int j = 0; j < nt; ++j) {
+    const Tensor& st = d.tensors(j);
+    const bool init = st.IsInitialized();
+    Put<int32_t>(blob, static_cast<int32_t>(st.dtype()));
+    Put<uint16_t>(blob, init ? 0 : TFDUMP_FLAG_UNINITIALIZED);
+    PutDims(blob, st);
+    if (!init || st.NumElements() == 0) {
+      Put<uint8_t>(blob, 2);
+      continue;
+    }
+    absl::string_view data = st.tensor_data();
+    // add_blob makes the engine store the element (once per writer); the
+    // blob references it by hash because the list blob is shared by records.
+    sink->add_blob(sink, data.data(), data.size(), ShuffleElemSize(st.dtype()));
+    sink->hash(sink, data.data(), data.size(), hash);
+    Put<uint8_t>(blob, 0);
+    blob->append(reinterpret_cast<const char*>(hash), 16);
+    Put<uint64_t>(blob, static_cast<uint64_t>(data.size()));
+  }
+  return true;
+}
+
+void PutListElement(const ListMemoEntry& e, tfdump_encode_sink* sink, std::string* out) {
+  Put<uint32_t>(out, static_cast<uint32_t>(e.type_name.size()));
+  out->append(e.type_name);
+  Put<uint32_t>(out, static_cast<uint32_t>(e.metadata.size()));
+  out->append(e.metadata);
+  Put<uint32_t>(out, kTensorListBlobMarker);
+  Put<uint32_t>(out, sink->add_blob(sink, e.list_blob.data(), e.list_blob.size(), 0));
+}
+
+// Encodes element `v` if it is a TensorList that can use a list blob.
+bool EncodeTensorListElement(const tensorflow::Variant& v, tfdump_encode_sink* sink,
+                             std::string* out) {
+  const tensorflow::TensorList* tl = v.get<tensorflow::TensorList>();
+  if (tl == nullptr) return false;
+  thread_local ListMemo memo;
+  if (memo.frame_id != sink->frame_id) {
+    memo.entries.clear();
+    memo.overflow.clear();
+    memo.frame_id = sink->frame_id;
+  }
+  const void* container = &tl->tensors();
+  auto it = memo.entries.find(container);
+  if (it != memo.entries.end() && it->second.element_dtype == tl->element_dtype &&
+      it->second.max_num_elements == tl->max_num_elements &&
+      it->second.element_shape.IsIdenticalTo(tl->element_shape)) {
+    PutListElement(it->second, sink, out);
+    return true;
+  }
+  // First sight of this container in this frame: TensorList::Encode gives the
+  // exact metadata and tensor set tfdbg would serialize.
+  tensorflow::VariantTensorData d;
+  v.Encode(&d);
+  ListMemoEntry e;
+  if (!BuildListBlob(d, sink, &e.list_blob)) return false;
+  e.element_dtype = tl->element_dtype;
+  e.max_num_elements = tl->max_num_elements;
+  e.element_shape = tl->element_shape;
+  e.type_name = d.type_name();
+  e.metadata = d.metadata_string();
+  if (it != memo.entries.end()) {
+    // Same container seen with another element_shape/dtype: describe it on
+    // its own; the memo entry stays (its list blob may already be in use).
+    memo.overflow.push_back(std::move(e));
+    PutListElement(memo.overflow.back(), sink, out);
+    return true;
+  }
+  auto res = memo.entries.emplace(container, std::move(e));
+  PutListElement(res.first->second, sink, out);
+  return true;
+}
+
 // Variant structure (FORMAT.md) of every element of a DT_VARIANT tensor.
 void EncodeVariantElements(const Tensor& t, VariantOwner* owner,
                            tfdump_encode_sink* sink, std::string* out) {
@@ -368,6 +491,7 @@ void EncodeVariantElements(const Tensor& t, VariantOwner* owner,
       static_cast<const tensorflow::Variant*>(t.data());
   Put<uint64_t>(out, static_cast<uint64_t>(n));
   for (int64_t i = 0; i < n; ++i) {
+    if (EncodeTensorListElement(v[i], sink, out)) continue;
     owner->keep.emplace_back(new tensorflow::VariantTensorData());
     tensorflow::VariantTensorData* d = owner->keep.back().get();
     // An empty Variant encodes nothing: type_name "", no metadata, no

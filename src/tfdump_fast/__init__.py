@@ -27,6 +27,8 @@ _LAZY = {
     "import_tfdbg": "tfdump_fast.convert",
     "DumpingDebugHook": "tfdump_fast.hooks",
     "DumpingDebugWrapperSession": "tfdump_fast.hooks",
+    "WatchOptions": "tfdump_fast.hooks",
+    "StepSampler": "tfdump_fast.sampling",
 }
 
 

@@ -1,0 +1,180 @@
+"""Which steps a dumping hook or wrapper session debugs.
+
+tfdbg debugs every ``Session.run``. Dumping every step of a long training job
+is rarely what anyone wants, so :class:`DumpingDebugHook` and
+:class:`DumpingDebugWrapperSession` take a ``sample=`` argument. A run that is
+not sampled goes to TensorFlow untouched: no debug ops, no watch options, no
+slot. Because TensorFlow caches one executor per (feeds, fetches, targets,
+watch set + debug URL), alternating sampled and unsampled runs reuses two
+cached executors and never rebuilds either.
+
+``sample`` may be
+
+* ``None``: every run is debugged (tfdbg's behaviour);
+* an ``int`` *N* > 0: one run per window of *N* steps, see
+  :class:`StepSampler` (``every_n_steps``);
+* a ``range``: the runs whose step is in the range (its ``step`` is honoured,
+  so ``range(0, 1000, 100)`` works);
+* a callable ``predicate(step) -> bool``;
+* a :class:`StepSampler`, which combines the three.
+
+What a *step* is depends on the caller: :class:`DumpingDebugHook` uses the
+graph's global step when the graph has one (read before the run) and the
+0-based index of the ``Session.run`` call otherwise; see the class docs.
+"""
+
+from __future__ import annotations
+
+import numbers
+import threading
+from typing import Callable, Optional, Union
+
+from .errors import TfdumpUsageError
+
+__all__ = ["StepSampler", "as_sampler"]
+
+
+class StepSampler:
+    """Decides, step by step, whether a run is dumped.
+
+    Every condition that is given must hold (they combine with AND).
+
+    Parameters
+    ----------
+    every_n_steps : int, optional
+        Dump one run per window of *N* consecutive steps: the first run whose
+        step falls into a window ``[k*N, (k+1)*N)`` that has not been dumped
+        yet. In a plain training loop (steps 0, 1, 2, ...) that is steps 0,
+        N, 2N, ... Windows rather than ``step % N == 0`` keep the cadence when
+        the step jumps (several increments per run) or repeats (evaluation
+        runs at the same global step).
+    start, stop : int, optional
+        Only steps with ``start <= step < stop`` (either bound may be left
+        out).
+    predicate : callable, optional
+        ``predicate(step) -> bool``; called once per candidate run, on the
+        thread that calls ``Session.run``. An exception it raises propagates
+        to that ``Session.run`` call.
+
+    Examples
+    --------
+    >>> s = StepSampler(every_n_steps=100, start=1000)
+    >>> [step for step in range(900, 1400) if s.should_sample(step)]
+    [1000, 1100, 1200, 1300]
+    """
+
+    def __init__(
+        self,
+        every_n_steps: Optional[int] = None,
+        start: Optional[int] = None,
+        stop: Optional[int] = None,
+        predicate: Optional[Callable[[int], bool]] = None,
+    ):
+        if every_n_steps is not None:
+            if (
+                not isinstance(every_n_steps, numbers.Integral)
+                or isinstance(every_n_steps, bool)
+                or every_n_steps <= 0
+            ):
+                raise TfdumpUsageError(
+                    f"every_n_steps must be a positive int, got {every_n_steps!r}"
+                )
+            every_n_steps = int(every_n_steps)
+        for name, value in (("start", start), ("stop", stop)):
+            if value is not None and (
+                not isinstance(value, numbers.Integral) or isinstance(value, bool)
+            ):
+                raise TfdumpUsageError(f"{name} must be an int or None, got {value!r}")
+        if predicate is not None and not callable(predicate):
+            raise TfdumpUsageError(
+                f"predicate must be callable (step -> bool), got {type(predicate).__name__}"
+            )
+        self.every_n_steps = every_n_steps
+        self.start = None if start is None else int(start)
+        self.stop = None if stop is None else int(stop)
+        self.predicate = predicate
+        self._range: Optional[range] = None
+        # Several threads may call Session.run through one hook.
+        self._lock = threading.Lock()
+        self._last_window: Optional[int] = None
+
+    @classmethod
+    def _from_range(cls, r: range) -> "StepSampler":
+        s = cls(start=r.start, stop=r.stop)
+        s._range = r
+        return s
+
+    def should_sample(self, step: int) -> bool:
+        """Return True if the run at ``step`` is to be dumped.
+
+        Calling this has a side effect for ``every_n_steps``: a True answer
+        consumes the step's window.
+        """
+        step = int(step)
+        if self._range is not None and step not in self._range:
+            return False
+        if self.start is not None and step < self.start:
+            return False
+        if self.stop is not None and step >= self.stop:
+            return False
+        if self.predicate is not None and not self.predicate(step):
+            return False
+        if self.every_n_steps is not None:
+            window = step // self.every_n_steps
+            with self._lock:
+                if self._last_window is not None and window <= self._last_window:
+                    return False
+                self._last_window = window
+        return True
+
+    def reset(self) -> None:
+        """Forget which windows were dumped (a new training session starts)."""
+        with self._lock:
+            self._last_window = None
+
+    def __repr__(self) -> str:
+        parts = []
+        if self._range is not None:
+            parts.append(f"range={self._range!r}")
+        else:
+            if self.start is not None:
+                parts.append(f"start={self.start}")
+            if self.stop is not None:
+                parts.append(f"stop={self.stop}")
+        if self.every_n_steps is not None:
+            parts.append(f"every_n_steps={self.every_n_steps}")
+        if self.predicate is not None:
+            parts.append(f"predicate={self.predicate!r}")
+        return f"StepSampler({', '.join(parts)})"
+
+
+SampleSpec = Union[None, int, range, Callable[[int], bool], StepSampler]
+
+
+def as_sampler(sample: SampleSpec) -> Optional[StepSampler]:
+    """Normalise a ``sample=`` argument to a :class:`StepSampler` (or None).
+
+    Raises
+    ------
+    TfdumpUsageError
+        If ``sample`` is of none of the accepted kinds.
+    """
+    if sample is None:
+        return None
+    if isinstance(sample, StepSampler):
+        return sample
+    if isinstance(sample, bool):
+        raise TfdumpUsageError(
+            "sample=True/False is ambiguous: pass None to dump every run, an int N "
+            "to dump every N steps, a range, a predicate(step) -> bool or a StepSampler"
+        )
+    if isinstance(sample, numbers.Integral):
+        return StepSampler(every_n_steps=int(sample))
+    if isinstance(sample, range):
+        return StepSampler._from_range(sample)
+    if callable(sample):
+        return StepSampler(predicate=sample)
+    raise TfdumpUsageError(
+        f"sample must be None, an int N (every N steps), a range, a predicate "
+        f"(step -> bool) or a StepSampler; got {type(sample).__name__}"
+    )

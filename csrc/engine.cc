@@ -14,6 +14,7 @@ namespace {
 
 constexpr size_t kChunkBytes = 1u << 20;       // per-stripe copy buffer
 constexpr size_t kMaxChunkedCopy = 256u << 10;  // larger copies get their own block
+constexpr size_t kChunkPoolMax = 32;            // spare copy buffers kept (32 MiB at most)
 constexpr size_t kMaxFrameRecords = 16384;     // bounds a frame's bookkeeping when tensors are tiny
 constexpr size_t kMinIndexedPayload = 64;       // smaller payloads are deduplicated within a frame only
 
@@ -44,24 +45,48 @@ constexpr uint32_t kNonNumericFlags = TFDUMP_FLAG_STRING | TFDUMP_FLAG_VARIANT |
 }  // namespace
 
 // A reference-counted copy buffer: records copied into it hold one reference
-// each, the stripe holds one while the chunk is current.
+// each, the stripe holds one while the chunk is current. Released chunks go
+// back to the engine's pool instead of to malloc: a fresh 1 MiB block is a
+// fresh mmap, and its page faults cost more than the copies themselves.
 struct Engine::Chunk {
   std::atomic<int> refs{1};
   size_t cap = 0, used = 0;
+  Engine* engine = nullptr;
   uint8_t* bytes() { return reinterpret_cast<uint8_t*>(this + 1); }
-  static Chunk* New(size_t cap) {
+  static Chunk* New(Engine* engine, size_t cap) {
+    {
+      std::lock_guard<std::mutex> lk(engine->chunk_pool_mu_);
+      if (!engine->chunk_pool_.empty()) {
+        Chunk* c = engine->chunk_pool_.back();
+        engine->chunk_pool_.pop_back();
+        c->refs.store(1, std::memory_order_relaxed);
+        c->used = 0;
+        return c;
+      }
+    }
     void* mem = std::malloc(sizeof(Chunk) + cap);
     if (mem == nullptr) return nullptr;
     Chunk* c = new (mem) Chunk;
     c->cap = cap;
+    c->engine = engine;
     return c;
   }
   static void Release(void* p) {
     Chunk* c = static_cast<Chunk*>(p);
-    if (c->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      c->~Chunk();
-      std::free(c);
+    if (c->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    Engine* e = c->engine;
+    {
+      std::lock_guard<std::mutex> lk(e->chunk_pool_mu_);
+      if (e->chunk_pool_.size() < kChunkPoolMax) {
+        e->chunk_pool_.push_back(c);
+        return;
+      }
     }
+    Destroy(c);
+  }
+  static void Destroy(Chunk* c) {
+    c->~Chunk();
+    std::free(c);
   }
 };
 
@@ -84,6 +109,11 @@ Engine::~Engine() {
     if (s.chunk != nullptr) Chunk::Release(s.chunk);
     s.chunk = nullptr;
   }
+  // Every record is released by now (workers committed their frames, the
+  // stripes were drained above), so every chunk is back in the pool.
+  std::lock_guard<std::mutex> lk(chunk_pool_mu_);
+  for (Chunk* c : chunk_pool_) Chunk::Destroy(c);
+  chunk_pool_.clear();
 }
 
 uint32_t Engine::InternKey(const char* device, size_t device_len, const char* node, size_t node_len, int32_t slot,
@@ -149,9 +179,16 @@ bool Engine::ReserveBudget(uint64_t charge) {
       continue;
     }
     if (options_.policy == Backpressure::kDrop || shutdown_.load() || error_.load() != kOk) return false;
+    // Count ourselves as waiting, then wake the workers: they may be
+    // waiting for a full frame that the records holding the budget will
+    // never make, and they test budget_waiters_ to take partial frames.
+    budget_waiters_.fetch_add(1);
+    {
+      std::lock_guard<std::mutex> lk(work_mu_);
+      work_cv_.notify_all();
+    }
     {
       std::unique_lock<std::mutex> lk(budget_mu_);
-      budget_waiters_.fetch_add(1);
       // Bounded waits: a lost wake-up can only cost 20 ms, never a hang.
       budget_cv_.wait_for(lk, std::chrono::milliseconds(20), [&] {
         const uint64_t q = queued_bytes_.load();
@@ -258,7 +295,7 @@ int Engine::Submit(const tfdump_tensor_in& in) {
     if (copy && in.size <= kMaxChunkedCopy) {
       if (stripe.chunk == nullptr || stripe.chunk->used + in.size > stripe.chunk->cap) {
         if (stripe.chunk != nullptr) Chunk::Release(stripe.chunk);
-        stripe.chunk = Chunk::New(kChunkBytes);
+        stripe.chunk = Chunk::New(this, kChunkBytes);
         if (stripe.chunk == nullptr) {
           ReleaseBudget(charge);
           CountDrop(&run, in.size);
@@ -404,9 +441,14 @@ std::unique_ptr<Frame> Engine::NextFrame(int worker, int timeout_ms, bool* finis
   static thread_local uint64_t seen_kicks = 0;
   {
     std::unique_lock<std::mutex> lk(work_mu_);
+    // Work is ready when a frame's worth of payload waits, when someone
+    // asked for partial frames (end of run, flush), or when producers are
+    // blocked on the budget: records that are small on disk (variants,
+    // encoded later) can fill the budget long before they fill a frame.
     auto ready = [&] {
       return pending_bytes_.load() >= options_.frame_bytes ||
-             (pending_records_.load() > 0 && kicks_.load() != seen_kicks) || shutdown_.load();
+             (pending_records_.load() > 0 && (kicks_.load() != seen_kicks || budget_waiters_.load() > 0)) ||
+             shutdown_.load();
     };
     idle_workers_.fetch_add(1);
     work_cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms), ready);
@@ -420,6 +462,7 @@ std::unique_ptr<Frame> Engine::NextFrame(int worker, int timeout_ms, bool* finis
 
   auto frame = std::make_unique<Frame>();
   frame->worker = worker;
+  frame->records.reserve(256);
   uint64_t bytes = 0;
   const unsigned start = next_stripe_.fetch_add(1, std::memory_order_relaxed);
   for (size_t i = 0; i < kStripes && bytes < options_.frame_bytes && frame->records.size() < kMaxFrameRecords; ++i) {

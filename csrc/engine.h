@@ -192,6 +192,9 @@ class Engine {
   std::unordered_set<Hash128, Hash128Hasher> committed_;
   std::vector<std::vector<bool>> emitted_keys_;  // per worker: KEY_DEF already written to its shard
 
+  std::mutex chunk_pool_mu_;
+  std::vector<Chunk*> chunk_pool_;
+
   std::mutex late_mu_;
   std::vector<LateDrop> late_drops_;
 

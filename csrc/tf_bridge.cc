@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include <atomic>
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <memory>
@@ -385,21 +386,93 @@ struct ListMemoEntry {
   int max_num_elements;
   tensorflow::PartialTensorShape element_shape;
   std::string type_name, metadata, list_blob;
+  // Element buffer addresses when every element is a non-empty numeric
+  // tensor (else empty): lets a list grown or shrunk by one element be
+  // described from this one.
+  std::vector<const void*> elements;
+  // Byte offset in list_blob where each element's description starts.
+  std::vector<uint32_t> offsets;
+};
+
+struct TailKey {
+  const void* tail;
+  size_t count;
+  bool operator==(const TailKey& o) const { return tail == o.tail && count == o.count; }
+};
+struct TailKeyHash {
+  size_t operator()(const TailKey& k) const {
+    return std::hash<const void*>()(k.tail) ^ (k.count * 0x9E3779B97F4A7C15ull);
+  }
 };
 
 struct ListMemo {
   uint64_t frame_id = 0;
   // Node-based: the list_blob strings keep their addresses (add_blob
   // pointers) until the next frame clears the map.
-  std::unordered_map<const void*, ListMemoEntry> entries;
-  std::deque<ListMemoEntry> overflow;  // stable addresses too
+  std::unordered_map<const void*, ListMemoEntry*> entries;
+  std::deque<ListMemoEntry> storage;  // stable addresses
+  // Lists by (address of their last element's buffer, element count). A
+  // loop that pushes one element per iteration produces states S1, S2, ...
+  // in distinct containers; S(k+1) is S(k) plus one element, and the
+  // gradient's pops revisit the same states in new containers.
+  std::unordered_map<TailKey, ListMemoEntry*, TailKeyHash> by_tail;
+  // Lists by (address of their second-to-last element, count): finds the
+  // state one push ahead of a new one, i.e. the list a pop came from.
+  std::unordered_map<TailKey, ListMemoEntry*, TailKeyHash> by_second_last;
 };
+
+// The element's data address when it can take part in prefix matching.
+inline const void* ElementAddress(const Tensor& t) {
+  if (!t.IsInitialized() || t.NumElements() == 0 || !tensorflow::DataTypeCanUseMemcpy(t.dtype())) {
+    return nullptr;
+  }
+  return t.tensor_data().data();
+}
+
+bool SameListAttrs(const ListMemoEntry& e, const tensorflow::TensorList& tl) {
+  return e.element_dtype == tl.element_dtype && e.max_num_elements == tl.max_num_elements &&
+         e.element_shape.IsIdenticalTo(tl.element_shape);
+}
+
+// Element addresses of `tl` if all elements can be prefix-matched.
+bool ElementAddresses(const tensorflow::TensorList& tl, std::vector<const void*>* out) {
+  const std::vector<Tensor>& ts = tl.tensors();
+  out->resize(ts.size());
+  for (size_t i = 0; i < ts.size(); ++i) {
+    if (ts[i].dtype() == tensorflow::DT_INVALID) return false;  // metadata lists these
+    (*out)[i] = ElementAddress(ts[i]);
+    if ((*out)[i] == nullptr) return false;
+  }
+  return true;
+}
+
+// Appends the list-blob description of one element tensor and makes the
+// engine store its payload.
+void PutListBlobTensor(const Tensor& st, tfdump_encode_sink* sink, std::string* blob) {
+  const bool init = st.IsInitialized();
+  Put<int32_t>(blob, static_cast<int32_t>(st.dtype()));
+  Put<uint16_t>(blob, init ? 0 : TFDUMP_FLAG_UNINITIALIZED);
+  PutDims(blob, st);
+  if (!init || st.NumElements() == 0) {
+    Put<uint8_t>(blob, 2);
+    return;
+  }
+  absl::string_view data = st.tensor_data();
+  // add_blob makes the engine store the element (once per writer); the
+  // blob references it by hash because the list blob is shared by records.
+  sink->add_blob(sink, data.data(), data.size(), ShuffleElemSize(st.dtype()));
+  uint8_t hash[16];
+  sink->hash(sink, data.data(), data.size(), hash);
+  Put<uint8_t>(blob, 0);
+  blob->append(reinterpret_cast<const char*>(hash), 16);
+  Put<uint64_t>(blob, static_cast<uint64_t>(data.size()));
+}
 
 // Builds the list blob of a TensorList, or returns false when an element is
 // not a plain memcpy-able tensor (nested lists, strings): those lists take the
 // general path.
 bool BuildListBlob(const tensorflow::VariantTensorData& d, tfdump_encode_sink* sink,
-                   std::string* blob) {
+                   std::string* blob, std::vector<uint32_t>* offsets) {
   const int nt = d.tensors_size();
   for (int j = 0; j < nt; ++j) {
     const Tensor& st = d.tensors(j);
@@ -409,25 +482,10 @@ bool BuildListBlob(const tensorflow::VariantTensorData& d, tfdump_encode_sink* s
     }
   }
   Put<uint32_t>(blob, static_cast<uint32_t>(nt));
-  uint8_t hash[16];
+  offsets->resize(nt);
   for (int j = 0; j < nt; ++j) {
-    const Tensor& st = d.tensors(j);
-    const bool init = st.IsInitialized();
-    Put<int32_t>(blob, static_cast<int32_t>(st.dtype()));
-    Put<uint16_t>(blob, init ? 0 : TFDUMP_FLAG_UNINITIALIZED);
-    PutDims(blob, st);
-    if (!init || st.NumElements() == 0) {
-      Put<uint8_t>(blob, 2);
-      continue;
-    }
-    absl::string_view data = st.tensor_data();
-    // add_blob makes the engine store the element (once per writer); the
-    // blob references it by hash because the list blob is shared by records.
-    sink->add_blob(sink, data.data(), data.size(), ShuffleElemSize(st.dtype()));
-    sink->hash(sink, data.data(), data.size(), hash);
-    Put<uint8_t>(blob, 0);
-    blob->append(reinterpret_cast<const char*>(hash), 16);
-    Put<uint64_t>(blob, static_cast<uint64_t>(data.size()));
+    (*offsets)[j] = static_cast<uint32_t>(blob->size());
+    PutListBlobTensor(d.tensors(j), sink, blob);
   }
   return true;
 }
@@ -441,6 +499,62 @@ void PutListElement(const ListMemoEntry& e, tfdump_encode_sink* sink, std::strin
   Put<uint32_t>(out, sink->add_blob(sink, e.list_blob.data(), e.list_blob.size(), 0));
 }
 
+// A description of `tl` derived from a state of the same list seen earlier
+// in this frame: the very same elements (a pop back to an earlier state), or
+// those elements plus one (a push). nullptr when there is none.
+ListMemoEntry* DeriveListEntry(ListMemo& memo, const tensorflow::TensorList& tl,
+                               const std::vector<const void*>& elems, tfdump_encode_sink* sink) {
+  const size_t n = elems.size();
+  if (n == 0) return nullptr;
+  auto same = memo.by_tail.find(TailKey{elems[n - 1], n});
+  if (same != memo.by_tail.end() && SameListAttrs(*same->second, tl) && same->second->elements == elems) {
+    return same->second;
+  }
+  auto start_from = [&](const ListMemoEntry& base) -> ListMemoEntry& {
+    memo.storage.emplace_back();
+    ListMemoEntry& e = memo.storage.back();
+    e.element_dtype = tl.element_dtype;
+    e.max_num_elements = tl.max_num_elements;
+    e.element_shape = tl.element_shape;
+    // No invalid elements on either side, same list attributes: TensorList's
+    // metadata (invalid indices, dtype, max size, element shape) is the same.
+    e.type_name = base.type_name;
+    e.metadata = base.metadata;
+    e.elements = elems;
+    return e;
+  };
+  const uint32_t count = static_cast<uint32_t>(n);
+  // A push: the state one element shorter was seen.
+  if (n >= 2) {
+    auto it = memo.by_tail.find(TailKey{elems[n - 2], n - 1});
+    if (it != memo.by_tail.end()) {
+      const ListMemoEntry& parent = *it->second;
+      if (SameListAttrs(parent, tl) && std::equal(parent.elements.begin(), parent.elements.end(), elems.begin())) {
+        ListMemoEntry& e = start_from(parent);
+        e.list_blob = parent.list_blob;
+        memcpy(&e.list_blob[0], &count, sizeof(count));
+        e.offsets = parent.offsets;
+        e.offsets.push_back(static_cast<uint32_t>(e.list_blob.size()));
+        PutListBlobTensor(tl.tensors()[n - 1], sink, &e.list_blob);
+        return &e;
+      }
+    }
+  }
+  // A pop: the state one element longer was seen.
+  auto it = memo.by_second_last.find(TailKey{elems[n - 1], n + 1});
+  if (it != memo.by_second_last.end()) {
+    const ListMemoEntry& child = *it->second;
+    if (SameListAttrs(child, tl) && std::equal(elems.begin(), elems.end(), child.elements.begin())) {
+      ListMemoEntry& e = start_from(child);
+      e.list_blob.assign(child.list_blob, 0, child.offsets[n]);
+      memcpy(&e.list_blob[0], &count, sizeof(count));
+      e.offsets.assign(child.offsets.begin(), child.offsets.begin() + n);
+      return &e;
+    }
+  }
+  return nullptr;
+}
+
 // Encodes element `v` if it is a TensorList that can use a list blob.
 bool EncodeTensorListElement(const tensorflow::Variant& v, tfdump_encode_sink* sink,
                              std::string* out) {
@@ -449,37 +563,43 @@ bool EncodeTensorListElement(const tensorflow::Variant& v, tfdump_encode_sink* s
   thread_local ListMemo memo;
   if (memo.frame_id != sink->frame_id) {
     memo.entries.clear();
-    memo.overflow.clear();
+    memo.by_tail.clear();
+    memo.by_second_last.clear();
+    memo.storage.clear();
     memo.frame_id = sink->frame_id;
   }
   const void* container = &tl->tensors();
   auto it = memo.entries.find(container);
-  if (it != memo.entries.end() && it->second.element_dtype == tl->element_dtype &&
-      it->second.max_num_elements == tl->max_num_elements &&
-      it->second.element_shape.IsIdenticalTo(tl->element_shape)) {
-    PutListElement(it->second, sink, out);
+  if (it != memo.entries.end() && SameListAttrs(*it->second, *tl)) {
+    PutListElement(*it->second, sink, out);
     return true;
   }
-  // First sight of this container in this frame: TensorList::Encode gives the
-  // exact metadata and tensor set tfdbg would serialize.
-  tensorflow::VariantTensorData d;
-  v.Encode(&d);
-  ListMemoEntry e;
-  if (!BuildListBlob(d, sink, &e.list_blob)) return false;
-  e.element_dtype = tl->element_dtype;
-  e.max_num_elements = tl->max_num_elements;
-  e.element_shape = tl->element_shape;
-  e.type_name = d.type_name();
-  e.metadata = d.metadata_string();
-  if (it != memo.entries.end()) {
-    // Same container seen with another element_shape/dtype: describe it on
-    // its own; the memo entry stays (its list blob may already be in use).
-    memo.overflow.push_back(std::move(e));
-    PutListElement(memo.overflow.back(), sink, out);
-    return true;
+  thread_local std::vector<const void*> elems;
+  const bool matchable = ElementAddresses(*tl, &elems);
+  ListMemoEntry* e = matchable ? DeriveListEntry(memo, *tl, elems, sink) : nullptr;
+  if (e == nullptr) {
+    // No earlier state to start from: TensorList::Encode gives the exact
+    // metadata and tensor set tfdbg would serialize.
+    tensorflow::VariantTensorData d;
+    v.Encode(&d);
+    memo.storage.emplace_back();
+    e = &memo.storage.back();
+    if (!BuildListBlob(d, sink, &e->list_blob, &e->offsets)) {
+      memo.storage.pop_back();
+      return false;
+    }
+    e->element_dtype = tl->element_dtype;
+    e->max_num_elements = tl->max_num_elements;
+    e->element_shape = tl->element_shape;
+    e->type_name = d.type_name();
+    e->metadata = d.metadata_string();
+    if (matchable) e->elements = elems;
   }
-  auto res = memo.entries.emplace(container, std::move(e));
-  PutListElement(res.first->second, sink, out);
+  if (it == memo.entries.end()) memo.entries.emplace(container, e);
+  const size_t count = e->elements.size();
+  if (count > 0) memo.by_tail.emplace(TailKey{e->elements.back(), count}, e);
+  if (count > 1) memo.by_second_last.emplace(TailKey{e->elements[count - 2], count}, e);
+  PutListElement(*e, sink, out);
   return true;
 }
 

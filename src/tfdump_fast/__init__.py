@@ -25,6 +25,8 @@ _LAZY = {
     "DumpReader": "tfdump_fast.reader",
     "convert": "tfdump_fast.convert",
     "import_tfdbg": "tfdump_fast.convert",
+    "StoreDumpDir": "tfdump_fast.dumpdir",
+    "has_inf_or_nan": "tfdump_fast.reader",
     "DumpingDebugHook": "tfdump_fast.hooks",
     "DumpingDebugWrapperSession": "tfdump_fast.hooks",
     "WatchOptions": "tfdump_fast.hooks",

@@ -9,7 +9,14 @@ import json  # noqa: E402
 import pytest  # noqa: E402
 import zstandard  # noqa: E402
 
+import tfdump_fast  # noqa: E402
 from tfdump_fast import _native  # noqa: E402
+
+# Where the package under test was imported from (site-packages after
+# `pip install .`, or src/ in a development build). Subprocesses of the tests
+# must import that same package, never the bare source tree of a fresh clone,
+# which has no compiled extensions.
+PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(tfdump_fast.__file__)))
 
 
 def scan_shard(path):

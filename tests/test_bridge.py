@@ -24,7 +24,7 @@ from tensorflow.core.util import event_pb2  # noqa: E402
 from tensorflow.python.debug.lib import debug_data, debug_utils  # noqa: E402
 
 tf1 = tf.compat.v1
-PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(tfdump_fast.__file__)))
+from conftest import PKG_PARENT  # noqa: E402  (the package under test)
 
 
 @pytest.fixture(scope="module")

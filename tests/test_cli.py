@@ -15,7 +15,7 @@ from tfdump_fast.cli import build_parser, main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN = os.path.join(HERE, "data", "golden_v1")
-SRC = os.path.join(os.path.dirname(HERE), "src")
+from conftest import PKG_PARENT as SRC  # noqa: E402  (the package under test)
 COMMANDS = ["ls", "show", "find", "convert", "import", "stats", "verify"]
 
 

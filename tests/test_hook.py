@@ -25,7 +25,7 @@ from tfdump_fast.errors import TfdumpUsageError  # noqa: E402
 from tfdump_fast.hooks import DumpingDebugHook  # noqa: E402
 from tfdump_fast.reader import DumpReader  # noqa: E402
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+from conftest import PKG_PARENT as SRC  # noqa: E402  (the package under test)
 
 
 def small_graph():

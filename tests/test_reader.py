@@ -19,7 +19,7 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN = os.path.join(HERE, "data", "golden_v1")
-SRC = os.path.join(os.path.dirname(HERE), "src")
+from conftest import PKG_PARENT as SRC  # noqa: E402  (the package under test)
 DEVICE = "/job:localhost/replica:0/task:0/device:CPU:0"
 
 CASES = {

@@ -141,7 +141,7 @@ uint32_t Engine::InternKey(const char* device, size_t device_len, const char* no
 
 void Engine::BeginRun(uint32_t run_id) {
   RunState& run = runs_[run_id % kRunRing];
-  run.open.store(false, std::memory_order_release);
+  if (!run.open.exchange(false, std::memory_order_acq_rel)) open_runs_.fetch_add(1);
   run.seq = 0;
   run.tensors = 0;
   run.bytes = 0;
@@ -155,7 +155,7 @@ RunCounters Engine::EndRun(uint32_t run_id) {
   RunState& run = runs_[run_id % kRunRing];
   RunCounters c;
   if (run.run_id.load() != run_id) return c;
-  run.open.store(false, std::memory_order_release);
+  if (run.open.exchange(false, std::memory_order_acq_rel)) open_runs_.fetch_sub(1);
   c.tensors = run.tensors.load();
   c.bytes = run.bytes.load();
   c.dropped_tensors = run.dropped_tensors.load();
@@ -171,6 +171,8 @@ bool Engine::ReserveBudget(uint64_t charge) {
     // holds that memory, and refusing it could only deadlock.
     if (cur == 0 || cur + charge <= options_.queue_bytes) {
       if (queued_bytes_.compare_exchange_weak(cur, cur + charge, std::memory_order_acq_rel)) {
+        const uint64_t half = options_.queue_bytes / 2;
+        if (options_.defer_during_runs && cur < half && cur + charge >= half) Kick();  // deferral ends
         uint64_t hw = high_water_.load(std::memory_order_relaxed);
         while (cur + charge > hw && !high_water_.compare_exchange_weak(hw, cur + charge)) {
         }
@@ -446,6 +448,7 @@ std::unique_ptr<Frame> Engine::NextFrame(int worker, int timeout_ms, bool* finis
     // blocked on the budget: records that are small on disk (variants,
     // encoded later) can fill the budget long before they fill a frame.
     auto ready = [&] {
+      if (Deferring()) return false;
       return pending_bytes_.load() >= options_.frame_bytes ||
              (pending_records_.load() > 0 && (kicks_.load() != seen_kicks || budget_waiters_.load() > 0)) ||
              shutdown_.load();
@@ -454,6 +457,7 @@ std::unique_ptr<Frame> Engine::NextFrame(int worker, int timeout_ms, bool* finis
     work_cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms), ready);
     idle_workers_.fetch_sub(1);
   }
+  if (Deferring()) return nullptr;  // timed out while a run executes: keep waiting
   seen_kicks = kicks_.load();
   if (pending_records_.load() == 0) {
     if (shutdown_.load() && outstanding_.load() == 0) *finished = true;
@@ -610,10 +614,21 @@ void Engine::CommitFrame(std::unique_ptr<Frame> frame, int status, uint64_t stor
   }
 }
 
+bool Engine::Deferring() const {
+  return options_.defer_during_runs && open_runs_.load() > 0 && flushing_.load() == 0 && !shutdown_.load() &&
+         budget_waiters_.load() == 0 && error_.load() == kOk && queued_bytes_.load() < options_.queue_bytes / 2;
+}
+
 bool Engine::WaitIdle(int timeout_ms) {
+  flushing_.fetch_add(1);
   Kick();
-  std::unique_lock<std::mutex> lk(idle_mu_);
-  return idle_cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms), [&] { return outstanding_.load() == 0; });
+  bool idle;
+  {
+    std::unique_lock<std::mutex> lk(idle_mu_);
+    idle = idle_cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms), [&] { return outstanding_.load() == 0; });
+  }
+  flushing_.fetch_sub(1);
+  return idle;
 }
 
 void Engine::Shutdown() {

@@ -33,6 +33,11 @@ struct EngineOptions {
   uint64_t zero_copy_threshold = 64ull << 10;
   bool discard = false;                  // accept and drop everything: the capture floor
   uint64_t dedup_max_entries = 256ull << 10;  // ~14 MiB of index at most
+  // While a run is executing and the queue is under half full, workers wait:
+  // the step does not share the CPU with compression, and the work is done
+  // between runs. Past half full, on flush, or when a producer waits on the
+  // budget, they work regardless.
+  bool defer_during_runs = true;
 };
 
 struct RunCounters {
@@ -182,6 +187,8 @@ class Engine {
   std::atomic<uint64_t> kicks_{0};
   std::atomic<int> idle_workers_{0};
   std::atomic<bool> shutdown_{false};
+  std::atomic<int> open_runs_{0}, flushing_{0};
+  bool Deferring() const;
   std::atomic<int> error_{0};
   std::atomic<unsigned> next_stripe_{0};
 

@@ -362,3 +362,38 @@ def test_closed_writer_and_ended_run_errors(session_root):
         w.begin_run(capture=False)
     with pytest.raises(TypeError, match="no TensorFlow equivalent"):
         DumpWriter(session_root + "2").write(np.zeros(1, dtype="datetime64[s]"), "x")
+
+
+def _data_shard_bytes(root):
+    return sum(os.path.getsize(os.path.join(root, n)) for n in os.listdir(root) if not n.endswith("-meta.tfds"))
+
+
+def test_workers_write_between_runs_not_during_them(session_root):
+    with DumpWriter(session_root, workers=2, flush_interval=0.02) as w:
+        run = w.begin_run(capture=False)
+        for i in range(50):
+            w.write(np.full(1024, i, dtype=np.float32), "x", run=run)
+        time.sleep(0.3)  # many flush intervals: a non-deferring writer would have written by now
+        assert _data_shard_bytes(session_root) == 2 * _native.FILE_HEADER_SIZE
+        w.end_run(run)  # the run is over: the workers catch up
+        deadline = time.monotonic() + 10
+        while _data_shard_bytes(session_root) == 2 * _native.FILE_HEADER_SIZE and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _data_shard_bytes(session_root) > 2 * _native.FILE_HEADER_SIZE
+    assert len(scan_store(session_root)[0]) == 50
+
+
+def test_deferral_gives_way_to_a_filling_queue_and_to_flush(session_root):
+    record = np.ones(128 << 10, dtype=np.uint8)
+    with DumpWriter(session_root, queue_bytes=1 << 20, frame_bytes=128 << 10) as w:
+        run = w.begin_run(capture=False)
+        for i in range(40):  # 5 MiB through a 1 MiB queue inside one open run: must not stall
+            w.write(record * (i % 200), "big", run=run)
+        assert _data_shard_bytes(session_root) > 2 * _native.FILE_HEADER_SIZE
+        other = w.begin_run(capture=False)
+        w.write(np.arange(10), "small", run=other)
+        w.end_run(other)
+        w.flush()  # `run` is still open: flush still writes every accepted tensor
+        tensors, _ = scan_store(session_root)
+        assert len(tensors) == 41
+        w.end_run(run)

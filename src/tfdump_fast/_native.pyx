@@ -284,7 +284,8 @@ cdef class NativeEngine:
     cdef readonly int workers
 
     def __cinit__(self, uint64_t queue_bytes, str policy, int workers, uint64_t frame_bytes, bint shuffle,
-                  uint64_t zero_copy_threshold, bint discard, uint64_t dedup_max_entries):
+                  uint64_t zero_copy_threshold, bint discard, uint64_t dedup_max_entries,
+                  bint defer_during_runs=True):
         cdef EngineOptions o
         o.queue_bytes = queue_bytes
         o.policy = Backpressure.kDrop if policy == "drop" else Backpressure.kBlock
@@ -294,6 +295,7 @@ cdef class NativeEngine:
         o.zero_copy_threshold = zero_copy_threshold
         o.discard = discard
         o.dedup_max_entries = dedup_max_entries
+        o.defer_during_runs = defer_during_runs
         self.engine = new Engine(o)
         self.workers = workers
 

@@ -22,6 +22,7 @@ cdef extern from "engine.h" namespace "tfdump" nogil:
         uint64_t zero_copy_threshold
         bool discard
         uint64_t dedup_max_entries
+        bool defer_during_runs
 
     cdef cppclass RunCounters:
         uint64_t tensors, bytes, dropped_tensors, dropped_bytes

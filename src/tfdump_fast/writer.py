@@ -142,6 +142,11 @@ class DumpWriter:
         Tensors at least this large are kept by reference, smaller ones copied.
     flush_interval : float, default 0.1
         Longest time (s) a partial frame waits before it is written.
+    defer_during_runs : bool, default True
+        While a run is executing and the queue is under half full, the
+        workers wait and write between runs, so a dumped step does not share
+        the CPU with compression. Past half full, on :meth:`flush`, or when a
+        producer waits for room, they write regardless.
     worker_nice : int, default 19
         Scheduling niceness of the writer threads (Linux). The workers then
         use the CPU time TF leaves idle instead of competing with its
@@ -168,6 +173,7 @@ class DumpWriter:
         flush_interval: float = 0.1,
         dedup_max_entries: int = 256 << 10,
         worker_nice: int = 19,
+        defer_during_runs: bool = True,
     ):
         self._validate(queue_bytes, policy, workers, codec, level, frame_bytes, disk_limit_bytes, sink,
                        zero_copy_threshold, flush_interval)
@@ -179,6 +185,7 @@ class DumpWriter:
             "level": int(level), "shuffle": bool(shuffle), "frame_bytes": int(frame_bytes),
             "disk_limit_bytes": disk_limit_bytes, "backoff": bool(backoff), "sink": sink,
             "zero_copy_threshold": int(zero_copy_threshold), "worker_nice": int(worker_nice),
+            "defer_during_runs": bool(defer_during_runs),
         }
         self._prepare_root(self.session_root, allow_existing)
 
@@ -202,7 +209,7 @@ class DumpWriter:
 
         self._engine = _native.NativeEngine(
             int(queue_bytes), policy, int(workers), int(frame_bytes), bool(shuffle),
-            int(zero_copy_threshold), sink == "null", int(dedup_max_entries))
+            int(zero_copy_threshold), sink == "null", int(dedup_max_entries), bool(defer_during_runs))
         self._meta_compressor = zstandard.ZstdCompressor(level=_META_LEVEL)
         self._fds: List[int] = []
         created_us = time.time_ns() // 1000

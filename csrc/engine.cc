@@ -449,8 +449,13 @@ std::unique_ptr<Frame> Engine::NextFrame(int worker, int timeout_ms, bool* finis
     // encoded later) can fill the budget long before they fill a frame.
     auto ready = [&] {
       if (Deferring()) return false;
+      // Partial frames go out when asked for (end of run), while a flush
+      // waits, while producers wait, and whenever no run is executing:
+      // otherwise records that are small on disk (variants) would sit until
+      // the flush interval times out, one frame per interval.
       return pending_bytes_.load() >= options_.frame_bytes ||
-             (pending_records_.load() > 0 && (kicks_.load() != seen_kicks || budget_waiters_.load() > 0)) ||
+             (pending_records_.load() > 0 && (kicks_.load() != seen_kicks || budget_waiters_.load() > 0 ||
+                                               flushing_.load() > 0 || open_runs_.load() == 0)) ||
              shutdown_.load();
     };
     idle_workers_.fetch_add(1);

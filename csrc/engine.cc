@@ -571,8 +571,7 @@ std::unique_ptr<Frame> Engine::NextFrame(int worker, int timeout_ms, bool* finis
   return frame;
 }
 
-void Engine::CommitFrame(std::unique_ptr<Frame> frame, int status, uint64_t stored_bytes) {
-  (void)stored_bytes;
+void Engine::CommitFrame(std::unique_ptr<Frame> frame, int status) {
   if (status == kOk) {
     std::lock_guard<std::mutex> lk(dedup_mu_);
     // Bounded memory: past the cap, start over (costs duplicates, never data).

@@ -120,7 +120,7 @@ class Engine {
   std::unique_ptr<Frame> NextFrame(int worker, int timeout_ms, bool* finished);
   // status kOk: the frame is on disk; otherwise its tensors are lost and
   // counted as late drops with that reason.
-  void CommitFrame(std::unique_ptr<Frame> frame, int status, uint64_t stored_bytes);
+  void CommitFrame(std::unique_ptr<Frame> frame, int status);
 
   // Wakes workers so partial frames go out now.
   void Kick();

@@ -361,9 +361,9 @@ cdef class NativeEngine:
         frame.frame = move(f)
         return frame, False
 
-    def commit_frame(self, NativeFrame frame, int status, uint64_t stored_bytes):
+    def commit_frame(self, NativeFrame frame, int status):
         with nogil:
-            self.engine.CommitFrame(move(frame.frame), status, stored_bytes)
+            self.engine.CommitFrame(move(frame.frame), status)
 
     def kick(self):
         with nogil:

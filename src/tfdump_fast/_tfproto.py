@@ -23,19 +23,12 @@ from .errors import TfdumpCorruptionError
 # --- TensorFlow DataType enum (tensorflow/core/framework/types.proto) -------
 
 from tfdump_fast.dtypes import (  # noqa: E402 - the enum values shared with the writer
-    DT_BFLOAT16, DT_BOOL, DT_COMPLEX64, DT_COMPLEX128, DT_DOUBLE, DT_FLOAT, DT_FLOAT8_E4M3FN,
-    DT_FLOAT8_E5M2, DT_HALF, DT_INT8, DT_INT16, DT_INT32, DT_INT64, DT_QINT8, DT_QINT16, DT_QINT32,
-    DT_QUINT8, DT_QUINT16, DT_RESOURCE, DT_STRING, DT_UINT8, DT_UINT16, DT_UINT32, DT_UINT64, DT_VARIANT)
-from tfdump_fast.dtypes import NAMES as _NAMES  # noqa: E402
-
-# Newer enum values that tfdump_fast.dtypes does not list (yet).
-DT_FLOAT8_E4M3FNUZ, DT_FLOAT8_E4M3B11FNUZ, DT_FLOAT8_E5M2FNUZ = 26, 27, 28
-DT_INT4, DT_UINT4, DT_INT2, DT_UINT2, DT_FLOAT4_E2M1FN = 29, 30, 31, 32, 33
-
-DTYPE_NAMES = dict(_NAMES)
-for _dt, _name in ((26, "float8_e4m3fnuz"), (27, "float8_e4m3b11fnuz"), (28, "float8_e5m2fnuz"),
-                   (29, "int4"), (30, "uint4"), (31, "int2"), (32, "uint2"), (33, "float4_e2m1fn")):
-    DTYPE_NAMES.setdefault(_dt, _name)
+    DT_BFLOAT16, DT_BOOL, DT_COMPLEX64, DT_COMPLEX128, DT_DOUBLE, DT_FLOAT, DT_FLOAT4_E2M1FN,
+    DT_FLOAT8_E4M3B11FNUZ, DT_FLOAT8_E4M3FN, DT_FLOAT8_E4M3FNUZ, DT_FLOAT8_E5M2, DT_FLOAT8_E5M2FNUZ,
+    DT_HALF, DT_INT2, DT_INT4, DT_INT8, DT_INT16, DT_INT32, DT_INT64, DT_QINT8, DT_QINT16, DT_QINT32,
+    DT_QUINT8, DT_QUINT16, DT_RESOURCE, DT_STRING, DT_UINT2, DT_UINT4, DT_UINT8, DT_UINT16, DT_UINT32,
+    DT_UINT64, DT_VARIANT)
+from tfdump_fast.dtypes import NAMES as DTYPE_NAMES  # noqa: E402
 
 
 def dtype_name(dtype: int) -> str:

@@ -34,6 +34,14 @@ DT_UINT32 = 22
 DT_UINT64 = 23
 DT_FLOAT8_E5M2 = 24
 DT_FLOAT8_E4M3FN = 25
+DT_FLOAT8_E4M3FNUZ = 26
+DT_FLOAT8_E4M3B11FNUZ = 27
+DT_FLOAT8_E5M2FNUZ = 28
+DT_INT4 = 29
+DT_UINT4 = 30
+DT_INT2 = 31
+DT_UINT2 = 32
+DT_FLOAT4_E2M1FN = 33
 
 NAMES = {
     DT_INVALID: "invalid", DT_FLOAT: "float32", DT_DOUBLE: "float64", DT_INT32: "int32",
@@ -43,7 +51,14 @@ NAMES = {
     DT_QUINT16: "quint16", DT_UINT16: "uint16", DT_COMPLEX128: "complex128", DT_HALF: "float16",
     DT_RESOURCE: "resource", DT_VARIANT: "variant", DT_UINT32: "uint32", DT_UINT64: "uint64",
     DT_FLOAT8_E5M2: "float8_e5m2", DT_FLOAT8_E4M3FN: "float8_e4m3fn",
+    DT_FLOAT8_E4M3FNUZ: "float8_e4m3fnuz", DT_FLOAT8_E4M3B11FNUZ: "float8_e4m3b11fnuz",
+    DT_FLOAT8_E5M2FNUZ: "float8_e5m2fnuz", DT_INT4: "int4", DT_UINT4: "uint4", DT_INT2: "int2",
+    DT_UINT2: "uint2", DT_FLOAT4_E2M1FN: "float4_e2m1fn",
 }
+
+# The types numpy lacks, by their ml_dtypes (and NAMES) name.
+_ML_DTYPES = (DT_BFLOAT16, DT_FLOAT8_E5M2, DT_FLOAT8_E4M3FN, DT_FLOAT8_E4M3FNUZ, DT_FLOAT8_E4M3B11FNUZ,
+              DT_FLOAT8_E5M2FNUZ, DT_INT4, DT_UINT4, DT_INT2, DT_UINT2, DT_FLOAT4_E2M1FN)
 
 # Plain numpy dtypes for the numeric TF types. Quantized types are stored as
 # their underlying integers, exactly as TF lays them out in memory.
@@ -61,9 +76,9 @@ _NUMPY = {
 try:  # pragma: no cover - depends on the environment
     import ml_dtypes as _ml
 
-    _NUMPY[DT_BFLOAT16] = np.dtype(_ml.bfloat16)
-    _NUMPY[DT_FLOAT8_E5M2] = np.dtype(_ml.float8_e5m2)
-    _NUMPY[DT_FLOAT8_E4M3FN] = np.dtype(_ml.float8_e4m3fn)
+    for _dt in _ML_DTYPES:
+        if hasattr(_ml, NAMES[_dt]):  # older ml_dtypes lack the newest types
+            _NUMPY[_dt] = np.dtype(getattr(_ml, NAMES[_dt]))
 except ImportError:  # bfloat16 is then read as its raw uint16 bits
     _NUMPY[DT_BFLOAT16] = np.dtype("<u2")
 

@@ -52,7 +52,7 @@ cdef extern from "engine.h" namespace "tfdump" nogil:
         void BeginRun(uint32_t run_id)
         RunCounters EndRun(uint32_t run_id)
         unique_ptr[Frame] NextFrame(int worker, int timeout_ms, bool* finished)
-        void CommitFrame(unique_ptr[Frame] frame, int status, uint64_t stored_bytes)
+        void CommitFrame(unique_ptr[Frame] frame, int status)
         void Kick()
         bool WaitIdle(int timeout_ms)
         void Shutdown()

@@ -84,16 +84,6 @@ def _build_numpy_dtypes() -> Dict[int, np.dtype]:
             pass
     if table.get(dtypes.DT_BFLOAT16) == np.dtype("<u2"):
         del table[dtypes.DT_BFLOAT16]  # raw bits are not a faithful value: mark it instead
-    try:  # types dtypes.py does not list yet
-        import ml_dtypes as ml
-    except ImportError:  # pragma: no cover - ml_dtypes ships with TensorFlow
-        return table
-    for dt, name in ((14, "bfloat16"), (24, "float8_e5m2"), (25, "float8_e4m3fn"),
-                     (26, "float8_e4m3fnuz"), (27, "float8_e4m3b11fnuz"), (28, "float8_e5m2fnuz"),
-                     (29, "int4"), (30, "uint4"), (31, "int2"), (32, "uint2"),
-                     (33, "float4_e2m1fn")):
-        if dt not in table and hasattr(ml, name):
-            table[dt] = np.dtype(getattr(ml, name))
     return table
 
 

@@ -653,14 +653,14 @@ class DumpWriter:
                 self._write_frame(fd, frame, compressors)
             except BaseException as exc:  # noqa: BLE001
                 self._set_error(errors.STATUS_INTERNAL, f"writer thread {k} failed: {exc!r}")
-                engine.commit_frame(frame, errors.STATUS_INTERNAL, 0)
+                engine.commit_frame(frame, errors.STATUS_INTERNAL)
 
     def _write_frame(self, fd: int, frame, compressors) -> None:
         engine = self._engine
         if engine.error != errors.STATUS_OK:
             # After a fatal error or the disk budget nothing more is written;
             # the frame's tensors are counted as dropped.
-            engine.commit_frame(frame, engine.error, 0)
+            engine.commit_frame(frame, engine.error)
             return
         codec, level = self._choose_codec()
         raw_table, raw_data = frame.table, frame.data
@@ -686,7 +686,7 @@ class DumpWriter:
                     self._bytes_written += total
             if not fits:
                 self._hit_disk_budget(limit)
-                engine.commit_frame(frame, errors.STATUS_DISK_BUDGET, 0)
+                engine.commit_frame(frame, errors.STATUS_DISK_BUDGET)
                 return
         try:
             _writev_all(fd, [header, table, data])
@@ -694,13 +694,13 @@ class DumpWriter:
             code = _status_for_oserror(exc)
             self._set_error(code, f"writing to {self.session_root!r} failed: {exc.strerror} "
                                   f"({_REASONS.get(code, 'error')}); later tensors are dropped and counted")
-            engine.commit_frame(frame, code, 0)
+            engine.commit_frame(frame, code)
             return
         if limit is None:
             self._add_written(total)
         key = codec if codec == "raw" else f"zstd:{level}"
         self._frames_by_codec[key] = self._frames_by_codec.get(key, 0) + 1
-        engine.commit_frame(frame, errors.STATUS_OK, total)
+        engine.commit_frame(frame, errors.STATUS_OK)
 
     def _hit_disk_budget(self, limit: int) -> None:
         with self._lock:

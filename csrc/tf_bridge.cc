@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <chrono>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -120,8 +121,14 @@ inline void Bump(std::atomic<uint64_t>& c) {
 // ---------------------------------------------------------------------------
 // Slots.
 
-// Immutable once published; freed by release_slot after the last callback
-// that could have seen it has finished.
+class ListRegistry;
+void DeleteListRegistry(ListRegistry* r);
+struct ListRegistryDeleter {
+  void operator()(ListRegistry* r) const { DeleteListRegistry(r); }
+};
+
+// Immutable once published (the list registry has its own lock); freed by
+// release_slot after the last callback that could have seen it has finished.
 struct Binding {
   const tfdump_engine_api* api;
   uint32_t run_id;
@@ -130,6 +137,8 @@ struct Binding {
   // first is gone, so the per-thread key cache is keyed on the epoch rather
   // than on the pointer alone.
   uint64_t epoch;
+  // Shadows of the TensorLists this run dumped (see "TensorList snapshots").
+  std::unique_ptr<ListRegistry, ListRegistryDeleter> lists;
 };
 
 struct alignas(64) Slot {
@@ -419,7 +428,23 @@ struct ListMemo {
   // Lists by (address of their second-to-last element, count): finds the
   // state one push ahead of a new one, i.e. the list a pop came from.
   std::unordered_map<TailKey, ListMemoEntry*, TailKeyHash> by_second_last;
+  // States of list shadows (see "TensorList snapshots"), by element count.
+  std::unordered_map<const void*, std::map<uint32_t, ListMemoEntry*>> by_shadow;
 };
+
+// This worker thread's memo, emptied whenever a new frame starts.
+ListMemo& FrameMemo(const tfdump_encode_sink* sink) {
+  thread_local ListMemo memo;
+  if (memo.frame_id != sink->frame_id) {
+    memo.entries.clear();
+    memo.by_tail.clear();
+    memo.by_second_last.clear();
+    memo.by_shadow.clear();
+    memo.storage.clear();
+    memo.frame_id = sink->frame_id;
+  }
+  return memo;
+}
 
 // The element's data address when it can take part in prefix matching.
 inline const void* ElementAddress(const Tensor& t) {
@@ -560,14 +585,7 @@ bool EncodeTensorListElement(const tensorflow::Variant& v, tfdump_encode_sink* s
                              std::string* out) {
   const tensorflow::TensorList* tl = v.get<tensorflow::TensorList>();
   if (tl == nullptr) return false;
-  thread_local ListMemo memo;
-  if (memo.frame_id != sink->frame_id) {
-    memo.entries.clear();
-    memo.by_tail.clear();
-    memo.by_second_last.clear();
-    memo.storage.clear();
-    memo.frame_id = sink->frame_id;
-  }
+  ListMemo& memo = FrameMemo(sink);
   const void* container = &tl->tensors();
   auto it = memo.entries.find(container);
   if (it != memo.entries.end() && SameListAttrs(*it->second, *tl)) {
@@ -601,6 +619,260 @@ bool EncodeTensorListElement(const tensorflow::Variant& v, tfdump_encode_sink* s
   if (count > 1) memo.by_second_last.emplace(TailKey{e->elements[count - 2], count}, e);
   PutListElement(*e, sink, out);
   return true;
+}
+
+// ---------------------------------------------------------------------------
+// TensorList snapshots, taken on the TF thread.
+//
+// Keeping a dumped TensorList alive (even a copy: TensorList copies share
+// their element container) keeps the container's reference count above one,
+// and TF's list kernels then copy the whole container on the next push or
+// pop instead of changing it in place (ForwardInputOrCreateNewList): O(n) per
+// loop iteration, measured at +3 ms per step of the 200-iteration loop in
+// Tensor copies and destructions on TF's threads. So for a plain list (every
+// element an initialized, non-empty, memcpy-able tensor) the bridge keeps no
+// list. It keeps a shadow of the container instead -- references to the
+// element tensors, append-only -- and the record names (shadow, element
+// count). Each dump is compared element by element with the container's
+// shadow (buffer address, dtype, shape; the shadow's references keep its
+// buffers from being reused by other tensors), so whatever TF changed in
+// place (push, pop, set item) is described exactly: a difference inside the
+// common prefix starts a new shadow.
+
+struct ShadowElem {
+  Tensor tensor;
+  const void* addr = nullptr;
+};
+
+class ListShadow {
+ public:
+  static constexpr size_t kBlockBits = 8;
+  static constexpr size_t kBlockSize = size_t(1) << kBlockBits;
+  static constexpr size_t kMaxBlocks = 1024;  // lists longer than 262,144 take the general path
+  static constexpr size_t kMaxElems = kBlockSize * kMaxBlocks;
+
+  ListShadow(DataType element_dtype, int max_num_elements, const tensorflow::PartialTensorShape& element_shape,
+             std::string type_name, std::string metadata)
+      : element_dtype(element_dtype),
+        max_num_elements(max_num_elements),
+        element_shape(element_shape),
+        type_name(std::move(type_name)),
+        metadata(std::move(metadata)),
+        blocks_(new std::unique_ptr<ShadowElem[]>[kMaxBlocks]) {}
+
+  void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
+  // Element i < a count this shadow had when a record was taken. The block
+  // table never moves, so workers read while TF threads append.
+  const ShadowElem& at(size_t i) const { return blocks_[i >> kBlockBits][i & (kBlockSize - 1)]; }
+  // Under the registry lock.
+  size_t size() const { return size_; }
+  void Append(const Tensor& t) {  // throws std::bad_alloc; size() < kMaxElems
+    std::unique_ptr<ShadowElem[]>& block = blocks_[size_ >> kBlockBits];
+    if (!block) block.reset(new ShadowElem[kBlockSize]);
+    ShadowElem& e = block[size_ & (kBlockSize - 1)];
+    e.tensor = t;
+    e.addr = t.data();
+    ++size_;
+  }
+  bool SameAttrs(const tensorflow::TensorList& tl) const {
+    return element_dtype == tl.element_dtype && max_num_elements == tl.max_num_elements &&
+           element_shape.IsIdenticalTo(tl.element_shape);
+  }
+
+  const DataType element_dtype;
+  const int max_num_elements;
+  const tensorflow::PartialTensorShape element_shape;
+  // What Variant::Encode gives a list with these attributes and no invalid
+  // elements (TensorList::Encode's metadata depends on nothing else).
+  const std::string type_name, metadata;
+
+ private:
+  ~ListShadow() = default;
+  std::atomic<int> refs_{1};
+  size_t size_ = 0;
+  std::unique_ptr<std::unique_ptr<ShadowElem[]>[]> blocks_;
+};
+
+// The element count of one dumped list state: the owner of its record.
+struct ListSnapshot {
+  ListShadow* shadow;
+  uint32_t count;
+};
+
+void ReleaseListSnapshot(void* owner) {
+  ListSnapshot* s = static_cast<ListSnapshot*>(owner);
+  s->shadow->Unref();
+  delete s;
+}
+
+// One per run (bound slot): shadows by container address.
+class ListRegistry {
+ public:
+  ~ListRegistry() { Clear(); }
+  std::mutex mu;
+  std::unordered_map<const void*, ListShadow*> by_container;
+  size_t elements = 0;  // held by the shadows in the map
+  void Clear() {
+    for (auto& kv : by_container) kv.second->Unref();
+    by_container.clear();
+    elements = 0;
+  }
+};
+
+ListRegistry* NewListRegistry() { return new (std::nothrow) ListRegistry(); }
+void DeleteListRegistry(ListRegistry* r) { delete r; }
+
+// Past this many element references the registry starts over, so a long run
+// that creates many lists does not hold every element it ever saw (records
+// keep what they need).
+constexpr size_t kRegistryMaxElements = size_t(1) << 20;
+
+inline bool PlainElement(const Tensor& t) {
+  return t.dtype() != tensorflow::DT_INVALID && t.IsInitialized() && t.NumElements() > 0 &&
+         tensorflow::DataTypeCanUseMemcpy(t.dtype());
+}
+
+inline bool SameElement(const ShadowElem& e, const Tensor& t) {
+  // Fast path: the shadow's Tensor was copied from this very element, and a
+  // Tensor copy reproduces the object bytes (shape representation, buffer
+  // pointer). Equal bytes mean the same buffer with the same shape; anything
+  // else (e.g. an out-of-line shape) is decided by the exact comparison.
+  if (__builtin_memcmp(&e.tensor, &t, sizeof(Tensor)) == 0) return true;
+  return e.addr == t.data() && e.tensor.dtype() == t.dtype() && e.tensor.shape().IsSameSize(t.shape());
+}
+
+// Type name and metadata of a plain list with `tl`'s attributes.
+void ListHeader(const tensorflow::TensorList& tl, std::string* type_name, std::string* metadata) {
+  tensorflow::TensorList empty;
+  empty.element_dtype = tl.element_dtype;
+  empty.max_num_elements = tl.max_num_elements;
+  empty.element_shape = tl.element_shape;
+  tensorflow::Variant v = std::move(empty);
+  tensorflow::VariantTensorData d;
+  v.Encode(&d);
+  *type_name = d.type_name();
+  *metadata = d.metadata_string();
+}
+
+// The snapshot of `tl` as it is now, or nullptr when the list is not plain
+// (the caller then keeps the whole variant tensor). Never throws.
+ListSnapshot* SnapshotList(ListRegistry& reg, const tensorflow::TensorList& tl) noexcept {
+  try {
+    const std::vector<Tensor>& ts = tl.tensors();
+    const size_t n = ts.size();
+    if (n >= ListShadow::kMaxElems) return nullptr;
+    std::lock_guard<std::mutex> lk(reg.mu);
+    auto it = reg.by_container.find(&ts);
+    ListShadow* shadow = it != reg.by_container.end() ? it->second : nullptr;
+    size_t common = 0;
+    if (shadow != nullptr && shadow->SameAttrs(tl)) {
+      const size_t m = std::min(n, shadow->size());
+      while (common < m && SameElement(shadow->at(common), ts[common])) ++common;
+      if (common == m) {
+        // Unchanged, popped, or pushed: append what is new.
+        for (size_t i = m; i < n; ++i) {
+          if (!PlainElement(ts[i])) return nullptr;
+        }
+        for (size_t i = m; i < n; ++i) shadow->Append(ts[i]);
+        reg.elements += n - m;
+        shadow->Ref();
+        return new ListSnapshot{shadow, static_cast<uint32_t>(n)};
+      }
+    } else {
+      shadow = nullptr;  // new container, or its attributes changed
+    }
+    for (size_t i = common; i < n; ++i) {
+      if (!PlainElement(ts[i])) return nullptr;
+    }
+    std::string type_name, metadata;
+    if (shadow != nullptr) {
+      type_name = shadow->type_name;
+      metadata = shadow->metadata;
+    } else {
+      ListHeader(tl, &type_name, &metadata);
+    }
+    ListShadow* fresh = new ListShadow(tl.element_dtype, tl.max_num_elements, tl.element_shape,
+                                       std::move(type_name), std::move(metadata));
+    try {
+      for (size_t i = 0; i < common; ++i) fresh->Append(shadow->at(i).tensor);
+      for (size_t i = common; i < n; ++i) fresh->Append(ts[i]);
+    } catch (...) {
+      fresh->Unref();
+      return nullptr;
+    }
+    if (reg.elements + n > kRegistryMaxElements) reg.Clear();
+    auto slot = reg.by_container.find(&ts);
+    if (slot != reg.by_container.end()) {
+      reg.elements -= std::min(reg.elements, slot->second->size());
+      slot->second->Unref();
+      slot->second = fresh;
+    } else {
+      reg.by_container.emplace(&ts, fresh);
+    }
+    reg.elements += n;
+    fresh->Ref();
+    return new ListSnapshot{fresh, static_cast<uint32_t>(n)};
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+// The list-blob description of a snapshot, derived when possible from a
+// state of the same shadow described earlier in this frame.
+const ListMemoEntry* ShadowEntry(const ListSnapshot& snap, tfdump_encode_sink* sink) {
+  ListMemo& memo = FrameMemo(sink);
+  std::map<uint32_t, ListMemoEntry*>& states = memo.by_shadow[snap.shadow];
+  const uint32_t n = snap.count;
+  auto found = states.find(n);
+  if (found != states.end()) return found->second;
+  const ListShadow& sh = *snap.shadow;
+  memo.storage.emplace_back();
+  ListMemoEntry& e = memo.storage.back();
+  e.type_name = sh.type_name;
+  e.metadata = sh.metadata;
+  auto above = states.upper_bound(n);
+  if (above != states.end()) {
+    // A pop: a longer state of the same shadow starts with our elements.
+    const ListMemoEntry& child = *above->second;
+    e.list_blob.assign(child.list_blob, 0, child.offsets[n]);
+    e.offsets.assign(child.offsets.begin(), child.offsets.begin() + n);
+  } else {
+    uint32_t from = 0;
+    if (above != states.begin()) {
+      // A push: a shorter state plus the elements after it.
+      const ListMemoEntry& parent = *std::prev(above)->second;
+      e.list_blob = parent.list_blob;
+      e.offsets = parent.offsets;
+      from = std::prev(above)->first;
+    } else {
+      Put<uint32_t>(&e.list_blob, 0);
+    }
+    e.offsets.reserve(n);
+    for (uint32_t i = from; i < n; ++i) {
+      e.offsets.push_back(static_cast<uint32_t>(e.list_blob.size()));
+      PutListBlobTensor(sh.at(i).tensor, sink, &e.list_blob);
+    }
+  }
+  memcpy(&e.list_blob[0], &n, sizeof(n));
+  states.emplace(n, &e);
+  return &e;
+}
+
+int EncodeListSnapshotRecord(void* owner, tfdump_encode_sink* sink) {
+  try {
+    const ListSnapshot* snap = static_cast<const ListSnapshot*>(owner);
+    std::string out;
+    Put<uint64_t>(&out, 1);  // one Variant element
+    PutListElement(*ShadowEntry(*snap, sink), sink, &out);
+    sink->append(sink, out.data(), out.size());
+    return 0;
+  } catch (...) {
+    return 1;
+  }
 }
 
 // Variant structure (FORMAT.md) of every element of a DT_VARIANT tensor.
@@ -754,12 +1026,23 @@ int Forward(const Binding& b, const DebugNodeKey& k, const Tensor& t) {
     }
     case tensorflow::DT_VARIANT: {
       in.flags = TFDUMP_FLAG_VARIANT;
+      in.charge_bytes = VariantChargeBytes(t);
+      if (b.lists != nullptr && t.NumElements() == 1) {
+        const tensorflow::TensorList* tl =
+            static_cast<const tensorflow::Variant*>(t.data())->get<tensorflow::TensorList>();
+        ListSnapshot* snap = tl != nullptr ? SnapshotList(*b.lists, *tl) : nullptr;
+        if (snap != nullptr) {
+          in.encode = EncodeListSnapshotRecord;
+          in.owner = snap;
+          in.release = ReleaseListSnapshot;
+          return api->submit(api->engine, &in);
+        }
+      }
       in.encode = EncodeVariantRecord;
       VariantOwner* vo = new VariantOwner();
       vo->tensor = t;
       in.owner = vo;
       in.release = ReleaseVariantOwner;
-      in.charge_bytes = VariantChargeBytes(t);
       return api->submit(api->engine, &in);
     }
     default:
@@ -844,7 +1127,7 @@ int AcquireSlot(const tfdump_engine_api* api, uint32_t run_id, char* url_out,
       s.registered = true;
     }
     s.busy = true;
-    s.binding.store(new Binding{api, run_id, epoch}, std::memory_order_seq_cst);
+    s.binding.store(new Binding{api, run_id, epoch, std::unique_ptr<ListRegistry, ListRegistryDeleter>(NewListRegistry())}, std::memory_order_seq_cst);
     memcpy(url_out, url.c_str(), url.size() + 1);
     return idx;
   } catch (...) {

@@ -435,6 +435,65 @@ def test_while_loop_with_gradient_matches_tfdbg_file_dump(tmp_path, bridge):
     assert n_variant > 200  # the gradient's TensorList accumulators, once per iteration
 
 
+def _list_mutation_graph():
+    """TensorList states changed in place by TF's list kernels when nothing
+    else holds the list: pushes, a set-item inside the list, a pop, a push
+    after the pop, and a reserved list (invalid elements) filled by set-item."""
+    g = tf.Graph()
+    with g.as_default():
+        f32 = tf.float32
+        # Fed, so that grappler cannot fold the list ops into constants.
+        x = tf1.placeholder(f32, [6, 2], name="x")
+        vals = [tf.identity(x[i], name=f"v{i}") for i in range(6)]
+        shape = tf.constant([2], tf.int32)
+        lst = tf.raw_ops.EmptyTensorList(element_shape=shape, max_num_elements=-1, element_dtype=f32, name="l0")
+        for i in range(3):
+            lst = tf.raw_ops.TensorListPushBack(input_handle=lst, tensor=vals[i], name=f"push{i}")
+        lst = tf.raw_ops.TensorListSetItem(input_handle=lst, index=0, item=vals[3], name="set0")
+        lst, popped = tf.raw_ops.TensorListPopBack(input_handle=lst, element_shape=shape, element_dtype=f32,
+                                                   name="pop")
+        lst = tf.raw_ops.TensorListPushBack(input_handle=lst, tensor=vals[4], name="push_after_pop")
+        lst = tf.raw_ops.TensorListSetItem(input_handle=lst, index=1, item=vals[5], name="set1")
+        stacked = tf.raw_ops.TensorListStack(input_handle=lst, element_dtype=f32, element_shape=shape,
+                                             name="stacked")
+        res = tf.raw_ops.TensorListReserve(element_shape=shape, num_elements=2, element_dtype=f32, name="res")
+        res = tf.raw_ops.TensorListSetItem(input_handle=res, index=1, item=vals[0], name="res_set1")
+        res = tf.raw_ops.TensorListSetItem(input_handle=res, index=0, item=vals[1], name="res_set0")
+        res_stacked = tf.raw_ops.TensorListStack(input_handle=res, element_dtype=f32, element_shape=shape,
+                                                 name="res_stacked")
+    return g, x, [stacked, popped, res_stacked]
+
+
+def test_lists_changed_in_place_are_recorded_as_they_were_when_dumped(tmp_path, bridge):
+    """The bridge keeps shadows of list containers rather than the lists
+    (holding them would force TF to copy every list it changes). Every dumped
+    state must still be the one the debug op saw: same values as tfdbg's
+    file:// dump, which serializes each list on the spot."""
+    g, x, fetches = _list_mutation_graph()
+    feed = {x: np.arange(12, dtype=np.float32).reshape(6, 2)}
+    root = str(tmp_path / "dump")
+    runs = 8  # in-place or copying depends on thread timing: several runs
+    with tf1.Session(graph=g) as sess:
+        with DumpWriter(root) as w:
+            for _ in range(runs):
+                _captured_run(w, sess, fetches, feed_dict=feed)
+        for i in range(runs):
+            sess.run(fetches, feed_dict=feed, options=_watch([f"file://{tmp_path}/tfdbg{i}"], g))
+    ours_runs = DumpReader(root).runs
+    assert len(ours_runs) == runs
+    n_lists = 0
+    for i, run in enumerate(ours_runs):
+        dump = debug_data.DebugDumpDir(str(tmp_path / f"tfdbg{i}"))
+        theirs = {(d.node_name, d.output_slot): d for d in dump.dumped_tensor_data}
+        ours = {(r.node_name, r.output_slot): r for r in run.records}
+        assert set(ours) == set(theirs)
+        for key, rec in ours.items():
+            a, b = _comparable(rec.value, _tfdbg_proto(theirs[key]))
+            assert a == b, key
+            n_lists += rec.dtype == tf.variant.as_datatype_enum
+    assert n_lists >= runs * 9  # l0, 3 pushes, 2 set-items, pop, push, and the reserved lists
+
+
 # ------------------------------------------------------------------ threads and slots
 
 

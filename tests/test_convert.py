@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import PKG_PARENT  # noqa: E402  (the package under test)
 from tfdump_fast import DumpReader, DumpWriter, convert, errors, import_tfdbg
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,6 +36,17 @@ def same_value(a, b):
 
 
 # ------------------------------------------------------------- without TF
+
+def test_convert_stays_a_function_after_the_converter_module_is_imported(tmp_path):
+    """``tfdump_fast.convert(...)`` (the README's call) must not turn into a
+    module once something imports the implementation (StoreDumpDir does)."""
+    code = ("import tfdump_fast.dumpdir, tfdump_fast.conversion, tfdump_fast; "
+            "f = tfdump_fast.convert; print(callable(f), f.__module__)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [PKG_PARENT, os.environ.get("PYTHONPATH")])))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "tfdump_fast.conversion"]
+
 
 def test_import_then_convert_reproduces_tfdbg_files_byte_for_byte(tmp_path):
     """Every file of a real tfdbg dump (metadata, graphs, each dump Event:

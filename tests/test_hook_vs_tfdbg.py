@@ -18,7 +18,7 @@ tf1 = tf.compat.v1
 from tensorflow.python import debug as tf_debug  # noqa: E402
 from tensorflow.python.debug.lib import debug_data  # noqa: E402
 
-from tfdump_fast.convert import convert  # noqa: E402
+from tfdump_fast.conversion import convert  # noqa: E402
 from tfdump_fast.hooks import DumpingDebugHook, DumpingDebugWrapperSession  # noqa: E402
 
 

@@ -12,7 +12,7 @@ from tensorflow.python import debug as tf_debug  # noqa: E402
 from tensorflow.core.protobuf.config_pb2 import CallableOptions  # noqa: E402
 from tensorflow.python.debug.lib import debug_data, debug_utils  # noqa: E402
 
-from tfdump_fast.convert import convert  # noqa: E402
+from tfdump_fast.conversion import convert  # noqa: E402
 from tfdump_fast.errors import TfdumpUsageError  # noqa: E402
 from tfdump_fast.hooks import DumpingDebugWrapperSession, WatchOptions  # noqa: E402
 from tfdump_fast.reader import DumpReader  # noqa: E402

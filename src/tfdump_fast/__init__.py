@@ -23,8 +23,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "DumpWriter": "tfdump_fast.writer",
     "DumpReader": "tfdump_fast.reader",
-    "convert": "tfdump_fast.convert",
-    "import_tfdbg": "tfdump_fast.convert",
+    "convert": "tfdump_fast.conversion",
+    "import_tfdbg": "tfdump_fast.conversion",
     "StoreDumpDir": "tfdump_fast.dumpdir",
     "has_inf_or_nan": "tfdump_fast.reader",
     "DumpingDebugHook": "tfdump_fast.hooks",

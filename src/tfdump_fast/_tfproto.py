@@ -1,7 +1,7 @@
 """The few TensorFlow protobuf messages tfdbg's dump layout needs, by hand.
 
 tfdbg's dump files are serialized ``Event`` protos. Building them with
-TensorFlow's generated classes would make :mod:`tfdump_fast.convert` import
+TensorFlow's generated classes would make :mod:`tfdump_fast.conversion` import
 TensorFlow (seconds) and cost several microseconds of Python per field; the
 messages involved are small and fixed, so they are encoded and decoded here
 directly in the protobuf wire format, field by field, in field-number order

@@ -234,7 +234,7 @@ def cmd_find(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from tfdump_fast.convert import convert
+    from tfdump_fast.conversion import convert
 
     reader = _open(args.root)
     runs = [_run_arg(r) for r in args.run] if args.run else None
@@ -249,7 +249,7 @@ def cmd_convert(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from tfdump_fast.convert import import_tfdbg
+    from tfdump_fast.conversion import import_tfdbg
 
     names = import_tfdbg(args.tfdbg_dir, args.root, progress=not args.no_progress and sys.stderr.isatty())
     print("imported %d run(s) into %s: %s" % (len(names), args.root, ", ".join(names)))

@@ -34,7 +34,7 @@ from tensorflow.core.util import event_pb2
 from tensorflow.python.debug.lib import debug_data, debug_graphs
 
 from tfdump_fast import _tfproto as P
-from tfdump_fast.convert import dump_file_names, run_dir_name, tensor_event, tensor_proto
+from tfdump_fast.conversion import dump_file_names, run_dir_name, tensor_event, tensor_proto
 from tfdump_fast.reader import DumpReader, InconvertibleTensor, Run, _is_inf_nan_predicate, has_inf_or_nan
 
 __all__ = ["StoreDumpDir", "StoreTensorDatum"]

@@ -35,8 +35,9 @@ struct EngineOptions {
   uint64_t dedup_max_entries = 256ull << 10;  // ~14 MiB of index at most
   // While a run is executing and the queue is under half full, workers wait:
   // the step does not share the CPU with compression, and the work is done
-  // between runs. Past half full, on flush, or when a producer waits on the
-  // budget, they work regardless.
+  // between runs. Past half full, on flush, when a producer waits on the
+  // budget, or when the gaps between runs proved too short (a backlog at
+  // three run starts in a row), they work regardless.
   bool defer_during_runs = true;
 };
 
@@ -95,6 +96,16 @@ struct Frame {
   uint64_t charge = 0;
   uint32_t n_tensors = 0;
   std::vector<LateDrop> encode_failures;
+  // Empties the frame for reuse, keeping its buffers' capacity.
+  void Reset() {
+    table.Clear();
+    data.clear();
+    records.clear();
+    new_hashes.clear();
+    charge = 0;
+    n_tensors = 0;
+    encode_failures.clear();
+  }
 };
 
 class Engine {
@@ -145,7 +156,11 @@ class Engine {
   struct Chunk;
   struct Stripe {
     std::mutex mu;
-    std::deque<Record> records;
+    // records[head, size) wait for a worker. A vector reused step after step
+    // rather than a deque: a deque allocates a node per three records on
+    // TF's threads and frees it on a worker's.
+    std::vector<Record> records;
+    size_t head = 0;
     Chunk* chunk = nullptr;  // per-producer copy buffer for small payloads
   };
   struct KeyInfo {
@@ -188,6 +203,9 @@ class Engine {
   std::atomic<int> idle_workers_{0};
   std::atomic<bool> shutdown_{false};
   std::atomic<int> open_runs_{0}, flushing_{0};
+  static constexpr int kBackloggedStartsBeforeOverlap = 3;
+  std::atomic<int> backlogged_starts_{0};
+  std::atomic<bool> overlap_runs_{false};  // deferral suspended: the writer is behind
   bool Deferring() const;
   std::atomic<int> error_{0};
   std::atomic<unsigned> next_stripe_{0};
@@ -198,6 +216,9 @@ class Engine {
   std::mutex dedup_mu_;
   std::unordered_set<Hash128, Hash128Hasher> committed_;
   std::vector<std::vector<bool>> emitted_keys_;  // per worker: KEY_DEF already written to its shard
+
+  std::mutex frame_pool_mu_;
+  std::vector<std::unique_ptr<Frame>> frame_pool_;  // committed frames, reused with their buffers
 
   std::mutex chunk_pool_mu_;
   std::vector<Chunk*> chunk_pool_;

@@ -865,7 +865,8 @@ const ListMemoEntry* ShadowEntry(const ListSnapshot& snap, tfdump_encode_sink* s
 int EncodeListSnapshotRecord(void* owner, tfdump_encode_sink* sink) {
   try {
     const ListSnapshot* snap = static_cast<const ListSnapshot*>(owner);
-    std::string out;
+    thread_local std::string out;
+    out.clear();
     Put<uint64_t>(&out, 1);  // one Variant element
     PutListElement(*ShadowEntry(*snap, sink), sink, &out);
     sink->append(sink, out.data(), out.size());

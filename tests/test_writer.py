@@ -383,6 +383,39 @@ def test_workers_write_between_runs_not_during_them(session_root):
     assert len(scan_store(session_root)[0]) == 50
 
 
+def _wait_for_data(root, deadline_s=10):
+    deadline = time.monotonic() + deadline_s
+    while _data_shard_bytes(root) == 2 * _native.FILE_HEADER_SIZE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return _data_shard_bytes(root) > 2 * _native.FILE_HEADER_SIZE
+
+
+def test_deferral_stops_while_runs_keep_starting_with_work_left_over(session_root):
+    """Back-to-back runs leave the writer no gap: after three run starts in a
+    row that find work still waiting, the workers write during runs; the first
+    start that finds them idle turns deferral back on."""
+    with DumpWriter(session_root, workers=2, flush_interval=0.02) as w:
+        held = w.begin_run(capture=False)
+        for i in range(50):
+            w.write(np.full(1024, i, dtype=np.float32), "x", run=held)
+        first = [w.begin_run(capture=False) for _ in range(2)]
+        time.sleep(0.3)
+        assert _data_shard_bytes(session_root) == 2 * _native.FILE_HEADER_SIZE  # two backlogged starts: deferring
+        third = w.begin_run(capture=False)
+        assert _wait_for_data(session_root)  # written although four runs are open
+        for r in [held] + first + [third]:
+            w.end_run(r)
+        w.flush()
+        written = _data_shard_bytes(session_root)
+        idle_start = w.begin_run(capture=False)  # nothing waiting: deferral is back
+        for i in range(50):
+            w.write(np.full(1024, i, dtype=np.float32), "y", run=idle_start)
+        time.sleep(0.3)
+        assert _data_shard_bytes(session_root) == written
+        w.end_run(idle_start)
+    assert len(scan_store(session_root)[0]) == 100
+
+
 def test_deferral_gives_way_to_a_filling_queue_and_to_flush(session_root):
     record = np.ones(128 << 10, dtype=np.uint8)
     with DumpWriter(session_root, queue_bytes=1 << 20, frame_bytes=128 << 10) as w:

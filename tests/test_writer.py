@@ -383,6 +383,18 @@ def test_workers_write_between_runs_not_during_them(session_root):
     assert len(scan_store(session_root)[0]) == 50
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling classes")
+@pytest.mark.parametrize("idle", [True, False])
+def test_writer_threads_run_in_the_idle_scheduling_class(session_root, idle):
+    with DumpWriter(session_root, worker_idle=idle) as w:
+        w.write(np.arange(10), "x")
+        w.flush()  # the workers have run, so they have set their own class
+        workers = [t for t in w._threads if t.is_alive()]
+        assert len(workers) == 2
+        classes = {os.sched_getscheduler(t.native_id) for t in workers}
+    assert classes == {os.SCHED_IDLE if idle else os.SCHED_OTHER}
+
+
 def _wait_for_data(root, deadline_s=10):
     deadline = time.monotonic() + deadline_s
     while _data_shard_bytes(root) == 2 * _native.FILE_HEADER_SIZE and time.monotonic() < deadline:

@@ -639,9 +639,14 @@ bool EncodeTensorListElement(const tensorflow::Variant& v, tfdump_encode_sink* s
 // place (push, pop, set item) is described exactly: a difference inside the
 // common prefix starts a new shadow.
 
-struct ShadowElem {
-  Tensor tensor;
-  const void* addr = nullptr;
+class ListShadow;
+
+// The element count of one dumped list state: the owner of its record. The
+// handles live in their shadow, one per count, so a record costs no
+// allocation on TF's thread (and no free of TF-thread memory on a worker's).
+struct ListSnapshot {
+  ListShadow* shadow;
+  uint32_t count;
 };
 
 class ListShadow {
@@ -658,7 +663,8 @@ class ListShadow {
         element_shape(element_shape),
         type_name(std::move(type_name)),
         metadata(std::move(metadata)),
-        blocks_(new std::unique_ptr<ShadowElem[]>[kMaxBlocks]) {}
+        blocks_(new std::unique_ptr<Tensor[]>[kMaxBlocks]),
+        handles_(new std::unique_ptr<ListSnapshot[]>[kMaxBlocks]) {}
 
   void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
   void Unref() {
@@ -667,16 +673,46 @@ class ListShadow {
 
   // Element i < a count this shadow had when a record was taken. The block
   // table never moves, so workers read while TF threads append.
-  const ShadowElem& at(size_t i) const { return blocks_[i >> kBlockBits][i & (kBlockSize - 1)]; }
+  const Tensor& at(size_t i) const { return blocks_[i >> kBlockBits][i & (kBlockSize - 1)]; }
   // Under the registry lock.
   size_t size() const { return size_; }
   void Append(const Tensor& t) {  // throws std::bad_alloc; size() < kMaxElems
-    std::unique_ptr<ShadowElem[]>& block = blocks_[size_ >> kBlockBits];
-    if (!block) block.reset(new ShadowElem[kBlockSize]);
-    ShadowElem& e = block[size_ & (kBlockSize - 1)];
-    e.tensor = t;
-    e.addr = t.data();
+    std::unique_ptr<Tensor[]>& block = blocks_[size_ >> kBlockBits];
+    if (!block) block.reset(new Tensor[kBlockSize]);
+    block[size_ & (kBlockSize - 1)] = t;
     ++size_;
+  }
+  // A new reference to this shadow as the state with n < kMaxElems elements.
+  // Under the registry lock; throws std::bad_alloc.
+  ListSnapshot* Snapshot(size_t n) {
+    std::unique_ptr<ListSnapshot[]>& block = handles_[n >> kBlockBits];
+    if (!block) {
+      block.reset(new ListSnapshot[kBlockSize]);
+      const size_t base = n & ~(kBlockSize - 1);
+      for (size_t i = 0; i < kBlockSize; ++i) block[i] = ListSnapshot{this, static_cast<uint32_t>(base + i)};
+    }
+    Ref();
+    return &block[n & (kBlockSize - 1)];
+  }
+  // Length of the prefix of ts[0, n) that this shadow holds (n <= size()).
+  // A shadow Tensor was copied from the list's own Tensor object, and a copy
+  // reproduces the object bytes (shape representation, buffer pointer), so
+  // whole runs of elements compare with one memcmp; the shadow's references
+  // keep its buffers from being reused by other tensors. Where bytes differ
+  // (e.g. an out-of-line shape), the exact per-element test decides.
+  size_t CommonPrefix(const std::vector<Tensor>& ts, size_t n) const {
+    size_t i = 0;
+    while (i < n) {
+      const size_t in_block = std::min(n - i, kBlockSize - (i & (kBlockSize - 1)));
+      const Tensor* mine = &at(i);
+      if (memcmp(static_cast<const void*>(mine), static_cast<const void*>(&ts[i]), in_block * sizeof(Tensor)) != 0) {
+        for (size_t j = 0; j < in_block; ++j) {
+          if (!SameElement(mine[j], ts[i + j])) return i + j;
+        }
+      }
+      i += in_block;
+    }
+    return n;
   }
   bool SameAttrs(const tensorflow::TensorList& tl) const {
     return element_dtype == tl.element_dtype && max_num_elements == tl.max_num_elements &&
@@ -692,21 +728,19 @@ class ListShadow {
 
  private:
   ~ListShadow() = default;
+  static bool SameElement(const Tensor& a, const Tensor& b) {
+    if (memcmp(static_cast<const void*>(&a), static_cast<const void*>(&b), sizeof(Tensor)) == 0) return true;
+    return a.data() == b.data() && a.dtype() == b.dtype() && a.shape().IsSameSize(b.shape());
+  }
   std::atomic<int> refs_{1};
   size_t size_ = 0;
-  std::unique_ptr<std::unique_ptr<ShadowElem[]>[]> blocks_;
-};
-
-// The element count of one dumped list state: the owner of its record.
-struct ListSnapshot {
-  ListShadow* shadow;
-  uint32_t count;
+  std::unique_ptr<std::unique_ptr<Tensor[]>[]> blocks_;
+  std::unique_ptr<std::unique_ptr<ListSnapshot[]>[]> handles_;
 };
 
 void ReleaseListSnapshot(void* owner) {
-  ListSnapshot* s = static_cast<ListSnapshot*>(owner);
-  s->shadow->Unref();
-  delete s;
+  // The handle lives in its shadow; the record's reference kept both alive.
+  static_cast<ListSnapshot*>(owner)->shadow->Unref();
 }
 
 // One per run (bound slot): shadows by container address.
@@ -736,15 +770,6 @@ inline bool PlainElement(const Tensor& t) {
          tensorflow::DataTypeCanUseMemcpy(t.dtype());
 }
 
-inline bool SameElement(const ShadowElem& e, const Tensor& t) {
-  // Fast path: the shadow's Tensor was copied from this very element, and a
-  // Tensor copy reproduces the object bytes (shape representation, buffer
-  // pointer). Equal bytes mean the same buffer with the same shape; anything
-  // else (e.g. an out-of-line shape) is decided by the exact comparison.
-  if (__builtin_memcmp(&e.tensor, &t, sizeof(Tensor)) == 0) return true;
-  return e.addr == t.data() && e.tensor.dtype() == t.dtype() && e.tensor.shape().IsSameSize(t.shape());
-}
-
 // Type name and metadata of a plain list with `tl`'s attributes.
 void ListHeader(const tensorflow::TensorList& tl, std::string* type_name, std::string* metadata) {
   tensorflow::TensorList empty;
@@ -771,7 +796,7 @@ ListSnapshot* SnapshotList(ListRegistry& reg, const tensorflow::TensorList& tl) 
     size_t common = 0;
     if (shadow != nullptr && shadow->SameAttrs(tl)) {
       const size_t m = std::min(n, shadow->size());
-      while (common < m && SameElement(shadow->at(common), ts[common])) ++common;
+      common = shadow->CommonPrefix(ts, m);
       if (common == m) {
         // Unchanged, popped, or pushed: append what is new.
         for (size_t i = m; i < n; ++i) {
@@ -779,8 +804,7 @@ ListSnapshot* SnapshotList(ListRegistry& reg, const tensorflow::TensorList& tl) 
         }
         for (size_t i = m; i < n; ++i) shadow->Append(ts[i]);
         reg.elements += n - m;
-        shadow->Ref();
-        return new ListSnapshot{shadow, static_cast<uint32_t>(n)};
+        return shadow->Snapshot(n);
       }
     } else {
       shadow = nullptr;  // new container, or its attributes changed
@@ -798,7 +822,7 @@ ListSnapshot* SnapshotList(ListRegistry& reg, const tensorflow::TensorList& tl) 
     ListShadow* fresh = new ListShadow(tl.element_dtype, tl.max_num_elements, tl.element_shape,
                                        std::move(type_name), std::move(metadata));
     try {
-      for (size_t i = 0; i < common; ++i) fresh->Append(shadow->at(i).tensor);
+      for (size_t i = 0; i < common; ++i) fresh->Append(shadow->at(i));
       for (size_t i = common; i < n; ++i) fresh->Append(ts[i]);
     } catch (...) {
       fresh->Unref();
@@ -814,8 +838,7 @@ ListSnapshot* SnapshotList(ListRegistry& reg, const tensorflow::TensorList& tl) 
       reg.by_container.emplace(&ts, fresh);
     }
     reg.elements += n;
-    fresh->Ref();
-    return new ListSnapshot{fresh, static_cast<uint32_t>(n)};
+    return fresh->Snapshot(n);
   } catch (...) {
     return nullptr;
   }
@@ -854,7 +877,7 @@ const ListMemoEntry* ShadowEntry(const ListSnapshot& snap, tfdump_encode_sink* s
     e.offsets.reserve(n);
     for (uint32_t i = from; i < n; ++i) {
       e.offsets.push_back(static_cast<uint32_t>(e.list_blob.size()));
-      PutListBlobTensor(sh.at(i).tensor, sink, &e.list_blob);
+      PutListBlobTensor(sh.at(i), sink, &e.list_blob);
     }
   }
   memcpy(&e.list_blob[0], &n, sizeof(n));

@@ -816,7 +816,8 @@ def _run_v1_regime(spec, wl, configs, avail, regime) -> Dict[str, Any]:
     engine_options = dict(spec.get("engine_options") or {})
     for name in configs:
         if sustained and name == "tfdump-unsampled":
-            continue  # a per-step latency figure: burst only
+            figs[name] = {"status": "skipped", "reason": "burst only: the latency of unsampled steps"}
+            continue
         runner, skip = make_runner(name, wl, os.path.join(base_root, name), avail, engine_options)
         if skip:
             figs[name] = {"status": "skipped", "reason": skip}

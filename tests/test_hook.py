@@ -142,7 +142,10 @@ def test_one_run_per_session_run_with_tfdbg_metadata(tmp_path):
         # MonitoredSession merges only the watches of hook options: the
         # global step TF sees is the default 0, as with tfdbg's hook.
         assert core["global_step"] == 0
-        assert core["session_run_index"] == i
+        # TensorFlow's own counters, as TF publishes them to tfdbg: the
+        # process-wide run id (other sessions' runs count too) and the
+        # executor's run count.
+        assert core["session_run_index"] > (runs[i - 1].core_metadata["session_run_index"] if i else 0)
         assert core["executor_step_index"] == i
         assert run.metadata["session_run_call"] == i + 1
         assert run.metadata["thread"] == threading.current_thread().name
@@ -371,6 +374,30 @@ def test_failed_run_keeps_tensors_and_is_marked_failed(tmp_path):
     assert "Session.run raised" in failed.error
     assert failed.select("before")[0].value.tolist() == [2.0, -4.0]
     assert "after" not in node_names(failed)
+
+
+def test_run_failing_on_a_new_executor_still_has_its_partition_graphs(tmp_path):
+    """tfdbg's dump gets the partition graphs when TF builds the executor, so
+    a first run that fails has them; RunMetadata is empty then. Ours must
+    have them too, and tfdbg's DebugDumpDir must accept the converted run
+    (it checks every dumped node against the graphs)."""
+    g, x, after = failing_graph()
+    hook = DumpingDebugHook(str(tmp_path / "dump"))
+    with g.as_default():
+        with tf1.train.MonitoredSession(hooks=[hook]) as sess:
+            with pytest.raises(tf.errors.InvalidArgumentError):
+                sess.run(after, feed_dict={x: [1.0, -2.0]})
+            sess.run(after, feed_dict={x: [3.0, 4.0]})
+            publish_root = hook._dumper._publish_root
+            assert publish_root and os.path.isdir(publish_root)
+    assert not os.path.exists(publish_root)  # end() removes TF's published files
+    runs = DumpReader(str(tmp_path / "dump")).runs
+    assert [r.status for r in runs] == ["failed", "complete"]
+    assert runs[0].metadata["graph_hashes"] and runs[0].metadata["graph_hashes"] == runs[1].metadata["graph_hashes"]
+    assert runs[0].core_metadata["executor_step_index"] == 0 and runs[1].core_metadata["executor_step_index"] == 1
+    dirs = convert(str(tmp_path / "dump"), str(tmp_path / "tfdbg"))
+    dd = debug_data.DebugDumpDir(dirs[0])  # validates the failed run's dumps against its graphs
+    assert "before" in dd.nodes() and dd.get_tensors("before", 0, "DebugIdentity")[0].tolist() == [2.0, -4.0]
 
 
 def test_out_of_range_ends_loop_and_end_records_the_error(tmp_path):

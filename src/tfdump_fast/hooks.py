@@ -51,15 +51,17 @@ wrapper, not the training step --,
 TensorFlow publishes none then) and ``graph_hashes`` (hex hashes of the
 run's partition ``GraphDef`` attachments, stored once per writer).
 
-The names are those TensorFlow lists (sorted; in a ``MonitoredSession``
-including what the other hooks fetch, read from the session after the run).
-Two values cannot be observed from Python and are approximated:
-``session_run_index`` is TensorFlow's process-wide step id in tfdbg; here it
-is the 0-based ``Session.run`` call index of this hook / wrapper.
-``executor_step_index`` counts the debugged runs of the same signature on the
-same capture slot, which is TensorFlow's own count for that executor unless
-something else runs it (tfdbg's is always 0: it builds a new executor for
-every run).
+The core metadata is what TensorFlow itself publishes for the run (the same
+``_tfdbg_core_metadata_`` record tfdbg's dump gets): ``session_run_index``
+is TensorFlow's process-wide run id, ``executor_step_index`` its count of
+runs of that executor (tfdbg's is always 0: it builds a new executor for
+every run), the names are those TensorFlow lists (sorted; in a
+``MonitoredSession`` including what the other hooks fetch). The partition
+graphs are likewise the ones TensorFlow publishes when it builds an
+executor, so a run that fails on a new executor has them too. (Should the
+private directory TF publishes to be unavailable, the hook falls back to its
+own account: the 0-based ``Session.run`` call index, its count of debugged
+runs per signature, and ``RunMetadata`` partition graphs of successful runs.)
 
 Low-level path
 --------------
@@ -105,10 +107,13 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import inspect
+import json
 import logging
 import os
 import re
+import shutil
 import sys
+import tempfile
 import threading
 import weakref
 from collections.abc import Mapping
@@ -117,6 +122,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 # TensorFlow is imported by this module, not by `import tfdump_fast`: the
 # package resolves this module lazily, on first use of the hook or wrapper.
 from tensorflow.core.protobuf import config_pb2
+from tensorflow.core.util import event_pb2
 from tensorflow.python.client import session as tf_session
 from tensorflow.python.debug.lib import debug_utils
 from tensorflow.python.debug.wrappers import framework as tfdbg_framework
@@ -293,16 +299,26 @@ def _validate_debug_op(debug_op: str, source: str) -> None:
 
 _PLACEHOLDER_URL = "memcbk://tfdump_slot_placeholder"
 
+# A watch of a node no graph has, with a file:// URL into a private directory
+# per capture slot: no debug op is inserted for it, but TensorFlow publishes
+# to every URL of the debug options what tfdbg's own dumps get -- each new
+# executor's partition graphs (when it is built, so also for a run that then
+# fails) and the run's core metadata (TF's own session_run_index and
+# executor_step_index). The hook reads and deletes those small files after
+# each run. The URL is stable per slot, so executors stay cached.
+_PUBLISH_NODE = "_tfdump_fast_publish_"
+
 
 class _WatchCache:
     def __init__(self):
         self._lock = threading.Lock()
         self._by_graph: "weakref.WeakKeyDictionary[Any, Dict]" = weakref.WeakKeyDictionary()
 
-    def debug_options(self, graph, spec: _WatchSpec, url: Optional[str]):
+    def debug_options(self, graph, spec: _WatchSpec, url: Optional[str], publish_dir: Optional[str] = None):
         """Return (DebugOptions or None, number of watches) for this run.
 
-        ``url=None`` only counts the watches.
+        ``url=None`` only counts the watches. ``publish_dir``: see
+        :data:`_PUBLISH_NODE`.
         """
         version = graph.version
         with self._lock:
@@ -319,7 +335,7 @@ class _WatchCache:
         opts, n = template
         if url is None or n == 0:
             return None, n
-        key = (spec, url)
+        key = (spec, url, publish_dir)
         with self._lock:
             cached = per["by_url"].get(key)
         if cached is None:
@@ -328,6 +344,11 @@ class _WatchCache:
             for watch in cached.debug_tensor_watch_opts:
                 del watch.debug_urls[:]
                 watch.debug_urls.append(url)
+            if publish_dir is not None:
+                watch = cached.debug_tensor_watch_opts.add()
+                watch.node_name, watch.output_slot = _PUBLISH_NODE, 0
+                watch.debug_ops.append("DebugIdentity")
+                watch.debug_urls.append("file://" + publish_dir)
             with self._lock:
                 per["by_url"][key] = cached
         return cached, n
@@ -465,7 +486,11 @@ class _Pending:
     want_graphs: bool
     call_index: int
     core_global_step: int
+    publish_dir: Optional[str] = None
 
+
+_CORE_KEYS = ("global_step", "session_run_index", "executor_step_index", "input_names", "output_names",
+              "target_nodes")
 
 _live_dumpers: "weakref.WeakSet[_Dumper]" = weakref.WeakSet()
 
@@ -481,6 +506,9 @@ def _end_dangling_at_exit() -> None:
             dumper.end_dangling(error=error, at_exit=True)
         except Exception as exc:  # noqa: BLE001 - exit path: report, never raise
             log.error("tfdump-fast: ending open runs at exit failed: %s", exc)
+        root = dumper._publish_root  # pylint: disable=protected-access
+        if root:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 atexit.register(_end_dangling_at_exit)
@@ -537,6 +565,7 @@ class _Dumper:
         self._logged: set = set()
         self.run_call_count = 0
         self.runs_debugged = 0
+        self._publish_root: Optional[str] = None
         _live_dumpers.add(self)
 
     # -- writer lifecycle
@@ -554,6 +583,51 @@ class _Dumper:
     def close(self, error=None) -> None:
         self.end_dangling(error=error)
         self.writer.close()
+        with self._lock:
+            root, self._publish_root = self._publish_root, None
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def _publish_dir(self, url: str) -> Optional[str]:
+        """The directory TF publishes graphs and core metadata to for this slot URL."""
+        with self._lock:
+            if self._publish_root is None:
+                try:
+                    self._publish_root = tempfile.mkdtemp(prefix="tfdump-fast-publish-")
+                except OSError as exc:
+                    self._log_once("publish", "tfdump-fast: %s cannot create a temporary directory; "
+                                              "runs that fail on a new executor will have no partition "
+                                              "graphs: %s", self.owner, exc)
+                    self._publish_root = ""
+            root = self._publish_root
+        return os.path.join(root, url.rsplit("/", 1)[-1]) if root else None
+
+    @staticmethod
+    def _take_published(publish_dir: Optional[str]) -> Tuple[Optional[Dict[str, Any]], List[bytes]]:
+        """(core metadata, partition graphs) TF published for the run that just ended; removes them."""
+        core, graphs = None, []
+        if not publish_dir or not os.path.isdir(publish_dir):
+            return core, graphs
+        best = -1
+        for entry in sorted(os.scandir(publish_dir), key=lambda e: e.name):
+            try:
+                if entry.is_dir():
+                    for sub in sorted(os.scandir(entry.path), key=lambda e: e.name):
+                        if sub.name.startswith("_tfdbg_graph_"):
+                            with open(sub.path, "rb") as f:
+                                graphs.append(event_pb2.Event.FromString(f.read()).graph_def)
+                        os.unlink(sub.path)
+                elif entry.name.startswith("_tfdbg_core_metadata_"):
+                    with open(entry.path, "rb") as f:
+                        meta = json.loads(event_pb2.Event.FromString(f.read()).log_message.message)
+                    os.unlink(entry.path)
+                    if int(meta.get("session_run_index", -1)) > best:
+                        best, core = int(meta.get("session_run_index", -1)), meta
+                else:
+                    os.unlink(entry.path)
+            except (OSError, ValueError, TypeError, AttributeError) as exc:  # never fail the run for it
+                log.debug("tfdump-fast: unreadable published file %s: %s", entry.path, exc)
+        return core, graphs
 
     # -- per-run
 
@@ -600,14 +674,15 @@ class _Dumper:
             debug_options = None
         else:
             url = run.debug_urls[0]
-            debug_options, _ = self._watches.debug_options(graph, spec, url)
+            publish_dir = self._publish_dir(url)
+            debug_options, _ = self._watches.debug_options(graph, spec, url, publish_dir)
             key_tail = (url, spec, graph.version) + tuple(key_extra)
             want = True
             if identity_ok and io_names is not None:
                 executor = self._executor(session, io_names, key_tail, create=False)
                 want = executor is None or executor.graph_hashes is None
             pending = _Pending(run, thread_id, session, graph, io_names, key_tail, identity_ok, True,
-                               want, call_index, core_global_step)
+                               want, call_index, core_global_step, publish_dir)
         with self._lock:
             self._pending[thread_id] = pending
             self.runs_debugged += 1
@@ -663,12 +738,21 @@ class _Dumper:
                                           ("exact",) + pending.key_tail)
             else:
                 executor = None  # cannot tell which executor ran: never reuse graphs
+            published_core, published_graphs = self._take_published(pending.publish_dir)
             with self._lock:
                 step_index = executor.steps if executor is not None else 0
                 if executor is not None:
                     executor.steps += 1
                 hashes = executor.graph_hashes if executor is not None else None
-            if hashes is None and run_metadata is not None and len(run_metadata.partition_graphs):
+            if published_graphs:
+                # A new executor: the graphs exactly as tfdbg's dump gets them,
+                # also when the run then failed (run_metadata is empty then).
+                attachments = published_graphs
+                hashes = [_native.hash128(b).hex() for b in attachments]
+                if executor is not None:
+                    with self._lock:
+                        executor.graph_hashes = hashes
+            elif hashes is None and run_metadata is not None and len(run_metadata.partition_graphs):
                 attachments = [g.SerializeToString(deterministic=True)
                                for g in run_metadata.partition_graphs]
                 hashes = [_native.hash128(b).hex() for b in attachments]
@@ -677,14 +761,17 @@ class _Dumper:
                         if executor.graph_hashes is None:
                             executor.graph_hashes = hashes
             gstep = pending.core_global_step if core_global_step is None else core_global_step
-            end_meta["core_metadata"] = {
-                "global_step": int(gstep),
-                "session_run_index": pending.call_index,
-                "executor_step_index": step_index,
-                "input_names": list(names[0]),
-                "output_names": list(names[1]),
-                "target_nodes": list(names[2]),
-            }
+            if published_core is not None:
+                end_meta["core_metadata"] = {k: published_core.get(k) for k in _CORE_KEYS}
+            else:  # TF published nothing (e.g. no temporary directory): our own account
+                end_meta["core_metadata"] = {
+                    "global_step": int(gstep),
+                    "session_run_index": pending.call_index,
+                    "executor_step_index": step_index,
+                    "input_names": list(names[0]),
+                    "output_names": list(names[1]),
+                    "target_nodes": list(names[2]),
+                }
             end_meta["graph_hashes"] = hashes
         status, text = "ok", None
         if error is not None or error_text is not None:

@@ -404,16 +404,14 @@ struct UniqueBlob {
 // payloads are remembered by (address, size): every owner stays alive until
 // the frame is committed, so an address cannot be reused meanwhile.
 struct FrameCtx {
-  std::unordered_map<PtrKey, uint32_t, PtrKeyHash> memo;
+  FlatMap<PtrKey, uint32_t, PtrKeyHash> memo;
   std::vector<UniqueBlob> uniques;
 
   uint32_t Unique(const uint8_t* data, size_t size, uint32_t elem_size) {
-    auto it = memo.find(PtrKey{data, size});
-    if (it != memo.end()) return it->second;
-    const uint32_t idx = static_cast<uint32_t>(uniques.size());
+    auto slot = memo.TryEmplace(PtrKey{data, size}, static_cast<uint32_t>(uniques.size()));
+    if (!slot.second) return *slot.first;
     uniques.push_back(UniqueBlob{data, size, elem_size, HashBytes(data, size), false});
-    memo.emplace(PtrKey{data, size}, idx);
-    return idx;
+    return *slot.first;
   }
 };
 
@@ -444,8 +442,8 @@ std::atomic<uint64_t> g_frame_ids{1};
 }  // namespace
 
 void Engine::StoreBlob(Frame* frame, const Hash128& h, const uint8_t* p, size_t n, uint32_t elem_size, bool numeric,
-                       std::unordered_set<Hash128, Hash128Hasher>* frame_hashes) {
-  if (!frame_hashes->insert(h).second) {
+                       FlatSet<Hash128, Hash128Hasher>* frame_hashes) {
+  if (!frame_hashes->Insert(h)) {
     st_deduped_.fetch_add(n, std::memory_order_relaxed);
     return;
   }
@@ -532,7 +530,7 @@ std::unique_ptr<Frame> Engine::NextFrame(int worker, int timeout_ms, bool* finis
   // Pass 1, no locks held: run deferred encoders and hash every payload.
   // The per-record scratch is this worker's, reused frame after frame.
   thread_local FrameCtx ctx;
-  ctx.memo.clear();
+  ctx.memo.Clear();
   ctx.uniques.clear();
   std::vector<UniqueBlob>& uniques = ctx.uniques;
   const uint64_t frame_id = g_frame_ids.fetch_add(1, std::memory_order_relaxed);
@@ -562,16 +560,17 @@ std::unique_ptr<Frame> Engine::NextFrame(int worker, int timeout_ms, bool* finis
 
   // Pass 2: one lock to learn which payloads earlier frames already hold
   // (each distinct payload looked up once, however often it is referred to).
-  std::unordered_set<Hash128, Hash128Hasher> frame_hashes;
+  thread_local FlatSet<Hash128, Hash128Hasher> frame_hashes;
+  frame_hashes.Clear();
   {
     std::lock_guard<std::mutex> lk(dedup_mu_);
     for (size_t i = 0; i < frame->records.size(); ++i) {
       const Prepared& p = prepared[i];
-      if (!p.failed && p.main_len > 0 && committed_.count(p.main_hash) != 0) frame_hashes.insert(p.main_hash);
+      if (!p.failed && p.main_len > 0 && committed_.Contains(p.main_hash)) frame_hashes.Insert(p.main_hash);
     }
     for (UniqueBlob& u : uniques) {
-      if (committed_.count(u.hash) != 0) {
-        frame_hashes.insert(u.hash);
+      if (committed_.Contains(u.hash)) {
+        frame_hashes.Insert(u.hash);
         u.handled = true;
         st_deduped_.fetch_add(u.size, std::memory_order_relaxed);
       }
@@ -621,10 +620,10 @@ void Engine::CommitFrame(std::unique_ptr<Frame> frame, int status) {
   if (status == kOk) {
     std::lock_guard<std::mutex> lk(dedup_mu_);
     // Bounded memory: past the cap, start over (costs duplicates, never data).
-    if (committed_.size() + frame->new_hashes.size() > options_.dedup_max_entries) committed_.clear();
+    if (committed_.size() + frame->new_hashes.size() > options_.dedup_max_entries) committed_.Clear();
     for (const auto& nh : frame->new_hashes) {
       // Tiny payloads cost less to store again than to index (~64 B an entry).
-      if (nh.second >= kMinIndexedPayload) committed_.insert(nh.first);
+      if (nh.second >= kMinIndexedPayload) committed_.Insert(nh.first);
     }
     st_written_.fetch_add(frame->n_tensors, std::memory_order_relaxed);
     st_frames_.fetch_add(1, std::memory_order_relaxed);

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "engine_api.h"
+#include "flat_map.h"
 #include "format.h"
 
 namespace tfdump {
@@ -86,11 +87,32 @@ struct Record {
   uint64_t charge = 0;
 };
 
+// Leaves new elements uninitialized: the frame's data block is resized and
+// then overwritten, so zero-filling it first would be wasted work.
+template <typename T>
+struct DefaultInitAllocator : std::allocator<T> {
+  template <typename U>
+  struct rebind {
+    using other = DefaultInitAllocator<U>;
+  };
+  DefaultInitAllocator() = default;
+  template <typename U>
+  DefaultInitAllocator(const DefaultInitAllocator<U>&) {}
+  template <typename U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+
 // One frame laid out by a worker, waiting to be compressed and written.
 struct Frame {
   int worker = 0;
   TableWriter table;
-  std::vector<uint8_t> data;
+  std::vector<uint8_t, DefaultInitAllocator<uint8_t>> data;
   std::vector<Record> records;
   std::vector<std::pair<Hash128, uint64_t>> new_hashes;  // (hash, size) of blobs stored here
   uint64_t charge = 0;
@@ -175,10 +197,10 @@ class Engine {
   void ReleaseBudget(uint64_t charge);
   void CountDrop(RunState* run, uint64_t bytes);
   void ReleaseRecord(Record& r);
-  void LayOut(Frame* frame, Record& r, std::unordered_set<Hash128, Hash128Hasher>* frame_hashes,
+  void LayOut(Frame* frame, Record& r, FlatSet<Hash128, Hash128Hasher>* frame_hashes,
               std::vector<bool>* emitted);
   void StoreBlob(Frame* frame, const Hash128& h, const uint8_t* p, size_t n, uint32_t elem_size, bool numeric,
-                 std::unordered_set<Hash128, Hash128Hasher>* frame_hashes);
+                 FlatSet<Hash128, Hash128Hasher>* frame_hashes);
 
   EngineOptions options_;
   tfdump_engine_api api_;
@@ -214,7 +236,7 @@ class Engine {
   std::condition_variable idle_cv_;
 
   std::mutex dedup_mu_;
-  std::unordered_set<Hash128, Hash128Hasher> committed_;
+  FlatSet<Hash128, Hash128Hasher> committed_;
   std::vector<std::vector<bool>> emitted_keys_;  // per worker: KEY_DEF already written to its shard
 
   std::mutex frame_pool_mu_;

@@ -60,7 +60,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REGIMES = ("burst", "sustained")
@@ -658,7 +658,7 @@ def participates(round_index: int, rounds: int, blocks: int) -> bool:
     return (round_index * blocks) // rounds != ((round_index + 1) * blocks) // rounds
 
 
-def interleave(units: List[Any], quotas: Dict[str, int], block: int, sustained: bool,
+def interleave(units: List[Any], quotas: Dict[str, int], block: Union[int, Dict[str, int]], sustained: bool,
                on_error: Callable[[Any, BaseException], None], sampler: Optional[RssSampler] = None,
                name_of: Callable[[Any], str] = lambda u: u.config.name) -> Dict[str, Dict[str, Any]]:
     """Runs `quotas[name]` measured steps of every unit in round-robin blocks.
@@ -670,7 +670,8 @@ def interleave(units: List[Any], quotas: Dict[str, int], block: int, sustained: 
     rec = {name_of(u): {"step_s": [], "block_eff_s": [], "drain_s": [], "bytes": 0, "files": 0,
                         "steps": 0, "blocks": 0} for u in units}
     alive = list(units)
-    nblocks = {name_of(u): max(1, math.ceil(quotas[name_of(u)] / block)) for u in units}
+    blocks = block if isinstance(block, dict) else {name_of(u): block for u in units}
+    nblocks = {name_of(u): max(1, math.ceil(quotas[name_of(u)] / blocks[name_of(u)])) for u in units}
     rounds = max(nblocks.values()) if nblocks else 0
     for r in range(rounds):
         k = r % max(1, len(alive))
@@ -679,7 +680,7 @@ def interleave(units: List[Any], quotas: Dict[str, int], block: int, sustained: 
             name = name_of(u)
             if u not in alive or not participates(r, rounds, nblocks[name]):
                 continue
-            n = min(block, quotas[name] - rec[name]["steps"])
+            n = min(blocks[name], quotas[name] - rec[name]["steps"])
             if n <= 0:
                 continue
             try:
@@ -847,29 +848,38 @@ def _run_v1_regime(spec, wl, configs, avail, regime) -> Dict[str, Any]:
         except Exception as exc:  # noqa: BLE001
             runners.remove(u)
             on_error(u, exc)
-    # Raw tensor bytes of one step, to size the sustained regime: what tfdbg
-    # writes for a step (one uncompressed file per tensor), else what our
-    # engine accepted per step.
-    raw_est = None
+    # Raw tensor bytes of one step, to size the sustained regime: for tfdbg's
+    # configurations what tfdbg writes for a step (one uncompressed file per
+    # tensor); for the others what our engine accepted per step. They differ
+    # on rnn: tfdbg's 1.34 GB are mostly the same list elements written again
+    # in every TensorList state, and sizing our runs by them would mean five
+    # one-step blocks -- a step plus a full drain, not a sustained regime.
+    tfdbg_est = ours_est = None
     if warm.get("tfdbg", {}).get("per_step"):
-        raw_est = warm["tfdbg"]["per_step"][-1].get("bytes")
-    if not raw_est and spec["warmup"]:
+        tfdbg_est = warm["tfdbg"]["per_step"][-1].get("bytes")
+    if spec["warmup"]:
         for u in runners:
             if u.config.name == "tfdump":
                 s = u.stats() or {}
                 if s.get("bytes_accepted"):
-                    raw_est = s["bytes_accepted"] / spec["warmup"]
-    plan = {"raw_bytes_per_step_estimate": raw_est}
+                    ours_est = s["bytes_accepted"] / spec["warmup"]
+    plan = {"raw_bytes_per_step_estimate": ours_est or tfdbg_est,
+            "tfdbg_raw_bytes_per_step_estimate": tfdbg_est}
     if sustained:
-        steps, block = _sustained_plan(spec, raw_est)
+        steps, block = _sustained_plan(spec, ours_est or tfdbg_est)
+        tfdbg_steps, tfdbg_block = _sustained_plan(spec, tfdbg_est or ours_est)
     else:
         steps, block = spec["steps"], spec["burst_block"]
-    plan.update({"block": block, "steps": steps})
-    quotas = {u.config.name: _quota(u.config.name, spec, regime, steps) for u in runners}
+        tfdbg_steps, tfdbg_block = steps, block
+    plan.update({"block": block, "steps": steps, "tfdbg_block": tfdbg_block, "tfdbg_steps": tfdbg_steps})
+    quotas = {u.config.name: _quota(u.config.name, spec, regime,
+                                    tfdbg_steps if u.config.name in TFDBG_CONFIGS else steps) for u in runners}
+    blocks = {u.config.name: tfdbg_block if u.config.name in TFDBG_CONFIGS else block for u in runners}
     plan["quotas"] = quotas
+    plan["blocks"] = blocks
     sampler = RssSampler().start() if spec["memory"] == "inproc" else None
     t0 = time.perf_counter()
-    raw = interleave(runners, quotas, block, sustained, on_error, sampler)
+    raw = interleave(runners, quotas, blocks, sustained, on_error, sampler)
     wall = time.perf_counter() - t0
     if sampler is not None:
         sampler.stop()

@@ -400,6 +400,26 @@ def test_run_failing_on_a_new_executor_still_has_its_partition_graphs(tmp_path):
     assert "before" in dd.nodes() and dd.get_tensors("before", 0, "DebugIdentity")[0].tolist() == [2.0, -4.0]
 
 
+def test_no_room_for_what_tf_publishes_never_fails_the_run(tmp_path, monkeypatch, caplog):
+    """TensorFlow fails a run when it cannot write its published files; with
+    too little free space the hook stops asking for them and says so."""
+    import tfdump_fast.hooks as hooks_module
+
+    monkeypatch.setattr(hooks_module, "_PUBLISH_MIN_FREE", 1 << 62)  # no file system has that much free
+    g, x, z, train = small_graph()
+    hook = DumpingDebugHook(str(tmp_path / "dump"))
+    with caplog.at_level("WARNING", logger="tfdump_fast"):
+        with g.as_default():
+            with tf1.train.MonitoredSession(hooks=[hook]) as sess:
+                for _ in range(2):
+                    sess.run(train, feed_dict={x: FEED})
+    assert any("free in" in r.getMessage() and "TMPDIR" in r.getMessage() for r in caplog.records)
+    runs = DumpReader(str(tmp_path / "dump")).runs
+    assert [r.status for r in runs] == ["complete", "complete"]
+    assert "attachment_hashes" in runs[0].metadata  # graphs from RunMetadata instead
+    assert [r.core_metadata["session_run_index"] for r in runs] == [0, 1]  # the hook's own account
+
+
 def test_out_of_range_ends_loop_and_end_records_the_error(tmp_path):
     g = tf.Graph()
     with g.as_default():

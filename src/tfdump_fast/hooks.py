@@ -115,6 +115,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Mapping
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
@@ -307,6 +308,7 @@ _PLACEHOLDER_URL = "memcbk://tfdump_slot_placeholder"
 # executor_step_index). The hook reads and deletes those small files after
 # each run. The URL is stable per slot, so executors stay cached.
 _PUBLISH_NODE = "_tfdump_fast_publish_"
+_PUBLISH_MIN_FREE = 64 << 20
 
 
 class _WatchCache:
@@ -566,6 +568,8 @@ class _Dumper:
         self.run_call_count = 0
         self.runs_debugged = 0
         self._publish_root: Optional[str] = None
+        self._publish_checked = float("-inf")
+        self._publish_ok = True
         _live_dumpers.add(self)
 
     # -- writer lifecycle
@@ -601,6 +605,35 @@ class _Dumper:
                     self._publish_root = ""
             root = self._publish_root
         return os.path.join(root, url.rsplit("/", 1)[-1]) if root else None
+
+    def _publish_room(self) -> bool:
+        """Whether TF may publish into the temporary directory for this run.
+
+        TensorFlow fails the *run* when it cannot write what it publishes, so
+        with less than ``_PUBLISH_MIN_FREE`` bytes free there (checked at most
+        once a second) runs go without it: partition graphs then come from
+        RunMetadata (successful runs only) and the core metadata from the
+        hook's own account. Switching costs one executor build each way.
+        """
+        now = time.monotonic()
+        with self._lock:
+            if now - self._publish_checked < 1.0:
+                return self._publish_ok
+            self._publish_checked = now
+            root = self._publish_root or tempfile.gettempdir()
+        try:
+            st = os.statvfs(root)
+            ok = st.f_bavail * st.f_frsize >= _PUBLISH_MIN_FREE
+        except OSError:
+            ok = False
+        if not ok:
+            self._log_once("publish-room", "tfdump-fast: %s: less than %d MiB free in %s; TensorFlow's "
+                                           "graphs of runs that fail on a new executor and its exact core "
+                                           "metadata are not recorded until there is room (set TMPDIR to a "
+                                           "roomier file system)", self.owner, _PUBLISH_MIN_FREE >> 20, root)
+        with self._lock:
+            self._publish_ok = ok
+        return ok
 
     @staticmethod
     def _take_published(publish_dir: Optional[str]) -> Tuple[Optional[Dict[str, Any]], List[bytes]]:
@@ -674,7 +707,7 @@ class _Dumper:
             debug_options = None
         else:
             url = run.debug_urls[0]
-            publish_dir = self._publish_dir(url)
+            publish_dir = self._publish_dir(url) if self._publish_room() else None
             debug_options, _ = self._watches.debug_options(graph, spec, url, publish_dir)
             key_tail = (url, spec, graph.version) + tuple(key_extra)
             want = True

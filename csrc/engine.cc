@@ -657,8 +657,10 @@ void Engine::CommitFrame(std::unique_ptr<Frame> frame, int status) {
   for (Record& r : frame->records) ReleaseRecord(r);
   ReleaseBudget(frame->charge);
   const uint64_t n = frame->records.size();
-  frame->Reset();
-  {
+  // Reused with its buffers, unless a large tensor made them large: idle
+  // frames must not hold more than a couple of ordinary frames' memory.
+  if (frame->data.capacity() <= 2 * options_.frame_bytes) {
+    frame->Reset();
     std::lock_guard<std::mutex> lk(frame_pool_mu_);
     if (frame_pool_.size() < static_cast<size_t>(2 * options_.workers)) frame_pool_.push_back(std::move(frame));
   }

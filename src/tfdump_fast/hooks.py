@@ -713,7 +713,12 @@ class _Dumper:
             want = True
             if identity_ok and io_names is not None:
                 executor = self._executor(session, io_names, key_tail, create=False)
-                want = executor is None or executor.graph_hashes is None
+                if executor is None:
+                    # A new executor: TF publishes its graphs when it builds
+                    # it, so RunMetadata need not carry them a second time.
+                    want = publish_dir is None
+                else:
+                    want = executor.graph_hashes is None
             pending = _Pending(run, thread_id, session, graph, io_names, key_tail, identity_ok, True,
                                want, call_index, core_global_step, publish_dir)
         with self._lock:

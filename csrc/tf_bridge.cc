@@ -454,7 +454,10 @@ inline const void* ElementAddress(const Tensor& t) {
   return t.tensor_data().data();
 }
 
-bool SameListAttrs(const ListMemoEntry& e, const tensorflow::TensorList& tl) {
+// Whether `e` (a memo entry or a list shadow) describes lists with `tl`'s
+// element dtype, maximum size and element shape.
+template <typename Described>
+bool SameListAttrs(const Described& e, const tensorflow::TensorList& tl) {
   return e.element_dtype == tl.element_dtype && e.max_num_elements == tl.max_num_elements &&
          e.element_shape.IsIdenticalTo(tl.element_shape);
 }
@@ -714,11 +717,6 @@ class ListShadow {
     }
     return n;
   }
-  bool SameAttrs(const tensorflow::TensorList& tl) const {
-    return element_dtype == tl.element_dtype && max_num_elements == tl.max_num_elements &&
-           element_shape.IsIdenticalTo(tl.element_shape);
-  }
-
   const DataType element_dtype;
   const int max_num_elements;
   const tensorflow::PartialTensorShape element_shape;
@@ -765,9 +763,10 @@ void DeleteListRegistry(ListRegistry* r) { delete r; }
 // keep what they need).
 constexpr size_t kRegistryMaxElements = size_t(1) << 20;
 
+// An element a list blob can describe: what ElementAddress accepts, and not
+// one of the invalid placeholders of a reserved list.
 inline bool PlainElement(const Tensor& t) {
-  return t.dtype() != tensorflow::DT_INVALID && t.IsInitialized() && t.NumElements() > 0 &&
-         tensorflow::DataTypeCanUseMemcpy(t.dtype());
+  return t.dtype() != tensorflow::DT_INVALID && ElementAddress(t) != nullptr;
 }
 
 // Type name and metadata of a plain list with `tl`'s attributes.
@@ -794,7 +793,7 @@ ListSnapshot* SnapshotList(ListRegistry& reg, const tensorflow::TensorList& tl) 
     auto it = reg.by_container.find(&ts);
     ListShadow* shadow = it != reg.by_container.end() ? it->second : nullptr;
     size_t common = 0;
-    if (shadow != nullptr && shadow->SameAttrs(tl)) {
+    if (shadow != nullptr && SameListAttrs(*shadow, tl)) {
       const size_t m = std::min(n, shadow->size());
       common = shadow->CommonPrefix(ts, m);
       if (common == m) {

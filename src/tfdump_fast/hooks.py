@@ -136,7 +136,7 @@ from tfdump_fast import _native
 from tfdump_fast.bridge import get_bridge
 from tfdump_fast.errors import TfdumpError, TfdumpUsageError
 from tfdump_fast.sampling import SampleSpec, StepSampler, as_sampler
-from tfdump_fast.writer import DumpWriter, Run
+from tfdump_fast.writer import DumpWriter, Run, prepare_session_root
 
 __all__ = ["DumpingDebugHook", "DumpingDebugWrapperSession", "WatchOptions"]
 
@@ -554,7 +554,7 @@ class _Dumper:
         # compiler or a broken build is reported here with its fix, not as a
         # logged "could not start a debugged run" once training has begun,
         # and before the writer puts files into the root.
-        DumpWriter._prepare_root(self.session_root, bool(self.engine_options.get("allow_existing")))
+        prepare_session_root(self.session_root, bool(self.engine_options.get("allow_existing")))
         get_bridge()
         self.writer = DumpWriter(self.session_root, **self.engine_options)
         self._lock = threading.RLock()

@@ -197,7 +197,7 @@ class DumpWriter:
             "zero_copy_threshold": int(zero_copy_threshold), "worker_nice": int(worker_nice),
             "worker_idle": bool(worker_idle), "defer_during_runs": bool(defer_during_runs),
         }
-        self._prepare_root(self.session_root, allow_existing)
+        prepare_session_root(self.session_root, allow_existing)
 
         self.writer_id = secrets.randbits(64)
         self.writer_name = "w%016x" % self.writer_id
@@ -279,23 +279,6 @@ class DumpWriter:
             bad(f"zero_copy_threshold={zero_copy_threshold!r} must be a non-negative integer")
         if not flush_interval > 0:
             bad(f"flush_interval={flush_interval!r} must be positive (seconds)")
-
-    @staticmethod
-    def _prepare_root(root: str, allow_existing: bool) -> None:
-        if os.path.isfile(root):
-            raise errors.TfdumpUsageError(f"session_root path points to a file: {root}")
-        if os.path.isdir(root):
-            if os.listdir(root) and not allow_existing:
-                raise errors.TfdumpUsageError(
-                    f"session_root path points to a non-empty directory: {root}. Use an empty or new "
-                    "directory, or pass allow_existing=True to add this session's shards beside the "
-                    "existing ones.")
-            return
-        try:
-            os.makedirs(root, exist_ok=True)
-        except OSError as exc:
-            raise errors.TfdumpIOError(
-                exc.errno, f"cannot create session_root {root!r}: {exc.strerror}") from exc
 
     def _open_shard(self, name: str, shard_index: int, created_us: int) -> int:
         path = os.path.join(self.session_root, name)
@@ -733,6 +716,28 @@ class DumpWriter:
                               "written_bytes": self._bytes_written, "wall_us": time.time_ns() // 1000})
         except errors.TfdumpError:
             pass
+
+
+def prepare_session_root(root: str, allow_existing: bool) -> None:
+    """Create ``root`` or check that it may take a new writer's shards.
+
+    Package-internal: the hooks call it before their writer exists, so that a
+    bad root fails at construction, as tfdbg's hook does.
+    """
+    if os.path.isfile(root):
+        raise errors.TfdumpUsageError(f"session_root path points to a file: {root}")
+    if os.path.isdir(root):
+        if os.listdir(root) and not allow_existing:
+            raise errors.TfdumpUsageError(
+                f"session_root path points to a non-empty directory: {root}. Use an empty or new "
+                "directory, or pass allow_existing=True to add this session's shards beside the "
+                "existing ones.")
+        return
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as exc:
+        raise errors.TfdumpIOError(
+            exc.errno, f"cannot create session_root {root!r}: {exc.strerror}") from exc
 
 
 _REASONS = {

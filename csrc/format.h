@@ -23,6 +23,12 @@ enum Codec : uint8_t { kCodecRaw = 0, kCodecZstd = 1 };
 enum EntryType : uint8_t { kEntryKeyDef = 1, kEntryBlob = 2, kEntryTensor = 3, kEntryMeta = 4 };
 enum Filter : uint8_t { kFilterNone = 0, kFilterShuffle = 1 };
 
+// Variant structure and TensorList list blobs (FORMAT.md, "Variant
+// payloads"): how one element tensor's bytes are stored, and the n_tensors
+// value that says "the tensors are in list blob blob_index".
+enum TensorStorage : uint8_t { kStorageBlob = 0, kStorageInline = 1, kStorageNone = 2 };
+constexpr uint32_t kTensorListMarker = 0xFFFFFFFFu;
+
 struct Hash128 {
   uint64_t h1, h2;  // trivial type: it sits inside packed table structs
   bool operator==(const Hash128& o) const { return h1 == o.h1 && h2 == o.h2; }

@@ -7,7 +7,7 @@ reader imports this module too.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t, int64_t, uintptr_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, int64_t, uintptr_t
 from libc.string cimport memcpy
 from libcpp cimport bool as cbool
 from libcpp.memory cimport unique_ptr
@@ -24,7 +24,7 @@ from tfdump_fast.format cimport (
     BlobEntry, Codec, Crc32c, DecodeFileHeader, DecodeFrameHeader, EncodeFileHeader,
     EncodeFrameHeader, FileHeader, FrameHeader, FrameKind, Hash128, HashBytes, KeyDefEntry,
     ParseTable, ParsedTable, Shuffle, TableWriter, TensorEntry, Unshuffle, kFileHeaderSize,
-    kFormatVersion, kFrameHeaderSize, kMetaShardIndex)
+    TensorStorage, kFormatVersion, kFrameHeaderSize, kFrameMagic, kMetaShardIndex, kTensorListMarker)
 from tfdump_fast.status cimport kBadVersion, kCorrupt, kOk
 
 import numpy as np
@@ -35,6 +35,11 @@ FORMAT_VERSION = kFormatVersion
 FILE_HEADER_SIZE = kFileHeaderSize
 FRAME_HEADER_SIZE = kFrameHeaderSize
 META_SHARD_INDEX = kMetaShardIndex
+FRAME_MAGIC = kFrameMagic
+TENSOR_LIST_MARKER = kTensorListMarker
+STORAGE_BLOB = TensorStorage.kStorageBlob
+STORAGE_INLINE = TensorStorage.kStorageInline
+STORAGE_NONE = TensorStorage.kStorageNone
 FRAME_KIND_DATA = FrameKind.kFrameData
 FRAME_KIND_META = FrameKind.kFrameMeta
 CODEC_RAW = Codec.kCodecRaw
@@ -249,6 +254,43 @@ def encode_meta(str json_text, list store_payloads, list attachment_hashes):
     table.Meta(json_text.encode("utf-8"), refs.data(), <uint32_t>refs.size())
     raw_table = PyBytes_FromStringAndSize(<const char*>table.bytes().data(), table.bytes().size())
     return raw_table, bytes(data), table.n_entries()
+
+
+cdef class TableBuilder:
+    """Appends record-table entries with the engine's own encoder (format.h).
+
+    For writers that choose every field themselves (the tfdbg importer):
+    the entries are laid out by the same code as the capture engine's.
+    """
+    cdef TableWriter table
+
+    def key_def(self, uint32_t key_id, int32_t output_slot, str device, str node, str debug_op):
+        self.table.KeyDef(key_id, output_slot, device.encode("utf-8"), node.encode("utf-8"),
+                          debug_op.encode("utf-8"))
+
+    def blob(self, bytes hash, uint64_t raw_len, uint64_t data_offset, uint8_t filter, uint8_t elem_size):
+        self.table.Blob(_hash_from(hash), raw_len, data_offset, filter, elem_size)
+
+    def tensor(self, uint32_t run_id, uint64_t seq, int64_t wall_us, uint32_t key_id, int32_t dtype,
+               uint16_t flags, dims, bytes payload_hash, uint64_t payload_len, blob_hashes):
+        cdef vector[int64_t] cdims = [int(d) for d in dims]
+        cdef vector[Hash128] refs
+        if cdims.size() > 255:
+            raise _errors.TfdumpUsageError("a tensor has at most 255 dimensions, got %d" % cdims.size())
+        for hb in blob_hashes:
+            refs.push_back(_hash_from(bytes(hb)))
+        self.table.Tensor(run_id, seq, wall_us, key_id, dtype, flags, cdims.data(), <int>cdims.size(),
+                          _hash_from(payload_hash), payload_len, refs.data(), <uint32_t>refs.size())
+
+    @property
+    def n_entries(self):
+        return self.table.n_entries()
+
+    def take(self):
+        """The entries appended so far as bytes; the builder starts empty again."""
+        out = PyBytes_FromStringAndSize(<const char*>self.table.bytes().data(), self.table.bytes().size())
+        self.table.Clear()
+        return out
 
 
 cdef class NativeFrame:

@@ -1,5 +1,5 @@
 # Declarations for csrc/format.h (the on-disk format, defined once).
-from libc.stdint cimport uint8_t, int8_t, uint32_t, int32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, int8_t, uint16_t, uint32_t, int32_t, uint64_t, int64_t
 from libcpp.string cimport string
 from libcpp.vector cimport vector
 
@@ -8,6 +8,8 @@ cdef extern from "format.h" namespace "tfdump" nogil:
     size_t kFileHeaderSize
     size_t kFrameHeaderSize
     uint32_t kMetaShardIndex
+    uint32_t kFrameMagic
+    uint32_t kTensorListMarker
 
     cdef enum FrameKind:
         kFrameData
@@ -18,6 +20,15 @@ cdef extern from "format.h" namespace "tfdump" nogil:
     cdef enum Filter:
         kFilterNone
         kFilterShuffle
+    cdef enum EntryType:
+        kEntryKeyDef
+        kEntryBlob
+        kEntryTensor
+        kEntryMeta
+    cdef enum TensorStorage:
+        kStorageBlob
+        kStorageInline
+        kStorageNone
 
     cdef cppclass Hash128:
         uint64_t h1
@@ -52,10 +63,16 @@ cdef extern from "format.h" namespace "tfdump" nogil:
     int DecodeFrameHeader(const uint8_t* inp, FrameHeader* h)
 
     cdef cppclass TableWriter:
+        void KeyDef(uint32_t key_id, int32_t output_slot, const string& device, const string& node,
+                    const string& debug_op)
+        void Tensor(uint32_t run_id, uint64_t seq, int64_t wall_us, uint32_t key_id, int32_t dtype,
+                    uint16_t flags, const int64_t* dims, int ndims, const Hash128& payload_hash,
+                    uint64_t payload_len, const Hash128* blob_hashes, uint32_t n_blobs)
         void Blob(const Hash128& hash, uint64_t raw_len, uint64_t data_offset, uint8_t filter, uint8_t elem_size)
         void Meta(const string& json, const Hash128* attachments, uint32_t n_attachments)
         vector[uint8_t]& bytes()
         uint32_t n_entries()
+        void Clear()
 
     cdef cppclass KeyDefEntry:
         uint32_t key_id

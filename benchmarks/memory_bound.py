@@ -21,6 +21,7 @@ CHILD = textwrap.dedent("""
     import json, os, resource, sys, tempfile, time
     import numpy as np
     from tfdump_fast import DumpWriter
+    from tfdump_fast.store.frames import write_all
 
     tensor_bytes, total, queue = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 
@@ -30,10 +31,9 @@ CHILD = textwrap.dedent("""
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024.0
 
-    class SlowSink(DumpWriter):
-        def _write_frame(self, fd, frame, compressors):
-            time.sleep(0.002)
-            super()._write_frame(fd, frame, compressors)
+    def slow_sink(fd, parts):
+        time.sleep(0.002)
+        write_all(fd, parts)
 
     arr = np.random.default_rng(0).standard_normal(max(1, tensor_bytes // 4)).astype(np.float32)
     with tempfile.TemporaryDirectory() as root:
@@ -41,7 +41,8 @@ CHILD = textwrap.dedent("""
         with DumpWriter(os.path.join(root, "warm")) as w:
             w.write(arr, "warm")
         base = rss_mb()
-        w = SlowSink(os.path.join(root, "d"), queue_bytes=queue, frame_bytes=min(2 << 20, queue // 4))
+        w = DumpWriter(os.path.join(root, "d"), queue_bytes=queue, frame_bytes=min(2 << 20, queue // 4),
+                       frame_sink=slow_sink)
         run = w.begin_run(capture=False)
         n = max(1, total // arr.nbytes)
         t0 = time.perf_counter()

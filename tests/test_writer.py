@@ -15,18 +15,19 @@ import pytest
 from conftest import scan_shard, scan_store
 from tfdump_fast import DumpWriter, _native, dtypes, errors
 from tfdump_fast.encoding import decode_strings
+from tfdump_fast.store.frames import write_all
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
 
-class SlowWriter(DumpWriter):
-    """A deliberately slow sink: every frame takes `delay` seconds to write."""
+def slow_sink(fd, parts, delay=0.05):
+    """A deliberately slow disk: every data frame takes `delay` seconds to write."""
+    time.sleep(delay)
+    write_all(fd, parts)
 
-    delay = 0.05
 
-    def _write_frame(self, fd, frame, compressors):
-        time.sleep(self.delay)
-        super()._write_frame(fd, frame, compressors)
+def SlowWriter(session_root, **kw):
+    return DumpWriter(session_root, frame_sink=slow_sink, **kw)
 
 
 NUMERIC_CASES = [

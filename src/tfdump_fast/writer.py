@@ -21,20 +21,21 @@ import time
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import zstandard
 
 from tfdump_fast import _native, dtypes, errors
 from tfdump_fast.encoding import encode_strings
+from tfdump_fast.store import frames
+from tfdump_fast.store.naming import writer_name
 
 __all__ = ["DumpWriter", "Run", "DEFAULT_DEVICE"]
 
 log = logging.getLogger("tfdump_fast")
 
 DEFAULT_DEVICE = "/job:localhost/replica:0/task:0/device:CPU:0"
-SHARD_SUFFIX = ".tfds"
 _CODECS = ("zstd", "raw")
 _POLICIES = ("block", "drop")
 # Back-off ladder: when the queue stays above the high-water mark the workers
@@ -95,18 +96,6 @@ def _status_for_oserror(exc: OSError) -> int:
     return errors.STATUS_IO
 
 
-def _writev_all(fd: int, parts: Sequence) -> None:
-    """os.writev until every byte is out (it may write less than asked)."""
-    views = [memoryview(p).cast("B") for p in parts if len(p)]
-    while views:
-        n = os.writev(fd, views)
-        while views and n >= len(views[0]):
-            n -= len(views[0])
-            views.pop(0)
-        if views and n:
-            views[0] = views[0][n:]
-
-
 class DumpWriter:
     """Asynchronous, compressed, deduplicating writer of tensor dumps.
 
@@ -161,6 +150,14 @@ class DumpWriter:
         back to back steps: 1.26-1.29x the capture floor instead of
         1.29-1.32x. The same back-pressure applies: a full queue makes the
         producers wait, which frees the CPU for the workers.
+    frame_sink : callable, optional
+        Writes each data frame: called as ``frame_sink(fd, parts)`` from a
+        writer thread, it must write the byte strings ``parts`` (frame
+        header, table, data block) to the shard file descriptor ``fd`` in
+        order, or raise ``OSError`` (reported like a failed write). Default
+        :func:`tfdump_fast.store.frames.write_all`. For tests and benchmarks
+        that need a slow or failing disk; the frame is already compressed
+        and counted against ``disk_limit_bytes`` when it is called.
     """
 
     def __init__(
@@ -184,6 +181,7 @@ class DumpWriter:
         worker_nice: int = 19,
         worker_idle: bool = True,
         defer_during_runs: bool = True,
+        frame_sink: Optional[Callable[[int, Sequence[bytes]], None]] = None,
     ):
         self._validate(queue_bytes, policy, workers, codec, level, frame_bytes, disk_limit_bytes, sink,
                        zero_copy_threshold, flush_interval)
@@ -197,10 +195,13 @@ class DumpWriter:
             "zero_copy_threshold": int(zero_copy_threshold), "worker_nice": int(worker_nice),
             "worker_idle": bool(worker_idle), "defer_during_runs": bool(defer_during_runs),
         }
+        if frame_sink is not None and not callable(frame_sink):
+            raise errors.TfdumpUsageError(f"frame_sink={frame_sink!r} must be callable(fd, parts)")
         prepare_session_root(self.session_root, allow_existing)
 
         self.writer_id = secrets.randbits(64)
-        self.writer_name = "w%016x" % self.writer_id
+        self.writer_name = writer_name(self.writer_id)
+        self._frame_sink = frame_sink if frame_sink is not None else frames.write_all
         self._closed = False
         self._lock = threading.RLock()
         self._meta_lock = threading.Lock()
@@ -225,9 +226,8 @@ class DumpWriter:
         created_us = time.time_ns() // 1000
         try:
             for k in range(workers):
-                self._fds.append(self._open_shard(f"{self.writer_name}-{k}{SHARD_SUFFIX}", k, created_us))
-            self._meta_fd = self._open_shard(f"{self.writer_name}-meta{SHARD_SUFFIX}",
-                                             _native.META_SHARD_INDEX, created_us)
+                self._fds.append(self._open_shard(k, created_us))
+            self._meta_fd = self._open_shard(_native.META_SHARD_INDEX, created_us)
         except OSError as exc:
             for fd in self._fds:
                 os.close(fd)
@@ -280,15 +280,8 @@ class DumpWriter:
         if not flush_interval > 0:
             bad(f"flush_interval={flush_interval!r} must be positive (seconds)")
 
-    def _open_shard(self, name: str, shard_index: int, created_us: int) -> int:
-        path = os.path.join(self.session_root, name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0),
-                     0o644)
-        try:
-            _writev_all(fd, [_native.encode_file_header(shard_index, self.writer_id, created_us, os.getpid())])
-        except OSError:
-            os.close(fd)
-            raise
+    def _open_shard(self, shard_index: int, created_us: int) -> int:
+        fd = frames.create_shard(self.session_root, self.writer_id, shard_index, created_us)
         self._add_written(_native.FILE_HEADER_SIZE)
         return fd
 
@@ -575,19 +568,16 @@ class DumpWriter:
                 if h not in self._attachments_stored:
                     new.append(payload)
             raw_table, raw_data, n = _native.encode_meta(json.dumps(event, sort_keys=True), new, list(hashes))
-            table = self._meta_compressor.compress(raw_table)
-            data = self._meta_compressor.compress(raw_data) if raw_data else b""
-            header = _native.encode_frame_header(
-                _native.FRAME_KIND_META, _native.CODEC_ZSTD, _META_LEVEL, len(table), len(raw_table),
-                len(data), len(raw_data), n, _native.crc32c(table), _native.crc32c(data))
+            parts = frames.encode_frame(_native.FRAME_KIND_META, raw_table, raw_data, n,
+                                        self._meta_compressor, _META_LEVEL)
             try:
-                _writev_all(self._meta_fd, [header, table, data])
+                frames.write_all(self._meta_fd, parts)
             except OSError as exc:
                 raise errors.error_for_status(
                     _status_for_oserror(exc),
                     f"writing dump metadata to {self.session_root!r} failed: {exc.strerror}") from exc
             self._attachments_stored.update(_native.hash128(p) for p in new)
-            self._add_written(len(header) + len(table) + len(data))
+            self._add_written(sum(len(p) for p in parts))
 
     def _choose_codec(self):
         """(codec, level) for the next frame, following the back-off ladder."""
@@ -661,19 +651,14 @@ class DumpWriter:
             engine.commit_frame(frame, engine.error)
             return
         codec, level = self._choose_codec()
-        raw_table, raw_data = frame.table, frame.data
+        comp = None
         if codec == "zstd":
             comp = compressors.get(level)
             if comp is None:
                 comp = compressors[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
-            table, data = comp.compress(raw_table), comp.compress(raw_data)
-            codec_id = _native.CODEC_ZSTD
-        else:
-            table, data, codec_id, level = raw_table, raw_data, _native.CODEC_RAW, 0
-        header = _native.encode_frame_header(
-            _native.FRAME_KIND_DATA, codec_id, level, len(table), len(raw_table), len(data), len(raw_data),
-            frame.n_entries, _native.crc32c(table), _native.crc32c(data))
-        total = len(header) + len(table) + len(data)
+        parts = frames.encode_frame(_native.FRAME_KIND_DATA, frame.table, frame.data, frame.n_entries, comp,
+                                    level, compress_empty_data=True)
+        total = sum(len(p) for p in parts)
         limit = self.options["disk_limit_bytes"]
         if limit is not None:
             # Reserve the bytes before writing, so two workers cannot both
@@ -687,7 +672,7 @@ class DumpWriter:
                 engine.commit_frame(frame, errors.STATUS_DISK_BUDGET)
                 return
         try:
-            _writev_all(fd, [header, table, data])
+            self._frame_sink(fd, parts)
         except OSError as exc:
             code = _status_for_oserror(exc)
             self._set_error(code, f"writing to {self.session_root!r} failed: {exc.strerror} "

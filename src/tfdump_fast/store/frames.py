@@ -1,0 +1,93 @@
+"""Writing shard files (docs/FORMAT.md, "Shard file"): create a shard with its
+file header, lay out a frame (compressed table and data block behind a
+checksummed header) and append it.
+
+The one place that writes frames: the capture writer's workers and metadata
+shard, and the tfdbg importer, all go through here. What a writer decides
+itself -- which codec and level, whether the frame fits a disk budget, how an
+``OSError`` is reported -- stays with the writer.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence
+
+import zstandard
+
+from tfdump_fast import _native
+from tfdump_fast.store.naming import shard_file_name
+
+__all__ = ["create_shard", "encode_frame", "write_all"]
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+
+
+def write_all(fd: int, parts: Sequence) -> None:
+    """Write ``parts`` to ``fd`` in order, every byte.
+
+    ``os.writev`` may write less than asked; this writes the rest. Raises
+    ``OSError`` as the system reports it (the caller maps it to an error).
+    """
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        n = os.writev(fd, views)
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
+
+
+def create_shard(root: str, writer_id: int, shard_index: int, created_us: int) -> int:
+    """Create shard ``shard_index`` of a writer in ``root`` and write its file header.
+
+    The file must not exist yet (a shard has exactly one writing thread). Opens
+    it append-only and returns the file descriptor. Raises ``OSError``.
+    """
+    path = os.path.join(root, shard_file_name(writer_id, shard_index))
+    fd = os.open(path, _OPEN_FLAGS, 0o644)
+    try:
+        write_all(fd, [_native.encode_file_header(shard_index, writer_id, created_us, os.getpid())])
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def encode_frame(kind: int, raw_table: bytes, raw_data: bytes, n_entries: int,
+                 compressor: Optional[zstandard.ZstdCompressor] = None, level: int = 0,
+                 *, compress_empty_data: bool = False) -> List[bytes]:
+    """Lay out one frame: ``[header, table, data]``, to be written in that order.
+
+    Parameters
+    ----------
+    kind : int
+        ``_native.FRAME_KIND_DATA`` or ``_native.FRAME_KIND_META``.
+    raw_table, raw_data : bytes-like
+        The record table and the data block, uncompressed.
+    n_entries : int
+        Entries in ``raw_table``.
+    compressor : zstandard.ZstdCompressor, optional
+        Compresses both blocks (codec zstd, with the content size in each zstd
+        frame, as FORMAT.md requires); None stores them raw.
+    level : int
+        The zstd level ``compressor`` was made with (recorded in the header;
+        ignored for raw frames, which record 0).
+    compress_empty_data : bool, default False
+        Compress an empty data block too (a zstd frame of a few bytes)
+        instead of storing it empty. Both read back the same; the capture
+        workers have always written the former, metadata frames and the
+        importer the latter, and each keeps its bytes.
+    """
+    if compressor is None:
+        codec, level = _native.CODEC_RAW, 0
+        table, data = raw_table, raw_data
+    else:
+        codec = _native.CODEC_ZSTD
+        table = compressor.compress(raw_table)
+        data = compressor.compress(raw_data) if (len(raw_data) or compress_empty_data) else b""
+    header = _native.encode_frame_header(
+        kind, codec, level, len(table), len(raw_table), len(data), len(raw_data), n_entries,
+        _native.crc32c(table), _native.crc32c(data))
+    return [header, table, data]

@@ -14,6 +14,7 @@ Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import json
+import re
 import struct
 
 import numpy as np
@@ -531,6 +532,14 @@ def tf_hash64(data: bytes, seed: int = 0xDECAFCAFFE) -> int:
 
 METADATA_PREFIX = "_tfdbg_"
 DEVICE_PREFIX = "_tfdbg_device_"
+# The files of a tfdbg run directory besides the dumps
+# (dumping_wrapper.py, debug_io_utils.cc PublishDebugMetadata / PublishGraph).
+FETCHES_INFO_FILE = "_tfdbg_fetches_info_"
+FEED_KEYS_INFO_FILE = "_tfdbg_feed_keys_info_"
+CORE_METADATA_PREFIX = "_tfdbg_core_metadata_"
+GRAPH_PREFIX = "_tfdbg_graph_"
+# A run directory's name: run_<epoch_us>_<counter>.
+RUN_DIR_NAME_RE = re.compile(r"^run_(\d+)_(\d+)$")
 
 
 def device_name_to_path(device: str) -> str:

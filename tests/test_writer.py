@@ -1,6 +1,7 @@
 """The engine and DumpWriter without TensorFlow: round trips, threads,
 backpressure, drops, disk budget, crashes and bad input."""
 
+import errno
 import os
 import signal
 import subprocess
@@ -26,7 +27,7 @@ def slow_sink(fd, parts, delay=0.05):
     write_all(fd, parts)
 
 
-def SlowWriter(session_root, **kw):
+def slow_writer(session_root, **kw):
     return DumpWriter(session_root, frame_sink=slow_sink, **kw)
 
 
@@ -137,7 +138,7 @@ def test_many_producer_threads_keep_exact_arrival_order(session_root):
 
 def test_block_policy_applies_backpressure_without_loss(session_root):
     record = np.ones(256 << 10, dtype=np.uint8)  # 256 KiB, 4 fit the queue
-    with SlowWriter(session_root, queue_bytes=1 << 20, frame_bytes=256 << 10, workers=1) as w:
+    with slow_writer(session_root, queue_bytes=1 << 20, frame_bytes=256 << 10, workers=1) as w:
         run = w.begin_run(capture=False)
         start = time.monotonic()
         for i in range(24):
@@ -154,7 +155,7 @@ def test_block_policy_applies_backpressure_without_loss(session_root):
 
 def test_drop_policy_counts_and_records_drops(session_root):
     record = np.ones(256 << 10, dtype=np.uint8)
-    with SlowWriter(session_root, queue_bytes=1 << 20, frame_bytes=256 << 10, workers=1, policy="drop") as w:
+    with slow_writer(session_root, queue_bytes=1 << 20, frame_bytes=256 << 10, workers=1, policy="drop") as w:
         run = w.begin_run(capture=False)
         accepted = sum(w.write(record, "big", run=run) for _ in range(40))
         counters = w.end_run(run)
@@ -196,7 +197,7 @@ def test_disk_budget_stops_writing_warns_once_and_records(session_root):
 
 def test_codec_backs_off_when_the_queue_stays_full(session_root):
     rng = np.random.default_rng(2)
-    with SlowWriter(session_root, queue_bytes=4 << 20, frame_bytes=256 << 10, workers=1) as w:
+    with slow_writer(session_root, queue_bytes=4 << 20, frame_bytes=256 << 10, workers=1) as w:
         run = w.begin_run(capture=False)
         for _ in range(48):
             w.write(rng.standard_normal(64 << 10).astype(np.float32), "x", run=run)
@@ -220,6 +221,30 @@ def test_flush_makes_finished_runs_readable_while_writer_runs(session_root):
     assert [t["node"] for t in tensors] == ["a"]
     assert [e["event"] for e in events][-1] == "run_end"
     w.close()
+
+
+def test_frame_sink_oserror_is_reported_like_a_failed_write(session_root):
+    def full_disk(fd, parts):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    w = DumpWriter(session_root, frame_sink=full_disk)
+    run = w.begin_run(capture=False)
+    w.write(np.arange(4), "x", run=run)
+    with pytest.raises(errors.TfdumpIOError) as caught:
+        w.end_run(run)  # raises if the worker already failed, else flush does
+        w.flush()
+    assert caught.value.errno == errno.ENOSPC
+    with pytest.raises(errors.TfdumpIOError):
+        w.close()
+    assert w.stats()["tensors_dropped"] == 1
+    tensors, events = scan_store(session_root)
+    assert tensors == []
+    assert [e["reason"] for e in events if e["event"] == "drops"] == ["no_space"]
+
+
+def test_frame_sink_must_be_callable(session_root):
+    with pytest.raises(errors.TfdumpUsageError, match="frame_sink"):
+        DumpWriter(session_root, frame_sink="disk")
 
 
 def _run_child(code, **kw):

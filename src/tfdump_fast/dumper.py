@@ -101,7 +101,20 @@ class Dumper:
     """State shared by the hook and the wrapper: writer, caches, open runs.
 
     ``owner`` names the hook or wrapper class in messages; the other
-    arguments are theirs, validated here.
+    arguments are theirs, validated here (usage errors raise at once).
+
+    Attributes
+    ----------
+    writer : DumpWriter
+        Replaced by a new one when a closed hook is reused (:meth:`reopen_if_closed`).
+    sampler : StepSampler or None
+        From ``sample=``; None dumps every run.
+    names : NamesCache
+        A run's feed/fetch/target names, cached per fetch structure.
+    published : PublishDirectory
+        Where TF publishes each run's graphs and core metadata.
+    run_call_count, runs_debugged : int
+        ``Session.run`` calls seen (1-based, tfdbg's counter) and runs begun.
     """
 
     def __init__(self, owner: str, session_root, watch_fn, thread_name_filter, sample,
@@ -160,9 +173,12 @@ class Dumper:
                 self.writer = DumpWriter(self.session_root, **opts)
 
     def flush(self) -> None:
+        """Return once every finished run is on disk and readable."""
         self.writer.flush()
 
     def close(self, error=None) -> None:
+        """End open runs as failed (with ``error`` when given), close the
+        writer, remove the publish directory."""
         self.end_dangling(error=error)
         self.writer.close()
         self.published.remove()
@@ -170,12 +186,14 @@ class Dumper:
     # -- per-run
 
     def thread_enabled(self) -> bool:
+        """Whether the calling thread's runs are debugged (``thread_name_filter``)."""
         if self.thread_pattern is None:
             return True
         name = threading.current_thread().name or ""
         return bool(self.thread_pattern.match(name))
 
     def count_run_call(self) -> int:
+        """Count one ``Session.run`` call; returns the 1-based count."""
         with self._lock:
             self.run_call_count += 1
             return self.run_call_count
@@ -209,7 +227,7 @@ class Dumper:
             # Nothing matched: TensorFlow runs without a debugger state, so
             # there is no core metadata and no debug graph, as with tfdbg.
             pending = PendingRun(run, thread_id, session, graph, io_names, (), identity_ok, False,
-                               False, call_index, core_global_step)
+                                 False, call_index, core_global_step)
             debug_options = None
         else:
             url = run.debug_urls[0]
@@ -226,13 +244,14 @@ class Dumper:
                 else:
                     want = executor.graph_hashes is None
             pending = PendingRun(run, thread_id, session, graph, io_names, key_tail, identity_ok, True,
-                               want, call_index, core_global_step, publish_dir)
+                                 want, call_index, core_global_step, publish_dir)
         with self._lock:
             self._pending[thread_id] = pending
             self.runs_debugged += 1
         return pending, debug_options
 
     def stats(self) -> Dict[str, Any]:
+        """The writer's counters plus ``session_run_calls`` and ``runs_debugged``."""
         out = dict(self.writer.stats())
         with self._lock:
             out["session_run_calls"] = self.run_call_count
@@ -329,6 +348,7 @@ class Dumper:
                            pending.run.run_name, exc)
 
     def take_dangling(self, thread_id: Optional[int] = None) -> List[PendingRun]:
+        """Remove and return the open run of ``thread_id`` (or of every thread)."""
         with self._lock:
             if thread_id is None:
                 items = [p for p in self._pending.values() if p is not None]

@@ -221,7 +221,7 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
                  sample: SampleSpec = None, **engine_options):
         del log_usage  # tfdbg compatibility only
         self._dumper = Dumper("DumpingDebugHook", session_root, watch_fn, thread_name_filter,
-                               sample, engine_options)
+                              sample, engine_options)
         self._global_step_tensor = None
 
     @property

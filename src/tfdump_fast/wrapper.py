@@ -36,7 +36,7 @@ class DumpingDebugWrapperSession:
     sess : tf.compat.v1.Session or tf.compat.v1.train.MonitoredSession
         The session to wrap.
     session_root, watch_fn, thread_name_filter, sample, **engine_options
-        As for :class:`DumpingDebugHook`; with ``sample=`` the step is the
+        As for :class:`~tfdump_fast.hooks.DumpingDebugHook`; with ``sample=`` the step is the
         graph's global step when it has one and can be read, else the 0-based
         index of the ``run()`` call.
     pass_through_operrors : bool, optional
@@ -55,14 +55,15 @@ class DumpingDebugWrapperSession:
 
     def __init__(self, sess, session_root, watch_fn=None, thread_name_filter=None,
                  pass_through_operrors=None, *, sample: SampleSpec = None, **engine_options):
-        if not (_tf_private.is_plain_session(sess) or isinstance(sess, tf.compat.v1.train.MonitoredSession)):
+        if not (_tf_private.is_plain_session(sess)
+                or isinstance(sess, tf.compat.v1.train.MonitoredSession)):
             raise TypeError(
                 f"DumpingDebugWrapperSession wraps a tf.compat.v1.Session or a MonitoredSession, "
                 f"got {type(sess).__name__}")
         self._sess = sess
         self._pass_through_operrors = pass_through_operrors
         self._dumper = Dumper("DumpingDebugWrapperSession", session_root, watch_fn,
-                               thread_name_filter, sample, engine_options)
+                              thread_name_filter, sample, engine_options)
         self._default_session_context_manager = None
         self._callables: Dict[tuple, Any] = {}
         self._global_step_tensor = None

@@ -388,7 +388,7 @@ def test_run_failing_on_a_new_executor_still_has_its_partition_graphs(tmp_path):
             with pytest.raises(tf.errors.InvalidArgumentError):
                 sess.run(after, feed_dict={x: [1.0, -2.0]})
             sess.run(after, feed_dict={x: [3.0, 4.0]})
-            publish_root = hook._dumper._publish_root
+            publish_root = hook._dumper.published.root
             assert publish_root and os.path.isdir(publish_root)
     assert not os.path.exists(publish_root)  # end() removes TF's published files
     runs = DumpReader(str(tmp_path / "dump")).runs
@@ -403,9 +403,9 @@ def test_run_failing_on_a_new_executor_still_has_its_partition_graphs(tmp_path):
 def test_no_room_for_what_tf_publishes_never_fails_the_run(tmp_path, monkeypatch, caplog):
     """TensorFlow fails a run when it cannot write its published files; with
     too little free space the hook stops asking for them and says so."""
-    import tfdump_fast.hooks as hooks_module
+    import tfdump_fast.published as published_module
 
-    monkeypatch.setattr(hooks_module, "_PUBLISH_MIN_FREE", 1 << 62)  # no file system has that much free
+    monkeypatch.setattr(published_module, "MIN_FREE_BYTES", 1 << 62)  # no file system has that much free
     g, x, z, train = small_graph()
     hook = DumpingDebugHook(str(tmp_path / "dump"))
     with caplog.at_level("WARNING", logger="tfdump_fast"):

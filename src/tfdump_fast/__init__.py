@@ -28,8 +28,8 @@ _LAZY = {
     "StoreDumpDir": "tfdump_fast.dumpdir",
     "has_inf_or_nan": "tfdump_fast.reader",
     "DumpingDebugHook": "tfdump_fast.hooks",
-    "DumpingDebugWrapperSession": "tfdump_fast.hooks",
-    "WatchOptions": "tfdump_fast.hooks",
+    "DumpingDebugWrapperSession": "tfdump_fast.wrapper",
+    "WatchOptions": "tfdump_fast.watches",
     "StepSampler": "tfdump_fast.sampling",
 }
 

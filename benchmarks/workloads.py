@@ -290,3 +290,14 @@ def graph_mode_setup() -> None:
 
     tf.compat.v1.disable_eager_execution()
 
+
+
+def unfinalize(graph) -> None:
+    """Lets ops be added to `graph` again after a MonitoredSession finalized it.
+
+    The harness opens several sessions on one graph (one per configuration),
+    and a debug hook's ``begin()`` adds ops to it. TF has no public way back,
+    so this is the one place that calls ``Graph._unsafe_unfinalize``.
+    """
+    if graph.finalized:
+        graph._unsafe_unfinalize()  # pylint: disable=protected-access

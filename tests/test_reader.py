@@ -194,11 +194,11 @@ def test_lru_cache_is_bounded(session_root):
             w.write(np.full(16 << 10, i, dtype=np.float32), "t%d" % i)
     reader = DumpReader(session_root, cache_bytes=200 << 10)
     run = reader.runs[0]
-    data_frames = [f for f in reader._frames if len(f.table.tensors)]
+    data_frames = [f for f in reader.index.frames if len(f.table.tensors)]
     assert len(data_frames) >= 10
     for i in range(40):
         assert run.value(i)[0] == i
-        assert reader._cache_size <= 200 << 10 or len(reader._cache) == 1
+        assert reader.blocks.nbytes <= 200 << 10 or len(reader.blocks) == 1
 
 
 def test_merges_writers_and_names_runs_per_writer(session_root):

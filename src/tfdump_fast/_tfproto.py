@@ -331,14 +331,20 @@ def decode_tensor_proto(buf) -> dict:
 
 # --- VariantTensorDataProto ----------------------------------------------------
 
-def variant_data_proto(type_name: bytes, metadata: bytes, tensor_protos) -> bytes:
-    """VariantTensorDataProto: type_name (1), metadata (2), tensors (3)."""
+def variant_data_head(type_name: bytes, metadata: bytes) -> bytes:
+    """The ``type_name`` and ``metadata`` fields of a VariantTensorDataProto
+    (its ``tensors`` follow, each from :func:`variant_data_tensor`)."""
     out = b""
     if type_name:
         out += _ld(0x0A, type_name)
     if metadata:
         out += _ld(0x12, metadata)
-    return out + b"".join(_ld(0x1A, t) for t in tensor_protos)
+    return out
+
+
+def variant_data_tensor(tensor_proto: bytes) -> bytes:
+    """One ``tensors`` field of a VariantTensorDataProto (a serialized TensorProto)."""
+    return _ld(0x1A, tensor_proto)
 
 
 def decode_variant_data_proto(buf):

@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from tfdump_fast import _native
-from tfdump_fast._tfproto import dtype_name
+from tfdump_fast.dtypes import dtype_name
 from tfdump_fast.errors import (
     TfdumpClosedError,
     TfdumpFormatError,
@@ -524,6 +524,20 @@ class DumpReader:
         It holds no shard files, or a shard of a newer format version.
     TfdumpCorruptionError
         A corrupt frame (``on_corruption="raise"``).
+
+    Attributes
+    ----------
+    problems : list of str
+        Corruption skipped while opening (``on_corruption="skip"``).
+    index : tfdump_fast.store.index.TensorIndex
+        Package-internal: the columnar index of every stored tensor (rows
+        are the ``tensor_id`` of records and the ``tensor_ids`` of runs).
+    blocks : tfdump_fast.store.blocks.BlockCache
+        Package-internal: the cache of decompressed data blocks.
+    payloads : tfdump_fast.store.blocks.PayloadReader
+        Package-internal: payloads by writer and hash.
+    decoder : tfdump_fast.store.decode.ValueDecoder
+        Package-internal: tensor values by ``tensor_id``.
 
     Notes
     -----

@@ -13,7 +13,8 @@ from typing import Dict, NamedTuple, Optional
 import numpy as np
 
 from tfdump_fast import _native, dtypes
-from tfdump_fast._tfproto import decode_resource_handle, dtype_name
+from tfdump_fast._tfproto import decode_resource_handle
+from tfdump_fast.dtypes import dtype_name
 from tfdump_fast.encoding import decode_strings
 from tfdump_fast.errors import TfdumpCorruptionError
 from tfdump_fast.store.payloads import parse_list_blob, parse_variant_structure

@@ -81,6 +81,18 @@ def _dims_struct(ndims: int) -> struct.Struct:
     return s
 
 
+def _read_descriptor(buf: bytes, pos: int) -> tuple:
+    """The tensor descriptor at ``pos`` and its storage kind: ``(dtype,
+    flags, shape, descriptor bytes, storage, position after the storage
+    byte)``; raises struct.error or IndexError where ``buf`` ends early."""
+    start = pos
+    dtype, flags, ndims = _DESC_HEAD.unpack_from(buf, pos)
+    pos += _DESC_HEAD.size
+    shape = _dims_struct(ndims).unpack_from(buf, pos) if ndims else ()
+    pos += 8 * ndims
+    return dtype, flags, shape, buf[start:pos], buf[pos], pos + 1
+
+
 def _bytes(payload) -> bytes:
     return payload if isinstance(payload, bytes) else bytes(payload)
 
@@ -131,14 +143,7 @@ def parse_variant_structure(payload, n_blobs: int) -> List[StoredVariantElement]
                 continue
             tensors = []
             for _ in range(n_tensors):
-                start = pos
-                dtype, flags, ndims = _DESC_HEAD.unpack_from(buf, pos)
-                pos += _DESC_HEAD.size
-                shape = _dims_struct(ndims).unpack_from(buf, pos) if ndims else ()
-                pos += 8 * ndims
-                descriptor = buf[start:pos]
-                storage = buf[pos]
-                pos += 1
+                dtype, flags, shape, descriptor, storage, pos = _read_descriptor(buf, pos)
                 if storage == _native.STORAGE_BLOB:
                     (data,) = _U32.unpack_from(buf, pos)
                     pos += 4
@@ -187,14 +192,7 @@ def parse_list_blob(payload) -> List[ElementTensor]:
         (n_tensors,) = _U32.unpack_from(buf, 0)
         pos = 4
         for _ in range(n_tensors):
-            start = pos
-            dtype, flags, ndims = _DESC_HEAD.unpack_from(buf, pos)
-            pos += _DESC_HEAD.size
-            shape = _dims_struct(ndims).unpack_from(buf, pos) if ndims else ()
-            pos += 8 * ndims
-            descriptor = buf[start:pos]
-            storage = buf[pos]
-            pos += 1
+            dtype, flags, shape, descriptor, storage, pos = _read_descriptor(buf, pos)
             if storage == _native.STORAGE_BLOB:
                 if pos + _HASH_BYTES + 8 > end:
                     raise struct.error

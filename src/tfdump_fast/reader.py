@@ -8,6 +8,15 @@ in; decompressed blocks are kept in a bounded LRU cache. Payloads are
 deduplicated by content hash, and the bulk operations (:meth:`Run.find`,
 :meth:`Run.values`) decode each distinct payload once.
 
+This module is the query API; the store layer below it does the work:
+:mod:`tfdump_fast.store.scan` walks the shards' frames (torn tails and
+corruption go to one damage reporter), :mod:`~tfdump_fast.store.index`
+holds the tensor columns, :mod:`~tfdump_fast.store.blocks` the data blocks
+and payloads, :mod:`~tfdump_fast.store.decode` turns them into values
+(:mod:`~tfdump_fast.store.payloads` parses variant structures), and
+:mod:`~tfdump_fast.store.search` and :mod:`~tfdump_fast.store.verify` do the
+inf/nan search and the full check.
+
 Typical use::
 
     from tfdump_fast import DumpReader

@@ -325,7 +325,6 @@ class _EventEncoder:
         TF's string-list encoding of one VariantTensorDataProto per element."""
         items = []
         for element in parse_variant_structure(payload, len(refs)):
-            head = P.variant_data_head(element.type_name, element.metadata)
             if element.list_blob is not None:
                 # a TensorList described by a shared list blob: its encoding
                 # is the same in every dump of that list state
@@ -333,10 +332,11 @@ class _EventEncoder:
                 key = ("list", element.type_name, element.metadata, list_hash)
                 enc = self.cache.get(key)
                 if enc is None:
-                    enc = self._remember(key, head + self._list_tensors(list_hash, wi))
+                    enc = self._remember(key, P.variant_data_head(element.type_name, element.metadata)
+                                         + self._list_tensors(list_hash, wi))
                 items.append(enc)
                 continue
-            parts = [head]
+            parts = [P.variant_data_head(element.type_name, element.metadata)]
             for tensor in element.tensors:
                 blob = refs[tensor.data] if tensor.storage == _native.STORAGE_BLOB else None
                 parts.append(self._element_tensor(tensor, blob, refs, wi))

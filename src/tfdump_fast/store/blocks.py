@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Sequence
 
 import zstandard
 
@@ -171,7 +171,7 @@ class PayloadReader:
     Parameters
     ----------
     index : TensorIndex
-        Where each writer's payloads are (``blob_location``).
+        Where each writer's payloads are (``blob_index``).
     blocks : BlockCache
     """
 
@@ -193,7 +193,8 @@ class PayloadReader:
             No frame that could be read holds the payload.
         TfdumpCorruptionError
         """
-        loc = self.index.blob_location(wi, h)
+        index = self.index.writers[wi].blob_index  # inlined blob_index(): called per payload
+        loc = (index if index is not None else self.index.blob_index(wi)).get(h)
         if loc is None:
             raise TfdumpNotFoundError(
                 "payload %s of writer %s is stored in no frame that could be read (its frame was "
@@ -214,13 +215,15 @@ class PayloadReader:
         # a small payload is copied so that its value does not pin the whole block
         return bytes(data[off:off + ln]) if ln < _COPY_BELOW or frames is None else data[off:off + ln]
 
-    def prefetch(self, payloads: Iterable[Tuple[int, bytes]], frames: dict) -> None:
-        """Decompress the blocks holding the ``(writer, hash)`` payloads into
-        ``frames`` (see :meth:`BlockCache.prefetch`); unknown payloads are
-        left for :meth:`payload` to report."""
+    def prefetch(self, writers: Sequence[int], hashes: Sequence[bytes], frames: dict) -> None:
+        """Decompress the blocks holding the payloads ``hashes[i]`` of
+        writers ``writers[i]`` into ``frames`` (see
+        :meth:`BlockCache.prefetch`); unknown payloads are left for
+        :meth:`payload` to report."""
+        indexes = [self.index.blob_index(wi) for wi in range(len(self.index.writers))]
         fids: List[int] = []
-        for wi, h in payloads:
-            loc = self.index.blob_location(wi, h)
+        for wi, h in zip(writers, hashes):
+            loc = indexes[wi].get(h)
             if loc is not None:
                 fids.append(loc[0])
         self.blocks.prefetch(fids, frames)

@@ -234,8 +234,7 @@ class ValueDecoder:
         for i, g in enumerate(gidx.tolist()):
             if i % _BULK_CHUNK == 0:  # decompress the next chunk's frames together
                 frames.clear()
-                end = min(i + _BULK_CHUNK, len(hashes))
-                payloads.prefetch([(wis[j], hashes[j]) for j in range(i, end) if plens[j]], frames)
+                payloads.prefetch(wis[i:i + _BULK_CHUNK], hashes[i:i + _BULK_CHUNK], frames)
             nd = nds[i]
             shape = tuple(dims[doffs[i]:doffs[i] + nd]) if nd else ()
             if flags[i] or not plens[i]:

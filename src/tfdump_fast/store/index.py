@@ -10,7 +10,7 @@ Frames found by a later scan append rows, so tensor ids stay valid.
 from __future__ import annotations
 
 import json
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 
@@ -234,17 +234,10 @@ class TensorIndex:
 
     # ---- payload locations
 
-    def blob_location(self, wi: int, h: bytes) -> Optional[Tuple[int, int, int, int, int]]:
-        """Where payload ``h`` of writer ``wi`` is stored: ``(frame, offset,
-        length, filter, elem_size)``, or None when no frame read holds it."""
-        w = self.writers[wi]
-        index = w.blob_index
-        if index is None:
-            index = self._build_blob_index(w)
-        return index.get(h)
-
     def blob_index(self, wi: int) -> dict:
-        """hash -> location (see :meth:`blob_location`) of every payload of writer ``wi``."""
+        """Where each payload of writer ``wi`` is stored: hash -> ``(frame,
+        offset, length, filter, elem_size)``, for the frames read so far
+        (built on first use)."""
         w = self.writers[wi]
         return w.blob_index if w.blob_index is not None else self._build_blob_index(w)
 

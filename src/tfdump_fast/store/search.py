@@ -93,7 +93,8 @@ def _check_finite(payloads, keys: List[tuple]) -> Dict[tuple, bool]:
         for n, k in enumerate(ks):
             if n % _PREFETCH == 0:  # decompress the frames of the next keys together
                 frames.clear()
-                payloads.prefetch([(w, h) for w, h, _ in ks[n:n + _PREFETCH]], frames)
+                chunk = ks[n:n + _PREFETCH]
+                payloads.prefetch([w for w, _, _ in chunk], [h for _, h, _ in chunk], frames)
             payload = payloads.payload(k[0], k[1], frames)
             n = len(payload) // npd.itemsize
             if n == 0:

@@ -44,7 +44,8 @@ from tfdump_fast.errors import (
     TfdumpIOError,
     TfdumpUsageError,
 )
-from tfdump_fast._native import FLAG_RESOURCE, FLAG_STRING, FLAG_UNINITIALIZED, FLAG_VARIANT
+from tfdump_fast._native import (
+    FLAG_RESOURCE, FLAG_STRING, FLAG_UNINITIALIZED, FLAG_VARIANT, STORAGE_BLOB, STORAGE_INLINE)
 from tfdump_fast.reader import DumpReader, Run
 from tfdump_fast.store.payloads import parse_list_blob, parse_variant_structure
 
@@ -338,7 +339,7 @@ class _EventEncoder:
                 continue
             parts = [P.variant_data_head(element.type_name, element.metadata)]
             for tensor in element.tensors:
-                blob = refs[tensor.data] if tensor.storage == _native.STORAGE_BLOB else None
+                blob = refs[tensor.data] if tensor.storage == STORAGE_BLOB else None
                 parts.append(self._element_tensor(tensor, blob, refs, wi))
             items.append(b"".join(parts))
         return _string_list_chunks(items)
@@ -355,7 +356,7 @@ class _EventEncoder:
         that is stored as a blob."""
         if blob is not None:
             key = (tensor.descriptor, blob)
-        elif tensor.storage == _native.STORAGE_INLINE:
+        elif tensor.storage == STORAGE_INLINE:
             key = (tensor.descriptor, tensor.storage, tensor.data)
         else:
             key = (tensor.descriptor, tensor.storage)
@@ -372,7 +373,7 @@ class _EventEncoder:
             return P.tensor_proto_fields(dtype, shape, None)
         if blob is not None:
             payload = bytes(self.payloads.payload(wi, blob, self._frames()))
-        elif tensor.storage == _native.STORAGE_INLINE:
+        elif tensor.storage == STORAGE_INLINE:
             payload = tensor.data
         else:
             return P.tensor_proto_fields(dtype, shape, None)

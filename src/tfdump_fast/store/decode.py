@@ -12,7 +12,9 @@ from typing import Dict, NamedTuple, Optional
 
 import numpy as np
 
-from tfdump_fast import _native, dtypes
+from tfdump_fast import dtypes
+from tfdump_fast._native import (
+    FLAG_RESOURCE, FLAG_STRING, FLAG_UNINITIALIZED, FLAG_VARIANT, STORAGE_BLOB, STORAGE_INLINE)
 from tfdump_fast._tfproto import decode_resource_handle
 from tfdump_fast.dtypes import dtype_name
 from tfdump_fast.encoding import decode_strings
@@ -22,10 +24,6 @@ from tfdump_fast.store.payloads import parse_list_blob, parse_variant_structure
 __all__ = ["InconvertibleTensor", "VariantElement", "StoredTensor", "ValueDecoder", "numpy_dtype",
            "NUMPY_DTYPES", "FLOATING_DTYPES", "FLOAT_NAMES"]
 
-_FLAG_UNINITIALIZED = _native.FLAG_UNINITIALIZED
-_FLAG_STRING = _native.FLAG_STRING
-_FLAG_VARIANT = _native.FLAG_VARIANT
-_FLAG_RESOURCE = _native.FLAG_RESOURCE
 _BULK_CHUNK = 4096  # tensors whose frames bulk reads decompress together
 
 
@@ -205,13 +203,13 @@ class ValueDecoder:
         index = self.index
         t = index.tensors[g]
         flags = int(t["flags"])
-        if flags & _FLAG_VARIANT and not flags & _FLAG_UNINITIALIZED:
+        if flags & FLAG_VARIANT and not flags & FLAG_UNINITIALIZED:
             # Decoded when looked at (a TensorList lists every element): bulk
             # loads and searches only pay for the marker.
             wi = int(index.writer_of[g])
             return InconvertibleTensor("variant", int(t["dtype"]), index.shape(g),
                                        thunk=lambda: self.decode(self.stored(g), wi).value)
-        if cache is not None and not flags & (_FLAG_VARIANT | _FLAG_UNINITIALIZED) and t["payload_len"]:
+        if cache is not None and not flags & (FLAG_VARIANT | FLAG_UNINITIALIZED) and t["payload_len"]:
             ck = (int(index.writer_of[g]), index.payload_hash(g), int(t["dtype"]), flags, index.shape(g))
             v = cache.get(ck)
             if v is None:
@@ -262,21 +260,21 @@ class ValueDecoder:
         dtype, flags, shape, payload = stored.dtype, stored.flags, stored.shape, stored.payload
         if stored.payload_hash is not None:
             payload = self.payloads.payload(wi, stored.payload_hash)
-        if flags & _FLAG_UNINITIALIZED:
+        if flags & FLAG_UNINITIALIZED:
             return InconvertibleTensor("uninitialized", dtype, shape)
         n = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if flags & _FLAG_RESOURCE:
+        if flags & FLAG_RESOURCE:
             handles = decode_strings(payload) if payload is not None else []
             return InconvertibleTensor("resource", dtype, shape,
                                        [decode_resource_handle(h) for h in handles], handles)
-        if flags & _FLAG_STRING:
+        if flags & FLAG_STRING:
             items = decode_strings(payload) if payload is not None else []
             if len(items) != n:
                 raise TfdumpCorruptionError("string tensor of shape %s holds %d strings" % (shape, len(items)))
             arr = np.empty(len(items), dtype=object)
             arr[:] = items
             return arr.reshape(shape)
-        if flags & _FLAG_VARIANT:
+        if flags & FLAG_VARIANT:
             def elements():
                 parsed = self.variant_elements(payload, stored.blob_hashes, wi) if payload is not None else []
                 return [VariantElement(tn, md, [self.decode(s, wi) for s in tensors])
@@ -307,14 +305,14 @@ class ValueDecoder:
                            parse_list_blob(self.payloads.payload(wi, blob_hashes[el.list_blob]))]
             else:
                 tensors = [_stored_element(t, blob_hashes, blob_hashes[t.data]
-                                           if t.storage == _native.STORAGE_BLOB else None)
+                                           if t.storage == STORAGE_BLOB else None)
                            for t in el.tensors]
             out.append((el.type_name.decode("utf-8", "replace"), el.metadata, tensors))
         return out
 
 
 def _stored_element(t, blob_hashes: tuple, payload_hash: Optional[bytes]) -> StoredTensor:
-    payload = t.data if t.storage == _native.STORAGE_INLINE else None
+    payload = t.data if t.storage == STORAGE_INLINE else None
     return StoredTensor(t.dtype, t.flags, tuple(t.shape), payload, blob_hashes, payload_hash)
 
 

@@ -285,7 +285,7 @@ def main() -> None:
     expected = {"format_version": 1, "writer": make_writer_store(os.path.join(OUT, "writer"))}
     make_tfdbg_dump(os.path.join(OUT, "tfdbg"))
     expected["tfdbg"] = tfdbg_expected(os.path.join(OUT, "tfdbg"))
-    from tfdump_fast.conversion import import_tfdbg
+    from tfdump_fast.importer import import_tfdbg
 
     import_tfdbg(os.path.join(OUT, "tfdbg"), os.path.join(OUT, "tfdbg_import"))
     scratch = os.path.join(OUT, "_scratch")

@@ -230,3 +230,31 @@ def test_corrupt_golden_copy_reported_by_cli_find(tmp_path, capsys):
     flip(path, offset + HDR + 2)
     code, _, err = cli(capsys, "find", root, "--inf-nan")
     assert code == 1 and "checksum" in err
+
+
+def test_scanner_reports_corruption_and_torn_tails_as_two_kinds(store):
+    """store.scan hands each kind of damage to its own DamageReporter method."""
+    from tfdump_fast.store.naming import parse_shard_file_name
+    from tfdump_fast.store.scan import DamageReporter, Shard, ShardScanner
+
+    class Recording(DamageReporter):
+        def __init__(self):
+            super().__init__(store, "skip")
+            self.torn = []
+
+        def torn_tail(self, path, nbytes):
+            super().torn_tail(path, nbytes)
+            self.torn.append(nbytes)
+
+    path = data_shard(store)
+    offsets = frames(path)
+    flip(path, offsets[1][0] + HDR + 3)  # a record table in the middle
+    with open(path, "ab") as f:
+        f.write(b"\x00" * 10)            # and a torn tail
+    name = parse_shard_file_name(os.path.basename(path))
+    reporter = Recording()
+    found = []
+    ShardScanner(reporter).scan(0, Shard(path, name.writer_id, name.index), found)
+    assert len(found) == len(offsets) - 1
+    assert len(reporter.problems) == 1 and "offset %d" % offsets[1][0] in reporter.problems[0]
+    assert reporter.torn[-1] == 10 and reporter.torn_bytes(path) == 10

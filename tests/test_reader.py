@@ -194,11 +194,11 @@ def test_lru_cache_is_bounded(session_root):
             w.write(np.full(16 << 10, i, dtype=np.float32), "t%d" % i)
     reader = DumpReader(session_root, cache_bytes=200 << 10)
     run = reader.runs[0]
-    data_frames = [f for f in reader._frames if len(f.table.tensors)]
+    data_frames = [f for f in reader.index.frames if len(f.table.tensors)]
     assert len(data_frames) >= 10
     for i in range(40):
         assert run.value(i)[0] == i
-        assert reader._cache_size <= 200 << 10 or len(reader._cache) == 1
+        assert reader.blocks.nbytes <= 200 << 10 or len(reader.blocks) == 1
 
 
 def test_merges_writers_and_names_runs_per_writer(session_root):
@@ -355,3 +355,47 @@ def test_golden_hook_store_values():
             assert element.type_name == "tensorflow::TensorList"
             assert all(isinstance(t, np.ndarray) and t.dtype == np.float32 for t in element.tensors)
     assert max(len(v.value[0].tensors) for v in lists) == 4  # the loop ran 4 times
+
+
+def test_variant_payload_layouts_parse_and_reject_damage():
+    """store.payloads against docs/FORMAT.md's variant structure and list blob."""
+    import struct
+
+    from tfdump_fast import _native
+    from tfdump_fast.store.payloads import parse_list_blob, parse_variant_structure
+
+    def desc(dtype, flags, dims):
+        return struct.pack("<iHB", dtype, flags, len(dims)) + struct.pack("<%dq" % len(dims), *dims)
+
+    inline = b"\x01\x02\x03"
+    structure = (struct.pack("<Q", 2)
+                 + struct.pack("<I", 10) + b"tensorflow" + struct.pack("<I", 1) + b"m"
+                 + struct.pack("<I", 3)
+                 + desc(1, 0, [2, 3]) + b"\x00" + struct.pack("<I", 1)
+                 + desc(7, _native.FLAG_STRING, []) + b"\x01" + struct.pack("<Q", len(inline)) + inline
+                 + desc(1, _native.FLAG_UNINITIALIZED, [4]) + b"\x02"
+                 + struct.pack("<I", 0) + struct.pack("<I", 0) + struct.pack("<II", _native.TENSOR_LIST_MARKER, 0))
+    first, second = parse_variant_structure(structure, 2)
+    assert (first.type_name, first.metadata, first.list_blob) == (b"tensorflow", b"m", None)
+    blob, text, empty = first.tensors
+    assert (blob.dtype, blob.shape, blob.storage, blob.data) == (1, (2, 3), _native.STORAGE_BLOB, 1)
+    assert (text.flags, text.storage, text.data) == (_native.FLAG_STRING, _native.STORAGE_INLINE, inline)
+    assert (empty.storage, empty.data, empty.descriptor) == (_native.STORAGE_NONE, None, desc(1, 1, [4]))
+    assert (second.type_name, second.tensors, second.list_blob) == (b"", None, 0)
+    with pytest.raises(errors.TfdumpCorruptionError, match="refers to blob 1 of 1"):
+        parse_variant_structure(structure, 1)
+    with pytest.raises(errors.TfdumpCorruptionError, match="variant structure ends early"):
+        parse_variant_structure(structure[:-3], 2)
+    with pytest.raises(errors.TfdumpCorruptionError, match="variant structure has 1 trailing bytes"):
+        parse_variant_structure(structure + b"\0", 2)
+
+    h = bytes(range(16))
+    list_blob = (struct.pack("<I", 2) + desc(2, 0, [5]) + b"\x00" + h + struct.pack("<Q", 40)
+                 + desc(2, _native.FLAG_UNINITIALIZED, []) + b"\x02")
+    stored, missing = parse_list_blob(list_blob)
+    assert (stored.shape, stored.storage, stored.data) == ((5,), _native.STORAGE_BLOB, h)
+    assert (missing.storage, missing.data) == (_native.STORAGE_NONE, None)
+    with pytest.raises(errors.TfdumpCorruptionError, match="TensorList list blob ends early"):
+        parse_list_blob(list_blob[:20])
+    with pytest.raises(errors.TfdumpCorruptionError, match="unknown list blob tensor storage 1"):
+        parse_list_blob(struct.pack("<I", 1) + desc(2, 0, []) + b"\x01")

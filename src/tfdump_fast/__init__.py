@@ -24,7 +24,7 @@ _LAZY = {
     "DumpWriter": "tfdump_fast.writer",
     "DumpReader": "tfdump_fast.reader",
     "convert": "tfdump_fast.conversion",
-    "import_tfdbg": "tfdump_fast.conversion",
+    "import_tfdbg": "tfdump_fast.importer",
     "StoreDumpDir": "tfdump_fast.dumpdir",
     "has_inf_or_nan": "tfdump_fast.reader",
     "DumpingDebugHook": "tfdump_fast.hooks",

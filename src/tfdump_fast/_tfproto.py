@@ -29,14 +29,7 @@ from tfdump_fast.dtypes import (  # noqa: E402 - the enum values shared with the
     DT_HALF, DT_INT2, DT_INT4, DT_INT8, DT_INT16, DT_INT32, DT_INT64, DT_QINT8, DT_QINT16, DT_QINT32,
     DT_QUINT8, DT_QUINT16, DT_RESOURCE, DT_STRING, DT_UINT2, DT_UINT4, DT_UINT8, DT_UINT16, DT_UINT32,
     DT_UINT64, DT_VARIANT)
-from tfdump_fast.dtypes import NAMES as DTYPE_NAMES  # noqa: E402
-
-
-def dtype_name(dtype: int) -> str:
-    """Readable name of a TF ``DataType`` enum value (``*_ref`` for ref types)."""
-    if dtype > 100:
-        return dtype_name(dtype - 100) + "_ref"
-    return DTYPE_NAMES.get(dtype, "dtype_%d" % dtype)
+from tfdump_fast.dtypes import dtype_name  # noqa: E402
 
 
 # Which repeated field Tensor::AsProtoField fills for each dtype, and how
@@ -332,14 +325,20 @@ def decode_tensor_proto(buf) -> dict:
 
 # --- VariantTensorDataProto ----------------------------------------------------
 
-def variant_data_proto(type_name: bytes, metadata: bytes, tensor_protos) -> bytes:
-    """VariantTensorDataProto: type_name (1), metadata (2), tensors (3)."""
+def variant_data_head(type_name: bytes, metadata: bytes) -> bytes:
+    """The ``type_name`` and ``metadata`` fields of a VariantTensorDataProto
+    (its ``tensors`` follow, each from :func:`variant_data_tensor`)."""
     out = b""
     if type_name:
         out += _ld(0x0A, type_name)
     if metadata:
         out += _ld(0x12, metadata)
-    return out + b"".join(_ld(0x1A, t) for t in tensor_protos)
+    return out
+
+
+def variant_data_tensor(tensor_proto: bytes) -> bytes:
+    """One ``tensors`` field of a VariantTensorDataProto (a serialized TensorProto)."""
+    return _ld(0x1A, tensor_proto)
 
 
 def decode_variant_data_proto(buf):

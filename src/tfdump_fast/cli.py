@@ -249,7 +249,7 @@ def cmd_convert(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from tfdump_fast.conversion import import_tfdbg
+    from tfdump_fast.importer import import_tfdbg
 
     names = import_tfdbg(args.tfdbg_dir, args.root, progress=not args.no_progress and sys.stderr.isatty())
     print("imported %d run(s) into %s: %s" % (len(names), args.root, ", ".join(names)))
@@ -306,12 +306,11 @@ def cmd_stats(args) -> int:
     largest = []
     ops = _graph_op_types([g for r in runs for g in r.graphs]) if runs else {}
     for run in runs:
-        t = reader._t
-        g = run._gidx
-        sizes = t["payload_len"][g]
-        keys = reader._key_of[g]
+        g = run.tensor_ids
+        sizes = reader.index.tensors["payload_len"][g]
+        keys = reader.index.key_of[g]
         for kid, nbytes in zip(*_group_sum(keys, sizes)):
-            k = reader._keys[kid]
+            k = reader.index.keys[kid]
             by_node[k.node] += nbytes
             by_op[k.debug_op] += nbytes
             by_type[ops.get(k.node, "?")] += nbytes

@@ -17,8 +17,8 @@ offline analyzer read it. Each dump file holds, byte for byte, the Event
 tfdbg writes: ``tensor_content`` for numeric, resource and variant tensors
 (``Tensor::AsProtoTensorContent``), ``string_val`` for strings.
 
-:func:`import_tfdbg` (:mod:`tfdump_fast.importer`, re-exported here) reads such a layout (written by tfdbg or by
-:func:`convert`) into a new tfdump-fast store; converting that store back
+:func:`tfdump_fast.importer.import_tfdbg` reads such a layout (written by tfdbg
+or by :func:`convert`) into a new tfdump-fast store; converting that store back
 reproduces the same files.
 
 Neither function imports TensorFlow.
@@ -27,8 +27,6 @@ Neither function imports TensorFlow.
 from __future__ import annotations
 
 import os
-import re
-import struct
 from typing import Callable, Dict, List, Sequence, Union
 
 import numpy as np
@@ -36,21 +34,17 @@ import numpy as np
 from tfdump_fast import _tfproto as P
 from tfdump_fast.encoding import decode_strings
 from tfdump_fast.errors import (
-    TfdumpCorruptionError,
     TfdumpIOError,
     TfdumpUsageError,
 )
-from tfdump_fast.importer import import_tfdbg  # noqa: F401 - re-exported: moved to tfdump_fast.importer
-from tfdump_fast.reader import (
-    FLAG_RESOURCE, FLAG_STRING, FLAG_UNINITIALIZED, FLAG_VARIANT, TENSOR_LIST_MARKER, DumpReader, Run)
+from tfdump_fast._native import (
+    FLAG_RESOURCE, FLAG_STRING, FLAG_UNINITIALIZED, FLAG_VARIANT, STORAGE_BLOB, STORAGE_INLINE)
+from tfdump_fast.progress import progress_reporter
+from tfdump_fast.reader import DumpReader, Run
+from tfdump_fast.store.payloads import parse_list_blob, parse_variant_structure
 
-__all__ = ["convert", "import_tfdbg", "tensor_event", "tensor_proto", "run_dir_name", "dump_file_names"]
+__all__ = ["convert", "tensor_event", "tensor_proto", "run_dir_name", "dump_file_names"]
 
-_RUN_NAME_RE = re.compile(r"^run_(\d+)_(\d+)$")
-_FETCHES_FILE = "_tfdbg_fetches_info_"
-_FEEDS_FILE = "_tfdbg_feed_keys_info_"
-_CORE_PREFIX = "_tfdbg_core_metadata_"
-_GRAPH_PREFIX = "_tfdbg_graph_"
 
 
 # --------------------------------------------------------------------------- export
@@ -98,7 +92,7 @@ def convert(session_root, dest, runs=None, progress: Union[bool, Callable[[int, 
             raise TfdumpUsageError("%s already exists and is not empty: pick another destination or "
                                    "pass overwrite=True" % path)
     total = sum(len(r) for r in selected)
-    bar, report = _progress(progress, total, "converting")
+    bar, report = progress_reporter(progress, total, "converting")
     out = []
     try:
         for run, name in zip(selected, names):
@@ -129,29 +123,11 @@ def _unique_run_dir_names(runs: Sequence[Run]) -> List[str]:
     return names
 
 
-def _progress(progress, total, what):
-    """A (tqdm bar or None, callable(n)) pair for the chosen progress style."""
-    if progress is True:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, unit="tensor", desc=what, dynamic_ncols=True)
-        return bar, bar.update
-    if callable(progress):
-        state = {"done": 0}
-
-        def report(n):
-            state["done"] += n
-            progress(state["done"], total)
-
-        return None, report
-    return None, lambda n: None
-
-
 def tensor_proto(reader: DumpReader, g: int) -> bytes:
-    """The TensorProto tfdbg writes for stored tensor ``g`` (an index into
-    the reader's tensor table; ``record._g``)."""
-    cols = reader._columns(np.asarray([g]))
-    prefix, chunks = _EventEncoder(reader).tensor_proto(cols, 0, reader._shape(g))
+    """The TensorProto tfdbg writes for stored tensor ``g`` (a row of the
+    reader's tensor index; ``record.tensor_id``)."""
+    cols = reader.index.columns(np.asarray([g]))
+    prefix, chunks = _EventEncoder(reader).tensor_proto(cols, 0, reader.index.shape(g))
     return prefix + b"".join(bytes(c) for c in chunks)
 
 
@@ -159,8 +135,8 @@ def tensor_event(reader: DumpReader, record) -> bytes:
     """The exact Event file content tfdbg writes for one dumped tensor."""
     key = record.key
     head, tail = P.debug_key_fields(key.node, key.output_slot, key.debug_op, key.device)
-    cols = reader._columns(np.asarray([record._g]))
-    prefix, chunks = _EventEncoder(reader).tensor_proto(cols, 0, reader._shape(record._g))
+    cols = reader.index.columns(np.asarray([record.tensor_id]))
+    prefix, chunks = _EventEncoder(reader).tensor_proto(cols, 0, reader.index.shape(record.tensor_id))
     return b"".join(bytes(p) for p in P.debug_tensor_event_parts(record.wall_us, head, tail, prefix, chunks))
 
 
@@ -196,9 +172,9 @@ def _write_run_files(reader: DumpReader, run: Run, run_dir: str, report) -> None
 
     # Per-run metadata files (DumpingDebugWrapperSession / PublishDebugMetadata).
     if run.fetches is not None:
-        _write_file(os.path.join(run_dir, _FETCHES_FILE), P.log_message_event(run.fetches))
+        _write_file(os.path.join(run_dir, P.FETCHES_INFO_FILE), P.log_message_event(run.fetches))
     if run.feed_keys is not None:
-        _write_file(os.path.join(run_dir, _FEEDS_FILE), P.log_message_event(run.feed_keys))
+        _write_file(os.path.join(run_dir, P.FEED_KEYS_INFO_FILE), P.log_message_event(run.feed_keys))
     core_files = tfdbg.get("core_metadata_files")
     if core_files:
         for entry in core_files:
@@ -206,7 +182,7 @@ def _write_run_files(reader: DumpReader, run: Run, run_dir: str, report) -> None
                         P.log_message_event(entry["json"], entry["wall_time"]))
     elif isinstance(run.core_metadata, dict):
         core = run.core_metadata
-        name = "%ssessionrun%014d_%d" % (_CORE_PREFIX, int(core.get("session_run_index", -1)), begin_us)
+        name = "%ssessionrun%014d_%d" % (P.CORE_METADATA_PREFIX, int(core.get("session_run_index", -1)), begin_us)
         _write_file(os.path.join(run_dir, name), P.log_message_event(P.core_metadata_json(core), begin_us))
 
     made_dirs = set()
@@ -220,7 +196,7 @@ def _write_run_files(reader: DumpReader, run: Run, run_dir: str, report) -> None
 
     # Partition graphs (DebugIO::PublishGraph), one file per device graph.
     graph_files = {bytes.fromhex(g["hash"]): g for g in tfdbg.get("graph_files", [])}
-    for h, graph in run._graph_items():
+    for h, graph in run.graph_items():
         info = graph_files.get(h)
         if info is not None:
             device, name, wall = info["device"], info["file"], info["wall_time"]
@@ -229,7 +205,7 @@ def _write_run_files(reader: DumpReader, run: Run, run_dir: str, report) -> None
             if device is None:
                 continue  # tfdbg could not place it either
             wall = begin_us
-            name = "%shash%d_%d" % (_GRAPH_PREFIX, _graph_hash64(graph, h), wall)
+            name = "%shash%d_%d" % (P.GRAPH_PREFIX, _graph_hash64(graph, h), wall)
         _write_file(os.path.join(device_dir(device), name), P.graph_event(wall, graph))
 
     # One Event file per dumped tensor, in execution order. (Writer threads
@@ -237,12 +213,12 @@ def _write_run_files(reader: DumpReader, run: Run, run_dir: str, report) -> None
     enc = _EventEncoder(reader)
     key_fields: Dict[int, tuple] = {}
     done = 0
-    cols = reader._columns(run._gidx)
-    dims_all = reader._dims_list()
+    cols = reader.index.columns(run.tensor_ids)
+    dims_all = reader.index.dims_list()
     for i, (g, kid, folder, name, wall) in enumerate(dump_file_names(reader, run)):
         kf = key_fields.get(kid)
         if kf is None:
-            key = reader._keys[kid]
+            key = reader.index.keys[kid]
             kf = key_fields[kid] = P.debug_key_fields(key.node, key.output_slot, key.debug_op, key.device)
             path = os.path.join(run_dir, folder)
             if path not in made_dirs:
@@ -271,12 +247,9 @@ class _EventEncoder:
     element tensors (a TensorList dump lists every element, and the next dump
     lists them again) are encoded once per distinct payload."""
 
-    _HEAD = struct.Struct("<iHB")
-    _U32 = struct.Struct("<I")
-    _U64 = struct.Struct("<Q")
-
     def __init__(self, reader: DumpReader, cache_bytes: int = 256 << 20):
-        self.reader = reader
+        self.index = reader.index
+        self.payloads = reader.payloads
         self.frames: dict = {}
         self.cache: Dict[tuple, bytes] = {}
         self.cache_bytes = 0
@@ -292,16 +265,14 @@ class _EventEncoder:
         plen = cols["payload_len"][i]
         if flags & FLAG_UNINITIALIZED or not plen:
             return P.tensor_proto_content(dtype, shape, b""), ()
-        payload = self.reader._payload(cols["writer"][i], cols["hash"][i], self._frames())
+        payload = self.payloads.payload(cols["writer"][i], cols["hash"][i], self._frames())
         if flags & FLAG_STRING and not flags & FLAG_RESOURCE:
             return P.tensor_proto_strings(dtype, shape, decode_strings(payload)), ()
         if flags & FLAG_RESOURCE:
             chunks = _string_list_chunks(decode_strings(payload))
         elif flags & FLAG_VARIANT:
-            n, off = cols["n_blobs"][i], cols["blobs_offset"][i]
-            refs = self.reader._frames[cols["frame"][i]].table.blob_refs[off:off + n].view("V16").tolist() \
-                if n else []
-            chunks = self._variant_content(bytes(payload), refs, cols["writer"][i])
+            refs = self.index.blob_hashes(cols["frame"][i], cols["blobs_offset"][i], cols["n_blobs"][i])
+            chunks = self._variant_content(payload, refs, cols["writer"][i])
         else:
             chunks = (payload,)
         return P.tensor_proto_head(dtype, shape, sum(len(c) for c in chunks)), chunks
@@ -321,127 +292,61 @@ class _EventEncoder:
         self.cache_bytes += len(value) + 64
         return value
 
-    def _variant_content(self, buf: bytes, refs: list, wi: int) -> bytes:
+    def _variant_content(self, payload, refs: list, wi: int) -> list:
         """tensor_content of a variant tensor from its stored structure:
         TF's string-list encoding of one VariantTensorDataProto per element."""
-        u32, u64, head = self._U32.unpack_from, self._U64.unpack_from, self._HEAD.unpack_from
-        (n,) = u64(buf, 0)
-        pos = 8
         items = []
-        try:
-            for _ in range(n):
-                (ln,) = u32(buf, pos)
-                type_name = buf[pos + 4:pos + 4 + ln]
-                pos += 4 + ln
-                (ln,) = u32(buf, pos)
-                metadata = buf[pos + 4:pos + 4 + ln]
-                pos += 4 + ln
-                (nt,) = u32(buf, pos)
-                pos += 4
-                parts = []
-                if type_name:
-                    parts.append(P._ld(0x0A, type_name))
-                if metadata:
-                    parts.append(P._ld(0x12, metadata))
-                if nt == TENSOR_LIST_MARKER:
-                    # a TensorList described by a shared list blob: its encoding
-                    # is the same in every dump of that list state
-                    (index,) = u32(buf, pos)
-                    pos += 4
-                    key = ("list", type_name, metadata, refs[index])
-                    enc = self.cache.get(key)
-                    if enc is None:
-                        enc = self._remember(key, b"".join(parts) + self._list_tensors(refs[index], wi))
-                    items.append(enc)
-                    continue
-                for _ in range(nt):
-                    start = pos
-                    dtype, flags, nd = head(buf, pos)
-                    pos += 7 + 8 * nd
-                    storage = buf[pos]
-                    pos += 1
-                    if storage == 0:
-                        (index,) = u32(buf, pos)
-                        pos += 4
-                        key = (buf[start:pos - 5], refs[index])
-                    elif storage == 1:
-                        (ln,) = u64(buf, pos)
-                        pos += 8 + ln
-                        key = (buf[start:pos],)
-                    elif storage == 2:
-                        key = (buf[start:pos],)
-                    else:
-                        raise TfdumpCorruptionError("unknown variant tensor storage %d" % storage)
-                    enc = self.cache.get(key)
-                    if enc is None:
-                        enc = self._remember(key, P._ld(0x1A, self._element_tensor(buf, start, refs, wi)))
-                    parts.append(enc)
-                items.append(b"".join(parts))
-        except (struct.error, IndexError):
-            raise TfdumpCorruptionError("variant structure ends early") from None
-        if pos != len(buf):
-            raise TfdumpCorruptionError("variant structure has %d trailing bytes" % (len(buf) - pos))
+        for element in parse_variant_structure(payload, len(refs)):
+            if element.list_blob is not None:
+                # a TensorList described by a shared list blob: its encoding
+                # is the same in every dump of that list state
+                list_hash = refs[element.list_blob]
+                key = ("list", element.type_name, element.metadata, list_hash)
+                enc = self.cache.get(key)
+                if enc is None:
+                    enc = self._remember(key, P.variant_data_head(element.type_name, element.metadata)
+                                         + self._list_tensors(list_hash, wi))
+                items.append(enc)
+                continue
+            parts = [P.variant_data_head(element.type_name, element.metadata)]
+            for tensor in element.tensors:
+                blob = refs[tensor.data] if tensor.storage == STORAGE_BLOB else None
+                parts.append(self._element_tensor(tensor, blob, refs, wi))
+            items.append(b"".join(parts))
         return _string_list_chunks(items)
 
     def _list_tensors(self, list_hash: bytes, wi: int) -> bytes:
         """The ``tensors`` fields of a TensorList described by a list blob."""
-        buf = bytes(self.reader._payload(wi, list_hash, self._frames()))
-        head = self._HEAD.unpack_from
-        out = []
-        try:
-            (n,) = self._U32.unpack_from(buf, 0)
-            pos = 4
-            for _ in range(n):
-                start = pos
-                dtype, flags, nd = head(buf, pos)
-                pos += 7 + 8 * nd
-                storage = buf[pos]
-                pos += 1
-                if storage == 0:
-                    h = buf[pos:pos + 16]
-                    pos += 24
-                    key = (buf[start:pos - 25], h)
-                elif storage == 2:
-                    key = (buf[start:pos],)
-                else:
-                    raise TfdumpCorruptionError("unknown list blob tensor storage %d" % storage)
-                enc = self.cache.get(key)
-                if enc is None:
-                    shape = struct.unpack_from("<%dq" % nd, buf, start + 7) if nd else ()
-                    if dtype > 100:
-                        dtype -= 100
-                    if storage == 0 and not flags & FLAG_UNINITIALIZED:
-                        payload = bytes(self.reader._payload(wi, h, self._frames()))
-                        proto = P.tensor_proto_fields(dtype, shape, payload)
-                    else:
-                        proto = P.tensor_proto_fields(dtype, shape, None)
-                    enc = self._remember(key, P._ld(0x1A, proto))
-                out.append(enc)
-        except (struct.error, IndexError):
-            raise TfdumpCorruptionError("TensorList list blob ends early") from None
-        if pos != len(buf):
-            raise TfdumpCorruptionError("TensorList list blob has %d trailing bytes" % (len(buf) - pos))
-        return b"".join(out)
+        tensors = parse_list_blob(self.payloads.payload(wi, list_hash, self._frames()))
+        return b"".join(self._element_tensor(t, t.data, (), wi) for t in tensors)
 
-    def _element_tensor(self, buf, pos, refs, wi) -> bytes:
-        """One element tensor of a variant, as Tensor::AsProtoField writes it."""
-        dtype, flags, nd = self._HEAD.unpack_from(buf, pos)
-        pos += 7
-        shape = struct.unpack_from("<%dq" % nd, buf, pos) if nd else ()
-        pos += 8 * nd
-        storage = buf[pos]
-        pos += 1
+    def _element_tensor(self, tensor, blob, refs, wi) -> bytes:
+        """One ``tensors`` field of a VariantTensorDataProto: an element
+        tensor as Tensor::AsProtoField writes it, encoded once per distinct
+        descriptor and payload. ``blob`` is the hash of its payload when
+        that is stored as a blob."""
+        if blob is not None:
+            key = (tensor.descriptor, blob)
+        elif tensor.storage == STORAGE_INLINE:
+            key = (tensor.descriptor, tensor.storage, tensor.data)
+        else:
+            key = (tensor.descriptor, tensor.storage)
+        enc = self.cache.get(key)
+        if enc is None:
+            enc = self._remember(key, P.variant_data_tensor(self._element_proto(tensor, blob, refs, wi)))
+        return enc
+
+    def _element_proto(self, tensor, blob, refs, wi) -> bytes:
+        dtype, flags, shape = tensor.dtype, tensor.flags, tensor.shape
         if dtype > 100:
             dtype -= 100
-        if storage == 0:
-            (index,) = self._U32.unpack_from(buf, pos)
-            payload = bytes(self.reader._payload(wi, refs[index], self._frames()))
-        elif storage == 1:
-            (ln,) = self._U64.unpack_from(buf, pos)
-            payload = buf[pos + 8:pos + 8 + ln]
+        if flags & FLAG_UNINITIALIZED:
+            return P.tensor_proto_fields(dtype, shape, None)
+        if blob is not None:
+            payload = bytes(self.payloads.payload(wi, blob, self._frames()))
+        elif tensor.storage == STORAGE_INLINE:
+            payload = tensor.data
         else:
-            payload = None
-        if flags & FLAG_UNINITIALIZED or payload is None:
             return P.tensor_proto_fields(dtype, shape, None)
         if flags & FLAG_RESOURCE:
             return P.tensor_proto_fields(dtype, shape, None, messages=decode_strings(payload))
@@ -487,15 +392,15 @@ def dump_file_names(reader: DumpReader, run: Run):
     tfdbg's ``-1``, ``-2``, ... suffix when a watch key dumps twice within
     one microsecond (debug_io_utils.cc, AppendTimestampToFilePath).
     """
-    g_all = run._gidx
-    key_of = reader._key_of[g_all].tolist()
-    walls = reader._t["wall_us"][g_all].tolist()
+    g_all = run.tensor_ids
+    key_of = reader.index.key_of[g_all].tolist()
+    walls = reader.index.tensors["wall_us"][g_all].tolist()
     key_parts: Dict[int, tuple] = {}
     used = set()
     for g, kid, wall in zip(g_all.tolist(), key_of, walls):
         kp = key_parts.get(kid)
         if kp is None:
-            key = reader._keys[kid]
+            key = reader.index.keys[kid]
             parent, _, base = key.node.rpartition("/")
             folder = P.device_name_to_path(key.device)
             if parent:

@@ -96,7 +96,7 @@ def to_numpy(dtype: int) -> np.dtype:
     try:
         return _NUMPY[dtype]
     except KeyError:
-        raise TypeError(f"TF dtype {name(dtype)} has no numpy equivalent") from None
+        raise TypeError(f"TF dtype {NAMES.get(dtype, f'dtype#{dtype}')} has no numpy equivalent") from None
 
 
 def from_numpy(dtype) -> int:
@@ -110,10 +110,6 @@ def from_numpy(dtype) -> int:
         raise TypeError(f"numpy dtype {dtype} has no TensorFlow equivalent") from None
 
 
-def is_numeric(dtype: int) -> bool:
-    return dtype in _NUMPY
-
-
 def shuffle_lane_bytes(dtype: int) -> int:
     """Bytes per shuffle lane: the scalar width (a complex number has two lanes)."""
     if dtype in (DT_COMPLEX64, DT_COMPLEX128):
@@ -125,5 +121,8 @@ def shuffle_lane_bytes(dtype: int) -> int:
     return 0
 
 
-def name(dtype: int) -> str:
-    return NAMES.get(dtype, f"dtype#{dtype}")
+def dtype_name(dtype: int) -> str:
+    """Readable name of a TF ``DataType`` enum value (``*_ref`` for ref types)."""
+    if dtype > 100:
+        return dtype_name(dtype - 100) + "_ref"
+    return NAMES.get(dtype, "dtype_%d" % dtype)

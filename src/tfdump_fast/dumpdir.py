@@ -35,20 +35,23 @@ from tensorflow.python.debug.lib import debug_data, debug_graphs
 
 from tfdump_fast import _tfproto as P
 from tfdump_fast.conversion import dump_file_names, run_dir_name, tensor_event, tensor_proto
-from tfdump_fast.reader import DumpReader, InconvertibleTensor, Run, _is_inf_nan_predicate, has_inf_or_nan
+from tfdump_fast.reader import DumpReader, InconvertibleTensor, Run, has_inf_or_nan, is_inf_nan_predicate
 
 __all__ = ["StoreDumpDir", "StoreTensorDatum"]
 
 
 class StoreTensorDatum(debug_data.DebugTensorDatum):
-    """A ``DebugTensorDatum`` whose value lives in a tfdump-fast store."""
+    """A ``DebugTensorDatum`` whose value lives in a tfdump-fast store.
+
+    ``tensor_id`` is the dump's row in the reader's tensor index.
+    """
 
     def __init__(self, reader: DumpReader, g: int, seq_index: int, dump_root: str, device_name: str,
                  node_name: str, output_slot: int, debug_op: str, rel_path: str, timestamp: int):
         # The base constructor parses a real file path and stats the file;
         # everything it would derive is known here, so it is not called.
         self._reader = reader
-        self._g = g
+        self.tensor_id = g
         self._seq_index = seq_index
         self._device_name = device_name
         self._node_name = node_name
@@ -63,23 +66,23 @@ class StoreTensorDatum(debug_data.DebugTensorDatum):
     def dump_size_bytes(self):
         """Size of the Event file tfdbg would have written for this dump."""
         if self._dump_size_bytes is None:
-            self._dump_size_bytes = len(tensor_event(self._reader, _RecordRef(self._reader, self._g)))
+            self._dump_size_bytes = len(tensor_event(self._reader, _RecordRef(self._reader, self.tensor_id)))
         return self._dump_size_bytes
 
     def get_tensor(self):
         """The tensor value, as tfdbg's ``load_tensor_from_event_file`` returns it."""
-        return _tfdbg_value(self._reader, self._g, self._reader._value(self._g))
+        return _tfdbg_value(self._reader, self.tensor_id, self._reader.decoder.value(self.tensor_id))
 
 
 class _RecordRef:
     """The minimum of a TensorRecord that convert.tensor_event needs."""
 
-    __slots__ = ("_g", "key", "wall_us")
+    __slots__ = ("tensor_id", "key", "wall_us")
 
     def __init__(self, reader, g):
-        self._g = g
-        self.key = reader._keys[reader._key_of[g]]
-        self.wall_us = int(reader._t["wall_us"][g])
+        self.tensor_id = g
+        self.key = reader.index.key(g)
+        self.wall_us = int(reader.index.tensors["wall_us"][g])
 
 
 def _tfdbg_value(reader: DumpReader, g: int, value, copy: bool = True):
@@ -151,10 +154,10 @@ class StoreDumpDir(debug_data.DebugDumpDir):
         self._watch_key_to_rel_time = {}
         self._watch_key_to_dump_size_bytes = {}
         reader, run = self._reader, self._run
-        seqs = reader._t["seq"]
+        seqs = reader.index.tensors["seq"]
         per_device = collections.defaultdict(list)
         for i, (g, kid, folder, name, wall) in enumerate(dump_file_names(reader, run)):
-            key = reader._keys[kid]
+            key = reader.index.keys[kid]
             datum = StoreTensorDatum(reader, g, i, self._dump_root, key.device, key.node, key.output_slot,
                                      key.debug_op, os.path.join(folder, name), wall)
             per_device[key.device].append((wall, int(seqs[g]), datum))
@@ -189,7 +192,7 @@ class StoreDumpDir(debug_data.DebugDumpDir):
             for g in (self._run.metadata.get("tfdbg") or {}).get("graph_files", []):
                 placed[g["hash"]] = g["device"]
             self._graph_cache = [(placed.get(h.hex()) or P.graph_device(b), b)
-                                 for h, b in self._run._graph_items()]
+                                 for h, b in self._run.graph_items()]
         return self._graph_cache
 
     def _load_partition_graphs(self, client_partition_graphs, validate):
@@ -248,12 +251,12 @@ class StoreDumpDir(debug_data.DebugDumpDir):
         devices = list(self._dump_tensor_data) if device_name is None else [device_name]
         if device_name is not None and device_name not in self._dump_tensor_data:
             raise ValueError("There is no device named '%s' consisting of debug watch keys." % device_name)
-        if _is_inf_nan_predicate(predicate):
-            by_g = {d._g: d for dev in devices for d in self._dump_tensor_data[dev]}
+        if is_inf_nan_predicate(predicate):
+            by_g = {d.tensor_id: d for dev in devices for d in self._dump_tensor_data[dev]}
             out = []
             for dev in devices:
                 hits = self._run.find(has_inf_or_nan, exclude=exclude_node_names, device=dev)
-                data = sorted((by_g[r._g] for r in hits), key=lambda d: (d.timestamp, d._seq_index))
+                data = sorted((by_g[r.tensor_id] for r in hits), key=lambda d: (d.timestamp, d._seq_index))
                 out.extend(data)
                 if first_n > 0 and len(out) >= first_n:
                     return out[:first_n]
@@ -265,7 +268,8 @@ class StoreDumpDir(debug_data.DebugDumpDir):
             for datum in self._dump_tensor_data[dev]:
                 if regex is not None and regex.match(datum.node_name):
                     continue
-                value = _tfdbg_value(self._reader, datum._g, self._reader._value(datum._g, cache), copy=False)
+                value = _tfdbg_value(self._reader, datum.tensor_id, self._reader.decoder.value(datum.tensor_id, cache),
+                                     copy=False)
                 if predicate(datum, value):
                     out.append(datum)
                     if first_n > 0 and len(out) >= first_n:
@@ -282,7 +286,7 @@ class StoreDumpDir(debug_data.DebugDumpDir):
             raise debug_data.WatchKeyDoesNotExistInDebugDumpDirError(
                 "Watch key \"%s\" does not exist in the debug dump of device %s" % (watch_key, device_name))
         cache: dict = {}
-        return [_tfdbg_value(self._reader, d._g, self._reader._value(d._g, cache)) for d in data]
+        return [_tfdbg_value(self._reader, d.tensor_id, self._reader.decoder.value(d.tensor_id, cache)) for d in data]
 
     def watch_key_to_data(self, debug_watch_key, device_name=None):
         """tfdbg's ``watch_key_to_data`` (whose ``device_name`` branch reads

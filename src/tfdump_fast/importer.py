@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import struct
 import time
 from typing import Callable, Dict, List, Sequence, Union
 
@@ -28,6 +27,9 @@ from tfdump_fast.errors import TfdumpFormatError, TfdumpIOError, TfdumpUsageErro
 from tfdump_fast.progress import progress_reporter
 from tfdump_fast.store import frames
 from tfdump_fast.store.naming import writer_name
+from tfdump_fast.store.payloads import (
+    NO_STORAGE, encode_blob_storage, encode_descriptor, encode_element_count, encode_element_head,
+    encode_inline_storage)
 
 __all__ = ["import_tfdbg", "build_variant_structure"]
 
@@ -262,32 +264,6 @@ def _lane_bytes(dtype: int) -> int:
 
 # --------------------------------------------------------------------------- variant structure
 
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
-_DESC_HEAD = struct.Struct("<iHB")  # dtype, flags, ndims of a tensor descriptor
-
-
-def _lp(data: bytes) -> bytes:
-    """A format ``str``: u32 length, then the bytes."""
-    return _U32.pack(len(data)) + data
-
-
-def _descriptor(dtype: int, flags: int, dims) -> bytes:
-    """A tensor descriptor's ``i32 dtype, u16 flags, u8 ndims, i64 dims[ndims]``."""
-    return _DESC_HEAD.pack(dtype, flags, len(dims)) + struct.pack("<%dq" % len(dims), *dims)
-
-
-def _blob_storage(blob_index: int) -> bytes:
-    return bytes([_native.STORAGE_BLOB]) + _U32.pack(blob_index)
-
-
-def _inline_storage(payload: bytes) -> bytes:
-    return bytes([_native.STORAGE_INLINE]) + _U64.pack(len(payload)) + payload
-
-
-_NO_STORAGE = bytes([_native.STORAGE_NONE])
-
-
 def build_variant_structure(items: Sequence[bytes], blobs: List[tuple], cache: dict) -> bytes:
     """The variant structure of docs/FORMAT.md for serialized elements.
 
@@ -312,47 +288,45 @@ def build_variant_structure(items: Sequence[bytes], blobs: List[tuple], cache: d
         ``_native.TENSOR_LIST_MARKER``: list blobs are what the capture bridge
         writes for numeric TensorLists).
     """
-    out = [_U64.pack(len(items))]
+    out = [encode_element_count(len(items))]
     for item in items:
         type_name, metadata, tensors = P.decode_variant_data_proto(item)
-        out.append(_lp(type_name))
-        out.append(_lp(metadata))
-        out.append(_U32.pack(len(tensors)))
+        out.append(encode_element_head(type_name, metadata, len(tensors)))
         for tproto in tensors:
             hit = cache.get(tproto)
             if hit is not None:  # (descriptor, blob payload, lanes)
                 desc, raw, lanes = hit
                 blobs.append((raw, lanes))
-                out.append(desc + _blob_storage(len(blobs) - 1))
+                out.append(desc + encode_blob_storage(len(blobs) - 1))
                 continue
             t = P.decode_tensor_proto(tproto)
             dtype, dims = t["dtype"], t["dims"]
             n = _num_elements(dims)
-            flags, storage = 0, _NO_STORAGE
+            flags, storage = 0, NO_STORAGE
             if dtype == P.DT_STRING:
                 if t["strings"] or n == 0:
-                    flags, storage = _native.FLAG_STRING, _inline_storage(encode_strings(t["strings"] or []))
+                    flags, storage = _native.FLAG_STRING, encode_inline_storage(encode_strings(t["strings"] or []))
                 else:
                     flags = _native.FLAG_UNINITIALIZED
             elif dtype == P.DT_RESOURCE:
                 if t["messages"]:
-                    flags, storage = _native.FLAG_RESOURCE, _inline_storage(encode_strings(t["messages"]))
+                    flags, storage = _native.FLAG_RESOURCE, encode_inline_storage(encode_strings(t["messages"]))
                 elif n:
                     flags = _native.FLAG_UNINITIALIZED
             elif dtype == P.DT_VARIANT:
                 if t["messages"]:
                     flags = _native.FLAG_VARIANT
-                    storage = _inline_storage(build_variant_structure(t["messages"], blobs, cache))
+                    storage = encode_inline_storage(build_variant_structure(t["messages"], blobs, cache))
                 elif n:
                     flags = _native.FLAG_UNINITIALIZED
             else:
                 raw = t["raw"] if t["raw"] is not None else t["content"]
                 if raw:
                     blobs.append((raw, _lane_bytes(dtype)))
-                    storage = _blob_storage(len(blobs) - 1)
+                    storage = encode_blob_storage(len(blobs) - 1)
                 elif n:
                     flags = _native.FLAG_UNINITIALIZED
-            desc = _descriptor(dtype, flags, dims)
+            desc = encode_descriptor(dtype, flags, dims)
             if storage[0] == _native.STORAGE_BLOB:
                 if len(cache) > 65536:
                     cache.clear()

@@ -8,6 +8,15 @@ in; decompressed blocks are kept in a bounded LRU cache. Payloads are
 deduplicated by content hash, and the bulk operations (:meth:`Run.find`,
 :meth:`Run.values`) decode each distinct payload once.
 
+This module is the query API; the store layer below it does the work:
+:mod:`tfdump_fast.store.scan` walks the shards' frames (torn tails and
+corruption go to one damage reporter), :mod:`~tfdump_fast.store.index`
+holds the tensor columns, :mod:`~tfdump_fast.store.blocks` the data blocks
+and payloads, :mod:`~tfdump_fast.store.decode` turns them into values
+(:mod:`~tfdump_fast.store.payloads` parses variant structures), and
+:mod:`~tfdump_fast.store.search` and :mod:`~tfdump_fast.store.verify` do the
+inf/nan search and the full check.
+
 Typical use::
 
     from tfdump_fast import DumpReader
@@ -23,202 +32,36 @@ import collections
 import json
 import os
 import re
-import struct
 import threading
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import zstandard
 
-from tfdump_fast import _native, dtypes
-from tfdump_fast._tfproto import decode_resource_handle, dtype_name
-from tfdump_fast.encoding import decode_strings
+from tfdump_fast import _native
+from tfdump_fast.dtypes import dtype_name
 from tfdump_fast.errors import (
     TfdumpClosedError,
-    TfdumpCorruptionError,
     TfdumpFormatError,
     TfdumpIOError,
     TfdumpNotFoundError,
-    TfdumpTruncatedError,
     TfdumpUsageError,
 )
+from tfdump_fast.store.blocks import BlockCache, PayloadReader
+from tfdump_fast.store.decode import FLOAT_NAMES, InconvertibleTensor, ValueDecoder, VariantElement, numpy_dtype
+from tfdump_fast.store.index import TensorIndex, WatchKey
+from tfdump_fast.store.naming import ShardName, parse_shard_file_name
+from tfdump_fast.store.scan import DamageReporter, Frame, Shard, ShardScanner
+from tfdump_fast.store.search import find_inf_nan
+from tfdump_fast.store.verify import verify_store
 
+# The value and key types are defined with the store layer that builds them;
+# they are part of this module's API.
 __all__ = [
     "DumpReader", "Run", "TensorRecord", "WatchKey", "InconvertibleTensor", "VariantElement",
     "has_inf_or_nan", "numpy_dtype", "dtype_name",
 ]
 
-FLAG_UNINITIALIZED = 1
-FLAG_STRING = 2
-FLAG_VARIANT = 4
-FLAG_RESOURCE = 8
-
-_SHARD_RE = re.compile(r"^w([0-9a-fA-F]{16})-(\d+|meta)\.tfds$")
-_HDR = _native.FRAME_HEADER_SIZE
-_FRAME_MAGIC = struct.pack("<I", 0x46444654)
 _DEFAULT_CACHE_BYTES = 256 << 20
-
-
-# --------------------------------------------------------------------------- values
-
-def numpy_dtype(tf_dtype: int) -> Optional[np.dtype]:
-    """The numpy dtype holding a TF ``DataType`` bit-exactly, or None.
-
-    ``bfloat16`` and the float8 / int4 types come from ``ml_dtypes`` when it
-    is installed (it is a TensorFlow dependency); without it they have no
-    numpy dtype and such tensors are returned as :class:`InconvertibleTensor`
-    with ``kind="unsupported_dtype"``. Quantized types are their underlying
-    integer types.
-    """
-    if tf_dtype > 100:  # reference types carry the values of their base type
-        tf_dtype -= 100
-    return _NUMPY_DTYPES.get(tf_dtype)
-
-
-def _build_numpy_dtypes() -> Dict[int, np.dtype]:
-    table = {}
-    for dt in range(1, 40):
-        try:
-            table[dt] = dtypes.to_numpy(dt)
-        except (TypeError, KeyError):
-            pass
-    if table.get(dtypes.DT_BFLOAT16) == np.dtype("<u2"):
-        del table[dtypes.DT_BFLOAT16]  # raw bits are not a faithful value: mark it instead
-    return table
-
-
-_NUMPY_DTYPES = _build_numpy_dtypes()
-# dtypes whose values can be inf or nan (has_inf_or_nan looks only at these)
-_FLOATING = frozenset(dt for dt, npd in _NUMPY_DTYPES.items()
-                      if npd.kind in "fc" or npd.name.startswith(("bfloat", "float")))
-
-
-class InconvertibleTensor:
-    """A dumped tensor that has no numpy form.
-
-    The counterpart of tfdbg's ``InconvertibleTensorProto``: uninitialized
-    tensors, resource handles, variants (e.g. ``TensorList``) and dtypes
-    numpy cannot represent.
-
-    Attributes
-    ----------
-    kind : {"uninitialized", "resource", "variant", "unsupported_dtype"}
-    tf_dtype : int
-        TF ``DataType`` enum value.
-    shape : tuple of int
-    initialized : bool
-        False only for ``kind == "uninitialized"``.
-    value : object
-        A list of dicts with the readable fields of each
-        ``ResourceHandleProto`` (resource), a list of
-        :class:`VariantElement` (variant; decoded on first access), else None.
-    raw : list of bytes or bytes or None
-        The serialized ``ResourceHandleProto``s (resource) or the tensor's
-        bytes (unsupported dtype).
-    """
-
-    __slots__ = ("kind", "tf_dtype", "shape", "_value", "_thunk", "raw")
-
-    # tfdbg-style predicates test ``np.issubdtype(tensor.dtype, np.floating)``;
-    # an object dtype makes them treat this value as non-numeric.
-    dtype = np.dtype(object)
-
-    def __init__(self, kind, tf_dtype, shape, value=None, raw=None, thunk=None):
-        self.kind = kind
-        self.tf_dtype = tf_dtype
-        self.shape = tuple(shape)
-        self._value = value
-        self._thunk = thunk
-        self.raw = raw
-
-    @property
-    def value(self):
-        if self._thunk is not None:
-            # Variants are decoded when looked at: bulk loads stay cheap.
-            self._value, self._thunk = self._thunk(), None
-        return self._value
-
-    @property
-    def initialized(self) -> bool:
-        return self.kind != "uninitialized"
-
-    @property
-    def dtype_name(self) -> str:
-        return dtype_name(self.tf_dtype)
-
-    def __eq__(self, other):
-        return (isinstance(other, InconvertibleTensor) and self.kind == other.kind
-                and self.tf_dtype == other.tf_dtype and self.shape == other.shape
-                and self.raw == other.raw and _values_equal(self.value, other.value))
-
-    __hash__ = None
-
-    def __repr__(self):
-        shape = "(" + ", ".join(map(str, self.shape)) + ("," if len(self.shape) == 1 else "") + ")"
-        head = "<%s tensor, dtype=%s, shape=%s" % (self.kind, self.dtype_name, shape)
-        value = self.value
-        if self.kind == "resource" and value:
-            head += ", handles=" + ", ".join(
-                "%s/%s@%s" % (h["container"], h["name"], h["device"]) for h in value[:4])
-        elif self.kind == "variant" and value:
-            head += ", elements=[" + ", ".join(repr(e) for e in value[:4]) + \
-                (", ..." if len(value) > 4 else "") + "]"
-        return head + ">"
-
-    __str__ = __repr__
-
-
-def _values_equal(a, b) -> bool:
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
-                and a.shape == b.shape and (a.tolist() == b.tolist() if a.dtype == object
-                                            else a.tobytes() == b.tobytes()))
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_values_equal(x, y) for x, y in zip(a, b))
-    return a == b
-
-
-class VariantElement(NamedTuple):
-    """One element of a variant tensor: what ``Variant::Encode`` produced.
-
-    ``tensors`` are the element's tensors as values (numpy arrays or
-    :class:`InconvertibleTensor`); for a ``TensorList`` its list items.
-    """
-
-    type_name: str
-    metadata: bytes
-    tensors: list
-
-    def __repr__(self):
-        return "%s(%d tensors)" % (self.type_name or "<empty>", len(self.tensors))
-
-
-class WatchKey(NamedTuple):
-    """A watched tensor: device, node, output slot and debug op."""
-
-    device: str
-    node: str
-    output_slot: int
-    debug_op: str
-
-    @property
-    def tensor_name(self) -> str:
-        return "%s:%d" % (self.node, self.output_slot)
-
-    @property
-    def watch_key(self) -> str:
-        """tfdbg's watch key string, ``node:slot:debug_op``."""
-        return "%s:%d:%s" % (self.node, self.output_slot, self.debug_op)
-
-
-class _Raw(NamedTuple):
-    """A tensor's stored form, before it is turned into a value."""
-
-    dtype: int
-    flags: int
-    shape: tuple
-    payload: Optional[bytes]        # None: no payload bytes
-    blob_hashes: tuple              # the record's attached blobs (variant elements)
 
 
 # --------------------------------------------------------------------------- records
@@ -243,31 +86,35 @@ class TensorRecord:
         Format flags (uninitialized / string / variant / resource).
     nbytes : int
         Payload bytes (0 for empty or uninitialized tensors).
+    tensor_id : int
+        The tensor's row in the reader's tensor index (package-internal:
+        what :mod:`tfdump_fast.conversion` and :mod:`tfdump_fast.dumpdir`
+        pass to the store layer).
     """
 
-    __slots__ = ("run", "index", "_g")
+    __slots__ = ("run", "index", "tensor_id")
 
     def __init__(self, run: "Run", index: int):
         self.run = run
         self.index = index
-        self._g = int(run._gidx[index])
+        self.tensor_id = int(run.tensor_ids[index])
 
     # columns are read on demand: a run of 100k tensors builds no per-field state
     @property
     def seq(self) -> int:
-        return int(self.run._reader._t["seq"][self._g])
+        return int(self.run._index.tensors["seq"][self.tensor_id])
 
     @property
     def wall_us(self) -> int:
-        return int(self.run._reader._t["wall_us"][self._g])
+        return int(self.run._index.tensors["wall_us"][self.tensor_id])
 
     @property
     def key(self) -> WatchKey:
-        return self.run._reader._keys[self.run._reader._key_of[self._g]]
+        return self.run._index.key(self.tensor_id)
 
     @property
     def dtype(self) -> int:
-        return int(self.run._reader._t["dtype"][self._g])
+        return int(self.run._index.tensors["dtype"][self.tensor_id])
 
     @property
     def dtype_name(self) -> str:
@@ -275,15 +122,15 @@ class TensorRecord:
 
     @property
     def flags(self) -> int:
-        return int(self.run._reader._t["flags"][self._g])
+        return int(self.run._index.tensors["flags"][self.tensor_id])
 
     @property
     def shape(self) -> tuple:
-        return self.run._reader._shape(self._g)
+        return self.run._index.shape(self.tensor_id)
 
     @property
     def nbytes(self) -> int:
-        return int(self.run._reader._t["payload_len"][self._g])
+        return int(self.run._index.tensors["payload_len"][self.tensor_id])
 
     # tfdbg-style conveniences
     @property
@@ -313,7 +160,7 @@ class TensorRecord:
     @property
     def value(self):
         """The tensor's value (see :meth:`Run.value`)."""
-        return self.run._reader._value(self._g)
+        return self.run._decoder.value(self.tensor_id)
 
     def get_tensor(self):
         """Same as :attr:`value` (tfdbg's ``DebugTensorDatum`` spelling)."""
@@ -354,15 +201,20 @@ class Run:
         ``expected_tensors`` minus the tensors the shards hold.
     dropped_tensors, dropped_bytes : int
         Tensors the writer dropped (backpressure, disk budget, errors).
+    tensor_ids : numpy array of int64
+        The run's tensors in execution order, as rows of the reader's tensor
+        index (package-internal).
     """
 
     def __init__(self, reader: "DumpReader", writer_index: int, run_id: int, gidx: np.ndarray,
                  begin: Optional[dict], end: Optional[dict], drops: List[dict]):
         self._reader = reader
-        self._gidx = gidx
+        self._index = reader.index
+        self._decoder = reader.decoder
+        self.tensor_ids = gidx
         self._records: Optional[List[TensorRecord]] = None
         self._by_key: Optional[Dict[int, np.ndarray]] = None
-        w = reader._writers[writer_index]
+        w = reader.index.writers[writer_index]
         self.writer_index = writer_index
         self.writer_id = w.writer_id
         self.run_id = run_id
@@ -408,7 +260,7 @@ class Run:
     # ---- listing
 
     def __len__(self) -> int:
-        return len(self._gidx)
+        return len(self.tensor_ids)
 
     def __repr__(self):
         return "<Run %s (writer w%016x run %d): %d tensors, %s>" % (
@@ -423,7 +275,7 @@ class Run:
     def records(self) -> List[TensorRecord]:
         """Every dumped tensor of the run, in execution order."""
         if self._records is None:
-            self._records = [TensorRecord(self, i) for i in range(len(self._gidx))]
+            self._records = [TensorRecord(self, i) for i in range(len(self.tensor_ids))]
         return self._records
 
     def __iter__(self):
@@ -435,9 +287,9 @@ class Run:
     @property
     def watch_keys(self) -> List[WatchKey]:
         """The run's watch keys in the order of their first execution."""
-        keys = self._reader._key_of[self._gidx]
+        keys = self._index.key_of[self.tensor_ids]
         _, first = np.unique(keys, return_index=True)
-        return [self._reader._keys[k] for k in keys[np.sort(first)]]
+        return [self._index.keys[k] for k in keys[np.sort(first)]]
 
     @property
     def devices(self) -> List[str]:
@@ -450,7 +302,7 @@ class Run:
     @property
     def wall_us(self) -> np.ndarray:
         """Arrival times of all tensors (µs since the epoch), execution order."""
-        return self._reader._t["wall_us"][self._gidx]
+        return self._index.tensors["wall_us"][self.tensor_ids]
 
     @property
     def t0(self) -> Optional[int]:
@@ -460,19 +312,20 @@ class Run:
     @property
     def payload_bytes(self) -> int:
         """Sum of the tensors' payload sizes (before dedup and compression)."""
-        return int(self._reader._t["payload_len"][self._gidx].sum())
+        return int(self._index.tensors["payload_len"][self.tensor_ids].sum())
 
     @property
     def graphs(self) -> List[bytes]:
         """Serialized partition ``GraphDef``s stored with the run."""
-        return [g for _, g in self._graph_items()]
+        return [g for _, g in self.graph_items()]
 
-    def _graph_items(self) -> List[Tuple[bytes, bytes]]:
-        """(stored hash, GraphDef bytes) of the run's partition graphs."""
+    def graph_items(self) -> List[Tuple[bytes, bytes]]:
+        """(stored hash, GraphDef bytes) of the run's partition graphs that
+        could be read."""
         out = []
         for h in self._graph_hashes:
             try:
-                out.append((h, bytes(self._reader._payload(self.writer_index, h))))
+                out.append((h, bytes(self._reader.payloads.payload(self.writer_index, h))))
             except TfdumpNotFoundError:
                 pass
         return out
@@ -481,7 +334,7 @@ class Run:
 
     def _key_rows(self) -> Dict[int, np.ndarray]:
         if self._by_key is None:
-            keys = self._reader._key_of[self._gidx]
+            keys = self._index.key_of[self.tensor_ids]
             order = np.argsort(keys, kind="stable")
             uniq, starts = np.unique(keys[order], return_index=True)
             bounds = list(starts[1:]) + [len(order)]
@@ -510,7 +363,7 @@ class Run:
         rows = []
         matched = []
         for kid, r in self._key_rows().items():
-            k = self._reader._keys[kid]
+            k = self._index.keys[kid]
             if k.node == node and (output_slot is None or k.output_slot == output_slot) and \
                     (debug_op is None or k.debug_op == debug_op) and (device is None or k.device == device):
                 rows.append(r)
@@ -533,7 +386,7 @@ class Run:
         """Values of all executions of a watch key (e.g. every while-loop
         iteration), in execution order. Arguments as for :meth:`select`."""
         recs = self.select(node, output_slot, debug_op, device)
-        return self._reader._values_of(np.asarray([r._g for r in recs], dtype=np.int64))
+        return self._decoder.values(np.asarray([r.tensor_id for r in recs], dtype=np.int64))
 
     def value(self, index: int):
         """Value of the tensor at ``index`` in execution order.
@@ -543,11 +396,11 @@ class Run:
         ``bytes``; resources, variants, uninitialized tensors and dtypes
         numpy lacks are :class:`InconvertibleTensor`.
         """
-        return self._reader._value(int(self._gidx[index]))
+        return self._decoder.value(int(self.tensor_ids[index]))
 
     def values(self) -> list:
         """Values of all tensors in execution order (each payload decoded once)."""
-        return self._reader._values_of(self._gidx)
+        return self._decoder.values(self.tensor_ids)
 
     def find(self, predicate: Optional[Callable] = None, *, first_n: int = 0,
              exclude: Union[None, str, Sequence[str]] = None, device: Optional[str] = None
@@ -577,21 +430,21 @@ class Run:
         if predicate is None:
             idx = rows if first_n <= 0 else rows[:first_n]
             return [self.records[i] for i in idx]
-        if _is_inf_nan_predicate(predicate):
-            return [self.records[i] for i in self._reader._find_inf_nan(self._gidx, rows, first_n)]
+        if is_inf_nan_predicate(predicate):
+            return [self.records[i] for i in find_inf_nan(self._index, self._reader.payloads, self.tensor_ids, rows, first_n)]
         out = []
         cache: dict = {}
         for i in rows.tolist():
             rec = self.records[i]
-            if predicate(rec, self._reader._value(rec._g, cache)):
+            if predicate(rec, self._decoder.value(rec.tensor_id, cache)):
                 out.append(rec)
                 if 0 < first_n <= len(out):
                     break
         return out
 
     def _filter_rows(self, exclude, device) -> np.ndarray:
-        keys_of_rows = self._reader._key_of[self._gidx]
-        mask = np.ones(len(self._gidx), dtype=bool)
+        keys_of_rows = self._index.key_of[self.tensor_ids]
+        mask = np.ones(len(self.tensor_ids), dtype=bool)
         if exclude:
             patterns = [exclude] if isinstance(exclude, str) else list(exclude)
             try:
@@ -599,11 +452,11 @@ class Run:
             except re.error as exc:
                 raise TfdumpUsageError("bad exclude pattern %r: %s" % (exc.pattern, exc)) from None
             bad = [kid for kid in np.unique(keys_of_rows).tolist()
-                   if any(r.match(self._reader._keys[kid].node) for r in regexes)]
+                   if any(r.match(self._index.keys[kid].node) for r in regexes)]
             if bad:
                 mask &= ~np.isin(keys_of_rows, bad)
         if device is not None:
-            good = [kid for kid in np.unique(keys_of_rows).tolist() if self._reader._keys[kid].device == device]
+            good = [kid for kid in np.unique(keys_of_rows).tolist() if self._index.keys[kid].device == device]
             mask &= np.isin(keys_of_rows, good)
         return np.flatnonzero(mask)
 
@@ -617,15 +470,14 @@ def has_inf_or_nan(record, value) -> bool:
     del record
     if isinstance(value, InconvertibleTensor) or not isinstance(value, np.ndarray):
         return False
-    if value.dtype.kind in "fc" or value.dtype.name in _FLOAT_NAMES:
+    if value.dtype.kind in "fc" or value.dtype.name in FLOAT_NAMES:
         return not bool(np.isfinite(value).all())
     return False
 
 
-_FLOAT_NAMES = frozenset(_NUMPY_DTYPES[dt].name for dt in _FLOATING)
-
-
-def _is_inf_nan_predicate(predicate) -> bool:
+def is_inf_nan_predicate(predicate) -> bool:
+    """True for :func:`has_inf_or_nan` and tfdbg's predicate of that name:
+    the predicates the vectorized search stands in for."""
     if predicate is has_inf_or_nan:
         return True
     # tfdbg's own predicate has the same meaning; recognise it without importing TF
@@ -655,42 +507,6 @@ def _as_repr(value):
     return value if isinstance(value, str) or value is None else repr(value)
 
 
-# --------------------------------------------------------------------------- shards
-
-class _Writer:
-    """What the reader knows of one writer (all shards with one writer id)."""
-
-    def __init__(self, writer_id: int):
-        self.writer_id = writer_id
-        self.name = "w%016x" % writer_id
-        self.shards: List[int] = []
-        self.events: List[dict] = []       # META events in file order
-        self.open: Optional[dict] = None   # writer_open event
-        self.close: Optional[dict] = None  # writer_close event
-        self.blob_frames: List[int] = []   # frames holding this writer's blobs
-        self.blob_index: Optional[dict] = None
-        self.blob_rows = None              # concatenated BLOB columns + frame index
-
-
-class _Frame:
-    __slots__ = ("shard", "offset", "kind", "codec", "level", "table_stored", "table_raw",
-                 "data_offset", "data_stored", "data_raw", "data_crc", "n_entries", "table",
-                 "data_checked")
-
-
-class _Shard:
-    def __init__(self, path, writer_id, index):
-        self.path = path
-        self.writer_id = writer_id
-        self.index = index          # shard index (0xFFFFFFFF: metadata)
-        self.header: Optional[dict] = None
-        self.size = 0
-        self.scanned = 0            # offset up to which frames were read
-        self.torn_bytes = 0
-        self.frames: List[int] = []
-        self.key_map: Dict[int, int] = {}   # shard-local key id -> global key index
-
-
 # --------------------------------------------------------------------------- reader
 
 class DumpReader:
@@ -718,6 +534,20 @@ class DumpReader:
     TfdumpCorruptionError
         A corrupt frame (``on_corruption="raise"``).
 
+    Attributes
+    ----------
+    problems : list of str
+        Corruption skipped while opening (``on_corruption="skip"``).
+    index : tfdump_fast.store.index.TensorIndex
+        Package-internal: the columnar index of every stored tensor (rows
+        are the ``tensor_id`` of records and the ``tensor_ids`` of runs).
+    blocks : tfdump_fast.store.blocks.BlockCache
+        Package-internal: the cache of decompressed data blocks.
+    payloads : tfdump_fast.store.blocks.PayloadReader
+        Package-internal: payloads by writer and hash.
+    decoder : tfdump_fast.store.decode.ValueDecoder
+        Package-internal: tensor values by ``tensor_id``.
+
     Notes
     -----
     A store whose writer is still running can be read; :meth:`refresh`
@@ -731,19 +561,18 @@ class DumpReader:
             raise TfdumpUsageError("on_corruption=%r must be 'raise' or 'skip'" % (on_corruption,))
         self.session_root = os.fspath(session_root)
         self.cache_bytes = int(cache_bytes)
-        self._on_corruption = on_corruption
         self._lock = threading.RLock()
-        self._cache: "collections.OrderedDict[int, bytes]" = collections.OrderedDict()
-        self._cache_size = 0
         self._closed = False
-        self._shards: List[_Shard] = []
+        self._shards: List[Shard] = []
         self._shard_by_path: Dict[str, int] = {}
-        self._frames: List[_Frame] = []
-        self._writers: List[_Writer] = []
-        self._writer_by_id: Dict[int, int] = {}
-        self._keys: List[WatchKey] = []
-        self._key_index: Dict[WatchKey, int] = {}
-        self.problems: List[str] = []
+        self._frames: List[Frame] = []
+        self._reporter = DamageReporter(self.session_root, on_corruption)
+        self._scanner = ShardScanner(self._reporter)
+        self.problems: List[str] = self._reporter.problems
+        self.index = TensorIndex(self._frames)
+        self.blocks = BlockCache(self._shards, self._frames, self.cache_bytes)
+        self.payloads = PayloadReader(self.index, self.blocks)
+        self.decoder = ValueDecoder(self.index, self.payloads)
         self._check_root()
         self.refresh()
 
@@ -758,17 +587,16 @@ class DumpReader:
                 raise TfdumpUsageError("%s is a shard file; pass the directory that holds it" % root)
             raise TfdumpFormatError("%s is not a directory, so not a tfdump-fast session root" % root)
 
-    def _list_shards(self) -> List[Tuple[str, int, int]]:
+    def _list_shards(self) -> List[Tuple[str, ShardName]]:
         try:
             names = os.listdir(self.session_root)
         except OSError as exc:
             raise TfdumpIOError(exc.errno, "cannot list %s: %s" % (self.session_root, exc.strerror)) from None
         out = []
         for name in sorted(names):
-            m = _SHARD_RE.match(name)
-            if m:
-                index = 0xFFFFFFFF if m.group(2) == "meta" else int(m.group(2))
-                out.append((os.path.join(self.session_root, name), int(m.group(1), 16), index))
+            shard = parse_shard_file_name(name)
+            if shard is not None:
+                out.append((os.path.join(self.session_root, name), shard))
         if not out and not self._shards:
             hint = ""
             if any(n.startswith("run_") for n in names) or any(n.startswith("_tfdbg_") for n in names):
@@ -786,261 +614,20 @@ class DumpReader:
         """
         self._check_open()
         with self._lock:
-            for path, writer_id, index in self._list_shards():
+            for path, name in self._list_shards():
                 if path not in self._shard_by_path:
                     self._shard_by_path[path] = len(self._shards)
-                    self._shards.append(_Shard(path, writer_id, index))
+                    self._shards.append(Shard(path, name.writer_id, name.index))
             for si, shard in enumerate(self._shards):
-                self._scan_shard(si, shard)
-            self._build_index()
+                self._scanner.scan(si, shard, self._frames)
+            self.index.rebuild(self._shards, self._reporter)
+            self._build_runs()
         return self
 
-    def _scan_shard(self, si: int, shard: _Shard) -> None:
-        try:
-            fd = os.open(shard.path, os.O_RDONLY)
-        except OSError as exc:
-            raise TfdumpIOError(exc.errno, "cannot open %s: %s" % (shard.path, exc.strerror)) from None
-        try:
-            size = os.fstat(fd).st_size
-            shard.size = size
-            if shard.header is None:
-                head = os.pread(fd, _native.FILE_HEADER_SIZE, 0)
-                if len(head) < _native.FILE_HEADER_SIZE:
-                    # a writer that died before its first write, or one starting right now
-                    shard.torn_bytes = len(head)
-                    return
-                try:
-                    shard.header = _native.parse_file_header(head)
-                except (TfdumpFormatError, TfdumpTruncatedError) as exc:
-                    if isinstance(exc, TfdumpCorruptionError):
-                        raise TfdumpCorruptionError("%s: %s" % (shard.path, exc)) from None
-                    raise TfdumpFormatError("%s: %s" % (shard.path, exc)) from None
-                if shard.header["writer_id"] != shard.writer_id:
-                    self._problem(TfdumpCorruptionError(
-                        "%s: header names writer w%016x, the file name another" %
-                        (shard.path, shard.header["writer_id"])))
-                shard.scanned = _native.FILE_HEADER_SIZE
-            pos = shard.scanned
-            shard.torn_bytes = 0
-            while pos < size:
-                frame, next_pos, problem = self._read_frame(fd, si, shard, pos, size)
-                if frame is None:
-                    if problem is None:          # torn tail: stop, the writer may add to it
-                        shard.torn_bytes = size - pos
-                        break
-                    self._problem(TfdumpCorruptionError("%s: %s" % (shard.path, problem)))
-                    if next_pos is None:         # no later frame found: nothing to salvage
-                        break
-                    pos = next_pos
-                    shard.scanned = pos
-                    continue
-                shard.frames.append(len(self._frames))
-                self._frames.append(frame)
-                pos = next_pos
-                shard.scanned = pos
-        finally:
-            os.close(fd)
-
-    def _read_frame(self, fd, si, shard, pos, size):
-        """Read the frame at ``pos``. Returns (frame, next_pos, problem):
-        a frame; or (None, None, None) for a torn tail; or (None, resync
-        position or None, message) for corruption."""
-        head = os.pread(fd, _HDR, pos)
-        if len(head) < _HDR:
-            return None, None, None
-        try:
-            h = _native.parse_frame_header(head)
-        except TfdumpCorruptionError:
-            nxt = self._resync(fd, pos + 1, size)
-            if nxt is None:
-                return None, None, None  # garbage at the very end: a torn tail
-            return None, nxt, "frame header at offset %d is corrupt (checksum mismatch)" % pos
-        end = pos + _HDR + h["table_stored_len"] + h["data_stored_len"]
-        if end > size:
-            return None, None, None
-        table = os.pread(fd, h["table_stored_len"], pos + _HDR)
-        problem = None
-        if _native.crc32c(table) != h["table_crc"]:
-            problem = "record table of the frame at offset %d is corrupt (checksum mismatch)" % pos
-        data_checked = False
-        if problem is None and end == size:
-            # The last frame of a file: a crash can leave it with the right
-            # length but unwritten contents, so check its data now.
-            data = os.pread(fd, h["data_stored_len"], pos + _HDR + h["table_stored_len"])
-            if _native.crc32c(data) != h["data_crc"]:
-                return None, None, None
-            data_checked = True
-        if problem is not None:
-            if end == size:
-                return None, None, None
-            return None, end, problem
-        try:
-            raw_table = self._decompress_table(table, h["codec"], h["table_raw_len"])
-            parsed = _native.parse_table(raw_table, h["n_entries"])
-        except TfdumpCorruptionError as exc:
-            return None, end, "frame at offset %d: %s" % (pos, exc)
-        f = _Frame()
-        f.shard = si
-        f.offset = pos
-        f.kind = h["kind"]
-        f.codec = h["codec"]
-        f.level = h["level"]
-        f.table_stored = h["table_stored_len"]
-        f.table_raw = h["table_raw_len"]
-        f.data_offset = pos + _HDR + h["table_stored_len"]
-        f.data_stored = h["data_stored_len"]
-        f.data_raw = h["data_raw_len"]
-        f.data_crc = h["data_crc"]
-        f.n_entries = h["n_entries"]
-        f.table = parsed
-        f.data_checked = data_checked
-        return f, end, None
-
-    def _decompress_table(self, stored, codec, raw_len):
-        """Decompress a record table into a scratch buffer reused across
-        frames (parse_table copies what it keeps; fresh multi-MB buffers cost
-        page faults)."""
-        if codec != _native.CODEC_ZSTD or raw_len == 0:
-            return _decompress(stored, codec, raw_len)
-        scratch = getattr(self, "_scratch", None)
-        if scratch is None or len(scratch) < raw_len:
-            scratch = self._scratch = bytearray(max(raw_len, 1 << 20))
-        view = memoryview(scratch)
-        try:
-            with zstandard.ZstdDecompressor().stream_reader(stored) as src:
-                n = 0
-                while n < raw_len:
-                    got = src.readinto(view[n:raw_len])
-                    if not got:
-                        break
-                    n += got
-                extra = src.read(1)
-        except zstandard.ZstdError as exc:
-            raise TfdumpCorruptionError("zstd block does not decompress: %s" % exc) from None
-        if n != raw_len or extra:
-            raise TfdumpCorruptionError("zstd block does not decompress to the %d bytes its header says"
-                                        % raw_len)
-        return view[:raw_len]
-
-    @staticmethod
-    def _resync(fd, pos, size) -> Optional[int]:
-        """Offset of the next valid frame header after ``pos``, or None."""
-        chunk = 1 << 20
-        while pos < size:
-            buf = os.pread(fd, chunk + _HDR, pos)
-            i = buf.find(_FRAME_MAGIC)
-            while i >= 0:
-                if i + _HDR <= len(buf):
-                    try:
-                        _native.parse_frame_header(buf[i:i + _HDR])
-                        return pos + i
-                    except TfdumpCorruptionError:
-                        pass
-                i = buf.find(_FRAME_MAGIC, i + 1)
-            pos += chunk
-        return None
-
-    def _problem(self, exc: Exception) -> None:
-        if self._on_corruption == "raise":
-            raise type(exc)(str(exc) + ". Run `tfdump-fast verify %s` for a full report, or open with "
-                            "on_corruption='skip' to read what is intact." % self.session_root)
-        self.problems.append(str(exc))
-
-    # ---- index
-
-    def _build_index(self) -> None:
-        """(Re)build the columnar tensor index and the runs from all frames."""
-        self._writers = []
-        self._writer_by_id = {}
-        for shard in self._shards:
-            if shard.header is None:
-                continue
-            wi = self._writer_by_id.get(shard.writer_id)
-            if wi is None:
-                wi = self._writer_by_id[shard.writer_id] = len(self._writers)
-                self._writers.append(_Writer(shard.writer_id))
-        for si, shard in enumerate(self._shards):
-            shard.key_map = {}
-            if shard.header is not None:
-                self._writers[self._writer_by_id[shard.writer_id]].shards.append(si)
-        tensors, key_of, writer_of, frame_of, dims = [], [], [], [], []
-        dims_base = 0
-        # Frames in the order they were found (each shard's in file order):
-        # tensors found by a refresh() are appended, so the indices -- and the
-        # Run / TensorRecord objects handed out before -- stay valid.
-        for fi, f in enumerate(self._frames):
-            shard = self._shards[f.shard]
-            wi = self._writer_by_id[shard.writer_id]
-            w = self._writers[wi]
-            t = f.table
-            for key_id, slot, device, node, op in t.key_defs:
-                shard.key_map[key_id] = self._intern_key(WatchKey(device, node, slot, op))
-            if len(t.blobs):
-                w.blob_frames.append(fi)
-            for js, attachments in t.metas:
-                try:
-                    ev = json.loads(js)
-                except ValueError:
-                    self._problem(TfdumpCorruptionError(
-                        "%s: a META event at offset %d is not JSON" % (shard.path, f.offset)))
-                    continue
-                w.events.append(ev)
-            n = len(t.tensors)
-            if not n:
-                continue
-            kid = t.tensors["key_id"]
-            try:
-                lut = self._lookup_table(shard.key_map, kid)
-            except KeyError as exc:
-                self._problem(TfdumpCorruptionError(
-                    "%s: frame at offset %d uses watch key id %s that the shard never defined"
-                    % (shard.path, f.offset, exc.args[0])))
-                continue
-            tcols = t.tensors.copy()
-            tcols["dims_offset"] += dims_base
-            tensors.append(tcols)
-            key_of.append(lut)
-            writer_of.append(np.full(n, wi, dtype=np.int32))
-            # blob refs stay in their frame's table (blobs_offset is frame-local):
-            # copying them (variants list every element) would dominate opening
-            frame_of.append(np.full(n, fi, dtype=np.int32))
-            dims.append(t.dims)
-            dims_base += len(t.dims)
-        if tensors:
-            self._t = np.concatenate(tensors)
-            self._key_of = np.concatenate(key_of).astype(np.int32, copy=False)
-            self._writer_of = np.concatenate(writer_of)
-            self._frame_of = np.concatenate(frame_of)
-            self._dims = np.concatenate(dims)
-        else:
-            self._t = np.zeros(0, dtype=_native.TENSOR_DTYPE)
-            self._key_of = np.zeros(0, np.int32)
-            self._writer_of = np.zeros(0, np.int32)
-            self._frame_of = np.zeros(0, np.int32)
-            self._dims = np.zeros(0, np.int64)
-        # hashes as exact 16-byte strings (numpy's S16 would drop trailing NULs),
-        # contiguous so that taking one is cheap
-        self._phash = np.ascontiguousarray(self._t["payload_hash"]).view("V16") if len(self._t) \
-            else np.zeros(0, "V16")
-        self._build_runs()
-
-    def _intern_key(self, key: WatchKey) -> int:
-        k = self._key_index.get(key)
-        if k is None:
-            k = self._key_index[key] = len(self._keys)
-            self._keys.append(key)
-        return k
-
-    @staticmethod
-    def _lookup_table(key_map: Dict[int, int], key_ids: np.ndarray) -> np.ndarray:
-        uniq, inv = np.unique(key_ids, return_inverse=True)
-        mapped = np.fromiter((key_map[int(k)] for k in uniq), dtype=np.int32, count=len(uniq))
-        return mapped[inv]
-
     def _build_runs(self) -> None:
-        t = self._t
-        order = np.lexsort((t["seq"], t["run_id"], self._writer_of))
-        w_sorted = self._writer_of[order]
+        t = self.index.tensors
+        order = np.lexsort((t["seq"], t["run_id"], self.index.writer_of))
+        w_sorted = self.index.writer_of[order]
         r_sorted = t["run_id"][order]
         if len(order):
             change = np.flatnonzero((np.diff(w_sorted) != 0) | (np.diff(r_sorted) != 0)) + 1
@@ -1050,7 +637,7 @@ class DumpReader:
         else:
             groups = {}
         begins, endings, drops = {}, {}, collections.defaultdict(list)
-        for wi, w in enumerate(self._writers):
+        for wi, w in enumerate(self.index.writers):
             for ev in w.events:
                 kind = ev.get("event")
                 rid = ev.get("run_id")
@@ -1075,7 +662,7 @@ class DumpReader:
 
         def sort_key(r):
             start = r.begin_us if r.begin_us is not None else (
-                int(t["wall_us"][r._gidx].min()) if len(r) else 0)
+                int(t["wall_us"][r.tensor_ids].min()) if len(r) else 0)
             return (start, r.writer_id, r.run_id)
 
         runs.sort(key=sort_key)
@@ -1149,14 +736,15 @@ class DumpReader:
     def torn_tails(self) -> Dict[str, int]:
         """Bytes ignored at the end of each shard whose last frame is
         incomplete (writer killed, or still writing it)."""
-        return {s.path: s.torn_bytes for s in self._shards if s.torn_bytes}
+        torn = ((s.path, self._reporter.torn_bytes(s.path)) for s in self._shards)
+        return {path: n for path, n in torn if n}
 
     @property
     def writers(self) -> List[dict]:
         """One dict per writer: ``writer_id``, ``name``, ``shards``, and its
         ``writer_open`` / ``writer_close`` events and other META events."""
         out = []
-        for w in self._writers:
+        for w in self.index.writers:
             out.append({
                 "writer_id": w.writer_id, "name": w.name,
                 "shards": [self._shards[s].path for s in w.shards],
@@ -1168,13 +756,12 @@ class DumpReader:
 
     def keys(self) -> List[WatchKey]:
         """Every watch key of the store (all runs, all writers)."""
-        return list(self._keys)
+        return list(self.index.keys)
 
     def close(self) -> None:
         """Drop cached data; the reader cannot be used afterwards."""
         with self._lock:
-            self._cache.clear()
-            self._cache_size = 0
+            self.blocks.clear()
             self._closed = True
 
     def __enter__(self) -> "DumpReader":
@@ -1184,7 +771,7 @@ class DumpReader:
         self.close()
 
     def __repr__(self):
-        return "<DumpReader %s: %d runs, %d writers>" % (self.session_root, len(self._runs), len(self._writers))
+        return "<DumpReader %s: %d runs, %d writers>" % (self.session_root, len(self._runs), len(self.index.writers))
 
     def _check_open(self):
         if self._closed:
@@ -1208,11 +795,12 @@ class DumpReader:
         out = {"files": sum(s.size for s in self._shards), "frames": len(self._frames),
                "data_stored": 0, "data_raw": 0, "table_stored": 0, "table_raw": 0,
                "meta_stored": 0, "meta_raw": 0,
-               "codecs": collections.Counter(), "torn_bytes": sum(s.torn_bytes for s in self._shards)}
+               "codecs": collections.Counter(),
+               "torn_bytes": sum(self._reporter.torn_bytes(s.path) for s in self._shards)}
         for f in self._frames:
             if f.kind == _native.FRAME_KIND_META:
-                out["meta_stored"] += _HDR + f.table_stored + f.data_stored
-                out["meta_raw"] += _HDR + f.table_raw + f.data_raw
+                out["meta_stored"] += _native.FRAME_HEADER_SIZE + f.table_stored + f.data_stored
+                out["meta_raw"] += _native.FRAME_HEADER_SIZE + f.table_raw + f.data_raw
                 continue
             out["data_stored"] += f.data_stored
             out["data_raw"] += f.data_raw
@@ -1237,510 +825,4 @@ class DumpReader:
             One line per problem (empty when the store is intact). Torn
             tails are not problems; see :attr:`torn_tails`.
         """
-        problems = list(self.problems)
-        total = sum(f.data_stored for f in self._frames) or 1
-        done = 0
-        for fi, f in enumerate(self._frames):
-            try:
-                self._frame_data(fi, use_cache=False)
-            except (TfdumpCorruptionError, TfdumpTruncatedError, TfdumpIOError) as exc:
-                problems.append(str(exc))
-            done += f.data_stored
-            if progress is not None:
-                progress(done, total)
-        for wi in range(len(self._writers)):
-            index = self._blob_index(wi)
-            mine = np.flatnonzero(self._writer_of == wi)
-            need = set(self._phash[mine][self._t["payload_len"][mine] > 0].tolist())
-            for fi in np.unique(self._frame_of[mine]).tolist():
-                refs = self._frames[fi].table.blob_refs
-                if len(refs):
-                    need.update(refs.view("V16").tolist())
-            # element tensors of variants; each TensorList list blob is parsed once
-            lists: set = set()
-
-            def note_list(h):
-                lists.add(h)
-                return b"\0\0\0\0"  # an empty list: its blob is checked below
-
-            variants = mine[(self._t["flags"][mine] & FLAG_VARIANT) != 0]
-            for g in variants.tolist():
-                try:
-                    raw = self._raw(int(g))
-                    elements = _parse_variant(raw.payload, raw.blob_hashes, note_list) if raw.payload else []
-                except (TfdumpNotFoundError, TfdumpCorruptionError) as exc:
-                    problems.append("writer %s: variant tensor %s: %s" % (
-                        self._writers[wi].name, self._keys[self._key_of[g]].watch_key, exc))
-                    continue
-                for _, _, tensors in elements:
-                    need.update(bytes(t.payload) for t in tensors if isinstance(t.payload, _BlobRef))
-            for h in lists:
-                try:
-                    tensors = _parse_list_blob(self._payload(wi, h))
-                except (TfdumpNotFoundError, TfdumpCorruptionError) as exc:
-                    problems.append("writer %s: TensorList list blob %s: %s" % (self._writers[wi].name, h.hex(), exc))
-                    continue
-                need.update(bytes(t.payload) for t in tensors if isinstance(t.payload, _BlobRef))
-            missing = [h for h in need if h not in index]
-            if missing:
-                problems.append("writer %s: %d tensor payload(s) are referred to but stored in no "
-                                "frame (e.g. %s)" % (self._writers[wi].name, len(missing), missing[0].hex()))
-        return problems
-
-    # ---- payload access
-
-    def _frame_data(self, fi: int, use_cache: bool = True) -> bytes:
-        with self._lock:
-            data = self._cache.get(fi) if use_cache else None
-            if data is not None:
-                self._cache.move_to_end(fi)
-                return data
-        f = self._frames[fi]
-        shard = self._shards[f.shard]
-        try:
-            with open(shard.path, "rb") as fh:
-                fh.seek(f.data_offset)
-                stored = fh.read(f.data_stored)
-        except OSError as exc:
-            raise TfdumpIOError(exc.errno, "cannot read %s: %s" % (shard.path, exc.strerror)) from None
-        if len(stored) != f.data_stored:
-            raise TfdumpTruncatedError("%s: the data block of the frame at offset %d is cut short "
-                                       "(the file shrank since it was opened)" % (shard.path, f.offset))
-        if not f.data_checked or not use_cache:
-            if _native.crc32c(stored) != f.data_crc:
-                raise TfdumpCorruptionError(
-                    "%s: the data block of the frame at offset %d is corrupt (checksum mismatch); "
-                    "the tensors stored in it cannot be read" % (shard.path, f.offset))
-            f.data_checked = True
-        try:
-            data = _decompress(stored, f.codec, f.data_raw)
-        except TfdumpCorruptionError as exc:
-            raise TfdumpCorruptionError("%s: frame at offset %d: %s" % (shard.path, f.offset, exc)) from None
-        if use_cache:
-            with self._lock:
-                self._cache[fi] = data
-                self._cache_size += len(data)
-                while self._cache_size > self.cache_bytes and len(self._cache) > 1:
-                    _, old = self._cache.popitem(last=False)
-                    self._cache_size -= len(old)
-        return data
-
-    def _prefetch(self, fids, frames: dict) -> None:
-        """Decompress the frames ``fids`` into ``frames`` (frame -> data),
-        several at a time: zstd releases the GIL, so bulk reads of large
-        tensors use every core."""
-        todo = [fi for fi in dict.fromkeys(fids) if fi not in frames]
-        if not todo:
-            return
-        big = sum(self._frames[fi].data_stored for fi in todo) >= (1 << 20)
-        if len(todo) < 2 or not big:
-            for fi in todo:
-                frames[fi] = memoryview(self._frame_data(fi))
-            return
-        for fi, data in zip(todo, _pool().map(self._frame_data, todo)):
-            frames[fi] = memoryview(data)
-
-    def _blob_index(self, wi: int) -> dict:
-        """hash -> (frame, offset, length, filter, elem_size) for one writer."""
-        w = self._writers[wi]
-        if w.blob_index is None:
-            index = {}
-            for fi in w.blob_frames:
-                b = self._frames[fi].table.blobs
-                hashes = b["hash"].view("V16").tolist()
-                for h, ln, off, flt, es in zip(hashes, b["raw_len"].tolist(), b["data_offset"].tolist(),
-                                               b["filter"].tolist(), b["elem_size"].tolist()):
-                    if h not in index:
-                        index[h] = (fi, off, ln, flt, es)
-            w.blob_index = index
-        return w.blob_index
-
-    def _payload(self, wi: int, h: bytes, frames: Optional[dict] = None):
-        """The unfiltered bytes of payload ``h`` of writer ``wi``.
-
-        ``frames`` (frame -> data) lets bulk operations skip the shared
-        cache's lock and bookkeeping for every payload.
-        """
-        loc = (self._writers[wi].blob_index or self._blob_index(wi)).get(h)
-        if loc is None:
-            raise TfdumpNotFoundError(
-                "payload %s of writer %s is stored in no frame that could be read (its frame was "
-                "lost to a crash or skipped as corrupt)" % (h.hex(), self._writers[wi].name))
-        fi, off, ln, flt, es = loc
-        if frames is None:
-            data = memoryview(self._frame_data(fi))
-        else:
-            data = frames.get(fi)
-            if data is None:
-                data = frames[fi] = memoryview(self._frame_data(fi))
-        if off + ln > len(data):
-            raise TfdumpCorruptionError("payload %s lies outside its frame's data block" % h.hex())
-        if flt == 1 and es > 1:
-            return _native.unshuffle(data[off:off + ln], es)
-        if flt not in (0, 1):
-            raise TfdumpCorruptionError("payload %s uses unknown filter %d" % (h.hex(), flt))
-        # a small payload is copied so that its value does not pin the whole block
-        return bytes(data[off:off + ln]) if ln < (1 << 20) or frames is None else data[off:off + ln]
-
-    def _shape(self, g: int) -> tuple:
-        nd = int(self._t["ndims"][g])
-        off = int(self._t["dims_offset"][g])
-        return tuple(self._dims[off:off + nd].tolist())
-
-    def _raw(self, g: int) -> _Raw:
-        """The stored form of global tensor ``g``."""
-        t = self._t[g]
-        plen = int(t["payload_len"])
-        wi = int(self._writer_of[g])
-        payload = self._payload(wi, self._phash[g].tobytes()) if plen else None
-        if payload is not None and len(payload) != plen:
-            raise TfdumpCorruptionError("a tensor's payload length disagrees with its blob")
-        n = int(t["n_blobs"])
-        off = int(t["blobs_offset"])
-        blobs = tuple(self._frames[int(self._frame_of[g])].table.blob_refs[off:off + n].view("V16").tolist()) \
-            if n else ()
-        return _Raw(int(t["dtype"]), int(t["flags"]), self._shape(g), payload, blobs)
-
-    def _value(self, g: int, cache: Optional[dict] = None):
-        """Value of global tensor ``g``; ``cache`` shares decoded payloads."""
-        t = self._t[g]
-        flags = int(t["flags"])
-        if flags & FLAG_VARIANT and not flags & FLAG_UNINITIALIZED:
-            # Decoded when looked at (a TensorList lists every element): bulk
-            # loads and searches only pay for the marker.
-            wi = int(self._writer_of[g])
-            return InconvertibleTensor("variant", int(t["dtype"]), self._shape(g),
-                                       thunk=lambda: self._decode(self._raw(g), wi).value)
-        if cache is not None and not flags & (FLAG_VARIANT | FLAG_UNINITIALIZED) and t["payload_len"]:
-            ck = (int(self._writer_of[g]), self._phash[g].tobytes(), int(t["dtype"]), flags, self._shape(g))
-            v = cache.get(ck)
-            if v is None:
-                v = cache[ck] = self._decode(self._raw(g), int(self._writer_of[g]))
-            return v
-        return self._decode(self._raw(g), int(self._writer_of[g]))
-
-    def _columns(self, gidx: np.ndarray) -> dict:
-        """Columns of the tensors ``gidx`` as Python lists, for loops that
-        touch every tensor (numpy scalar access costs microseconds each)."""
-        gidx = np.asarray(gidx, dtype=np.int64)
-        t = self._t[gidx]
-        cols = {name: t[name].tolist() for name in (
-            "flags", "dtype", "payload_len", "ndims", "dims_offset", "n_blobs", "blobs_offset", "wall_us")}
-        cols["hash"] = self._phash[gidx].tolist()
-        cols["writer"] = self._writer_of[gidx].tolist()
-        cols["frame"] = self._frame_of[gidx].tolist()
-        cols["key"] = self._key_of[gidx].tolist()
-        cols["g"] = gidx.tolist()
-        return cols
-
-    def _values_of(self, gidx: np.ndarray) -> list:
-        """Values of many tensors; each distinct payload is decoded once and
-        plain numeric tensors skip the general path."""
-        gidx = np.asarray(gidx, dtype=np.int64)
-        c = self._columns(gidx)
-        flags, dts, plens, nds, doffs = c["flags"], c["dtype"], c["payload_len"], c["ndims"], c["dims_offset"]
-        hashes, wis = c["hash"], c["writer"]
-        dims = self._dims_list()
-        cache: dict = {}
-        frames: dict = {}
-        out = []
-        index = [self._writers[w].blob_index or self._blob_index(w) for w in range(len(self._writers))]
-        chunk = 4096
-        for i, g in enumerate(gidx.tolist()):
-            if i % chunk == 0:  # decompress the next chunk's frames together
-                frames.clear()
-                fids = []
-                for j in range(i, min(i + chunk, len(hashes))):
-                    loc = index[wis[j]].get(hashes[j]) if plens[j] else None
-                    if loc is not None:
-                        fids.append(loc[0])
-                self._prefetch(fids, frames)
-            nd = nds[i]
-            shape = tuple(dims[doffs[i]:doffs[i] + nd]) if nd else ()
-            if flags[i] or not plens[i]:
-                out.append(self._value(g))
-                continue
-            key = (wis[i], hashes[i], dts[i], shape)
-            v = cache.get(key)
-            if v is None:
-                dt = dts[i]
-                npd = _NUMPY_DTYPES.get(dt - 100 if dt > 100 else dt)
-                if npd is None:
-                    v = self._value(g)
-                else:
-                    payload = self._payload(wis[i], hashes[i], frames)
-                    if len(payload) != plens[i] or len(payload) != _prod(shape) * npd.itemsize:
-                        v = self._value(g)  # raises the precise corruption error
-                    else:
-                        v = np.frombuffer(payload, dtype=npd).reshape(shape)
-                cache[key] = v
-            out.append(v)
-        return out
-
-    def _dims_list(self) -> list:
-        dl = getattr(self, "_dims_cache", None)
-        if dl is None or len(dl) != len(self._dims):
-            dl = self._dims_cache = self._dims.tolist()
-        return dl
-
-    def _decode(self, raw: _Raw, wi: int):
-        dtype, flags, shape, payload = raw.dtype, raw.flags, raw.shape, raw.payload
-        if isinstance(payload, _BlobRef):
-            payload = self._payload(wi, bytes(payload))
-        if flags & FLAG_UNINITIALIZED:
-            return InconvertibleTensor("uninitialized", dtype, shape)
-        n = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if flags & FLAG_RESOURCE:
-            handles = decode_strings(payload) if payload is not None else []
-            return InconvertibleTensor("resource", dtype, shape,
-                                       [decode_resource_handle(h) for h in handles], handles)
-        if flags & FLAG_STRING:
-            items = decode_strings(payload) if payload is not None else []
-            if len(items) != n:
-                raise TfdumpCorruptionError("string tensor of shape %s holds %d strings" % (shape, len(items)))
-            arr = np.empty(len(items), dtype=object)
-            arr[:] = items
-            return arr.reshape(shape)
-        if flags & FLAG_VARIANT:
-            def elements():
-                parsed = _parse_variant(payload, raw.blob_hashes,
-                                        lambda h: self._payload(wi, h)) if payload is not None else []
-                return [VariantElement(tn, md, [self._decode(r, wi) for r in tensors])
-                        for tn, md, tensors in parsed]
-            return InconvertibleTensor("variant", dtype, shape, thunk=elements)
-        npd = numpy_dtype(dtype)
-        if npd is None:
-            return InconvertibleTensor("unsupported_dtype", dtype, shape, None,
-                                       bytes(payload) if payload is not None else b"")
-        if payload is None:
-            if n:
-                raise TfdumpCorruptionError("tensor of shape %s has no payload and is not marked "
-                                            "uninitialized" % (shape,))
-            return np.zeros(shape, dtype=npd)
-        if len(payload) != n * npd.itemsize:
-            raise TfdumpCorruptionError("tensor of dtype %s and shape %s has %d payload bytes" % (
-                dtype_name(dtype), shape, len(payload)))
-        return np.frombuffer(payload, dtype=npd).reshape(shape)
-
-    # ---- inf / nan search
-
-    def _find_inf_nan(self, gidx: np.ndarray, rows: np.ndarray, first_n: int) -> List[int]:
-        """Rows (indices into ``gidx``) of tensors holding inf or nan."""
-        t = self._t
-        g = gidx[rows]
-        dt = t["dtype"][g]
-        dt = np.where(dt > 100, dt - 100, dt)
-        cand = np.isin(dt, list(_FLOATING)) & (t["flags"][g] == 0) & (t["payload_len"][g] > 0)
-        rows, g, dt = rows[cand], g[cand], dt[cand]
-        found: List[int] = []
-        verdict: Dict[tuple, bool] = {}
-        batch = 4096
-        for start in range(0, len(rows), batch):
-            bg = g[start:start + batch]
-            bdt = dt[start:start + batch]
-            keys = [(w, h, d) for w, h, d in zip(self._writer_of[bg].tolist(),
-                                                 self._phash[bg].tolist(), bdt.tolist())]
-            todo = {}
-            for k in keys:
-                if k not in verdict and k not in todo:
-                    todo[k] = None
-            if todo:
-                verdict.update(self._check_finite(list(todo)))
-            for r, k in zip(rows[start:start + batch].tolist(), keys):
-                if verdict[k]:
-                    found.append(r)
-                    if 0 < first_n <= len(found):
-                        return found
-        return found
-
-    def _check_finite(self, keys: List[tuple]) -> Dict[tuple, bool]:
-        """For (writer, hash, dtype) keys: does the payload hold inf or nan?
-        Payloads of one dtype are concatenated and checked in one pass."""
-        out = {}
-        by_dtype = collections.defaultdict(list)
-        for k in keys:
-            by_dtype[k[2]].append(k)
-        big = 256 << 10  # larger payloads are checked on their own (no copy)
-        for dt, ks in by_dtype.items():
-            npd = _NUMPY_DTYPES[dt]
-            parts, owners, sizes = [], [], []
-            pending = 0
-
-            def flush():
-                nonlocal parts, owners, sizes, pending
-                if not parts:
-                    return
-                arr = np.frombuffer(b"".join(parts), dtype=npd)
-                # positions of bad elements (usually none), then their payloads
-                bad = np.flatnonzero(~np.isfinite(arr))
-                hit = set()
-                if bad.size:
-                    starts = np.cumsum([0] + sizes[:-1])
-                    hit = set(np.unique(np.searchsorted(starts, bad, side="right") - 1).tolist())
-                for j, k in enumerate(owners):
-                    out[k] = j in hit
-                parts, owners, sizes, pending = [], [], [], 0
-
-            frames: dict = {}
-            for n, k in enumerate(ks):
-                if n % 1024 == 0:  # decompress the frames of the next keys together
-                    frames.clear()
-                    locs = [(self._writers[w].blob_index or self._blob_index(w)).get(h)
-                            for w, h, _ in ks[n:n + 1024]]
-                    self._prefetch([loc[0] for loc in locs if loc is not None], frames)
-                payload = self._payload(k[0], k[1], frames)
-                n = len(payload) // npd.itemsize
-                if n == 0:
-                    out[k] = False
-                    continue
-                if len(payload) >= big:
-                    out[k] = not bool(np.isfinite(np.frombuffer(payload, dtype=npd)).all())
-                    continue
-                parts.append(payload)
-                owners.append(k)
-                sizes.append(n)
-                pending += len(payload)
-                if pending >= big:
-                    flush()
-            flush()
-        return out
-
-
-_POOL = None
-
-
-def _pool():
-    """A small shared thread pool for decompressing frames in parallel."""
-    global _POOL
-    if _POOL is None:
-        import concurrent.futures
-
-        _POOL = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max(2, min(4, os.cpu_count() or 2)), thread_name_prefix="tfdump-read")
-    return _POOL
-
-
-def _prod(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def _decompress(stored, codec: int, raw_len: int) -> bytes:
-    if codec == _native.CODEC_RAW:
-        if len(stored) != raw_len:
-            raise TfdumpCorruptionError("raw block is %d bytes, its header says %d" % (len(stored), raw_len))
-        return bytes(stored)
-    if codec != _native.CODEC_ZSTD:
-        raise TfdumpFormatError("unknown codec %d (written by a newer tfdump-fast?)" % codec)
-    if raw_len == 0 and len(stored) == 0:
-        return b""
-    try:
-        out = zstandard.ZstdDecompressor().decompress(stored, max_output_size=raw_len)
-    except zstandard.ZstdError as exc:
-        raise TfdumpCorruptionError("zstd block does not decompress: %s" % exc) from None
-    if len(out) != raw_len:
-        raise TfdumpCorruptionError("zstd block decompressed to %d bytes, its header says %d" % (len(out), raw_len))
-    return out
-
-
-# --------------------------------------------------------------------------- variants
-
-TENSOR_LIST_MARKER = 0xFFFFFFFF
-
-
-class _Cursor:
-    """Bounds-checked reading of a binary structure."""
-
-    __slots__ = ("buf", "pos", "what")
-
-    def __init__(self, payload, what):
-        self.buf = memoryview(payload).cast("B")
-        self.pos = 0
-        self.what = what
-
-    def take(self, n):
-        if self.pos + n > len(self.buf):
-            raise TfdumpCorruptionError("%s ends early" % self.what)
-        out = self.buf[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def unpack(self, fmt):
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
-
-    def string(self):
-        return bytes(self.take(self.unpack("<I")[0]))
-
-    def end(self):
-        if self.pos != len(self.buf):
-            raise TfdumpCorruptionError("%s has %d trailing bytes" % (self.what, len(self.buf) - self.pos))
-
-
-def _parse_variant(payload, blob_hashes, fetch) -> list:
-    """Parse the variant structure of docs/FORMAT.md.
-
-    ``fetch(hash)`` returns a payload of the record's writer (for list
-    blobs). Returns ``[(type_name, metadata, [_Raw])]``; element tensors
-    stored as blobs carry their hash in ``payload`` as a ``_BlobRef``,
-    resolved when decoded.
-    """
-    cur = _Cursor(payload, "variant structure")
-    elements = []
-    for _ in range(cur.unpack("<Q")[0]):
-        type_name = cur.string().decode("utf-8", "replace")
-        metadata = cur.string()
-        (n_tensors,) = cur.unpack("<I")
-        if n_tensors == TENSOR_LIST_MARKER:
-            (index,) = cur.unpack("<I")
-            if index >= len(blob_hashes):
-                raise TfdumpCorruptionError("variant element refers to blob %d of %d" % (index, len(blob_hashes)))
-            tensors = _parse_list_blob(fetch(blob_hashes[index]))
-        else:
-            tensors = []
-            for _ in range(n_tensors):
-                dtype, flags, ndims = cur.unpack("<iHB")
-                shape = cur.unpack("<%dq" % ndims) if ndims else ()
-                (storage,) = cur.unpack("<B")
-                if storage == 0:
-                    (index,) = cur.unpack("<I")
-                    if index >= len(blob_hashes):
-                        raise TfdumpCorruptionError("variant element refers to blob %d of %d"
-                                                    % (index, len(blob_hashes)))
-                    data = _BlobRef(blob_hashes[index])
-                elif storage == 1:
-                    data = bytes(cur.take(cur.unpack("<Q")[0]))
-                elif storage == 2:
-                    data = None
-                else:
-                    raise TfdumpCorruptionError("unknown variant tensor storage %d" % storage)
-                tensors.append(_Raw(dtype, flags, tuple(shape), data, blob_hashes))
-        elements.append((type_name, metadata, tensors))
-    cur.end()
-    return elements
-
-
-def _parse_list_blob(payload) -> list:
-    """The element tensors of a TensorList list blob (docs/FORMAT.md)."""
-    cur = _Cursor(payload, "TensorList list blob")
-    tensors = []
-    for _ in range(cur.unpack("<I")[0]):
-        dtype, flags, ndims = cur.unpack("<iHB")
-        shape = cur.unpack("<%dq" % ndims) if ndims else ()
-        (storage,) = cur.unpack("<B")
-        if storage == 0:
-            h = bytes(cur.take(16))
-            cur.unpack("<Q")  # payload length: implied by the blob itself
-            data = _BlobRef(h)
-        elif storage == 2:
-            data = None
-        else:
-            raise TfdumpCorruptionError("unknown list blob tensor storage %d" % storage)
-        tensors.append(_Raw(dtype, flags, tuple(shape), data, ()))
-    cur.end()
-    return tensors
-
-
-class _BlobRef(bytes):
-    """A variant element tensor's payload that is a blob (by hash)."""
+        return verify_store(self.index, self.blocks, self.payloads, self.decoder, self.problems, progress)

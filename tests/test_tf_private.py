@@ -278,3 +278,37 @@ def test_tf_publishes_graphs_and_core_metadata_for_a_watch_of_no_node(tmp_path):
     assert first_core["output_names"] == ["c:0"] and first_core["input_names"] == ["a:0"]
     assert second_graphs == []  # graphs only when the executor is built
     assert [f for _, _, files in os.walk(publish_dir) for f in files] == []  # take() removed them
+
+
+# ---------------------------------------------------------------- StoreDumpDir's base classes
+
+
+def test_debug_dump_dir_privates_that_store_dump_dir_relies_on_exist():
+    """StoreDumpDir subclasses tfdbg's DebugDumpDir and DebugTensorDatum: it overrides their
+    private loading steps and fills their private state. A real DebugDumpDir of a real tfdbg
+    dump must still have every one of those names."""
+    import glob
+
+    from tensorflow.python.debug.lib import debug_data
+
+    from tfdump_fast import dumpdir
+
+    golden = os.path.join(os.path.dirname(__file__), "data", "golden_v1", "tfdbg")
+    run_dir = sorted(glob.glob(os.path.join(golden, "run_*")))[0]
+    real = debug_data.DebugDumpDir(run_dir)
+    assert real.dumped_tensor_data, f"{TF}: DebugDumpDir read no tensors from the golden tfdbg dump {run_dir}"
+    missing = [n for n in dumpdir.TFDBG_DUMP_DIR_PRIVATES if not hasattr(real, n)]
+    assert not missing, (
+        f"{TF}'s DebugDumpDir no longer has {missing}, which tfdump_fast.dumpdir.StoreDumpDir overrides or "
+        "fills: update StoreDumpDir to the new loading steps")
+    datum = real.dumped_tensor_data[0]
+    missing = [n for n in dumpdir.TFDBG_TENSOR_DATUM_PRIVATES if not hasattr(datum, n)]
+    assert not missing, (
+        f"{TF}'s DebugTensorDatum no longer has {missing}, which tfdump_fast.dumpdir.StoreTensorDatum "
+        "sets: update StoreTensorDatum")
+    # And the subclass built from our store answers like the base class on the same tensors.
+    store = dumpdir.StoreDumpDir(os.path.join(os.path.dirname(__file__), "data", "golden_v1", "hook"))
+    assert store.dumped_tensor_data and all(isinstance(d, debug_data.DebugTensorDatum)
+                                            for d in store.dumped_tensor_data)
+    for d in store.dumped_tensor_data[:20]:
+        assert d in store.watch_key_to_data(d.watch_key, device_name=d.device_name)

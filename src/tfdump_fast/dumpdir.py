@@ -19,7 +19,11 @@ store's vectorized search. File paths of the data are those :func:`convert`
 would write (under ``<session root>/<run name>``); they do not exist unless
 the run is converted. Dump sizes are the sizes those files would have.
 
-This module imports TensorFlow (the class it extends is TensorFlow's).
+This module imports TensorFlow (the class it extends is TensorFlow's). Being
+a subclass, it overrides the base class's private loading steps and fills its
+private state; the names it relies on are listed in
+:data:`TFDBG_DUMP_DIR_PRIVATES` and :data:`TFDBG_TENSOR_DATUM_PRIVATES`, and
+``tests/test_tf_private.py`` checks them against the installed TensorFlow.
 """
 
 from __future__ import annotations
@@ -35,9 +39,28 @@ from tensorflow.python.debug.lib import debug_data, debug_graphs
 
 from tfdump_fast import _tfproto as P
 from tfdump_fast.conversion import dump_file_names, run_dir_name, tensor_event, tensor_proto
-from tfdump_fast.reader import DumpReader, InconvertibleTensor, Run, has_inf_or_nan, is_inf_nan_predicate
+from tfdump_fast.reader import (
+    DumpReader, InconvertibleTensor, Run, WatchKey, has_inf_or_nan, is_inf_nan_predicate)
 
 __all__ = ["StoreDumpDir", "StoreTensorDatum"]
+
+# tfdbg's private members (TF 2.21) that StoreDumpDir overrides, calls or
+# fills: loading steps DebugDumpDir.__init__ would run, the state its public
+# methods read, and the helpers of the base class this subclass calls.
+TFDBG_DUMP_DIR_PRIVATES = (
+    "_load_core_metadata", "_load_all_device_dumps", "_load_partition_graphs", "_create_tensor_watch_maps",
+    "_infer_device_name", "_collect_node_devices", "_find_partition_graph", "_validate_dump_with_graphs",
+    "_calculate_t0", "_core_metadata", "_debug_graphs", "_debug_watches", "_device_names",
+    "_dump_graph_file_paths", "_dump_root", "_dump_tensor_data", "_node_devices", "_python_graph",
+    "_run_feed_keys_info", "_run_fetches_info", "_t0", "_t0s", "_watch_key_to_datum", "_watch_key_to_devices",
+    "_watch_key_to_dump_size_bytes", "_watch_key_to_rel_time",
+)
+# The state of a DebugTensorDatum that StoreTensorDatum sets instead of
+# parsing a dump file name.
+TFDBG_TENSOR_DATUM_PRIVATES = (
+    "_debug_op", "_device_name", "_dump_size_bytes", "_extended_timestamp", "_file_path", "_node_name",
+    "_output_slot", "_timestamp",
+)
 
 
 class StoreTensorDatum(debug_data.DebugTensorDatum):
@@ -237,7 +260,7 @@ class StoreDumpDir(debug_data.DebugDumpDir):
     def get_dump_sizes_bytes(self, node_name, output_slot, debug_op, device_name=None):
         """Sizes (bytes) of the dump files tfdbg would have written."""
         device_name = self._infer_device_name(device_name, node_name)
-        watch_key = debug_data._get_tensor_watch_key(node_name, output_slot, debug_op)
+        watch_key = WatchKey("", node_name, output_slot, debug_op).watch_key
         data = self._watch_key_to_datum[device_name].get(watch_key)
         if data is None:
             raise debug_data.WatchKeyDoesNotExistInDebugDumpDirError(
@@ -278,7 +301,7 @@ class StoreDumpDir(debug_data.DebugDumpDir):
 
     def get_tensors(self, node_name, output_slot, debug_op, device_name=None):
         """Values of all dumps of a watch key (each payload decoded once)."""
-        watch_key = debug_data._get_tensor_watch_key(node_name, output_slot, debug_op)
+        watch_key = WatchKey("", node_name, output_slot, debug_op).watch_key
         try:
             device_name = self._infer_device_name(device_name, node_name)
             data = self._watch_key_to_datum[device_name][watch_key]

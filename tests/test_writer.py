@@ -15,7 +15,7 @@ import pytest
 
 from conftest import scan_shard, scan_store
 from tfdump_fast import DumpWriter, _native, dtypes, errors
-from tfdump_fast.encoding import decode_strings
+from tfdump_fast.store.payloads import decode_strings
 from tfdump_fast.store.frames import write_all
 
 ml_dtypes = pytest.importorskip("ml_dtypes")

@@ -32,7 +32,7 @@ from typing import Callable, Dict, List, Sequence, Union
 import numpy as np
 
 from tfdump_fast import _tfproto as P
-from tfdump_fast.encoding import decode_strings
+from tfdump_fast.store.payloads import decode_strings
 from tfdump_fast.errors import (
     TfdumpIOError,
     TfdumpUsageError,

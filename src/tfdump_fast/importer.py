@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Sequence, Union
 import zstandard
 
 from tfdump_fast import _native, _tfproto as P, dtypes
-from tfdump_fast.encoding import encode_strings
+from tfdump_fast.store.payloads import encode_strings
 from tfdump_fast.errors import TfdumpFormatError, TfdumpIOError, TfdumpUsageError
 from tfdump_fast.progress import progress_reporter
 from tfdump_fast.store import frames

@@ -27,7 +27,7 @@ import numpy as np
 import zstandard
 
 from tfdump_fast import _native, dtypes, errors
-from tfdump_fast.encoding import encode_strings
+from tfdump_fast.store.payloads import encode_strings
 from tfdump_fast.store import frames
 from tfdump_fast.store.naming import writer_name
 

@@ -17,7 +17,7 @@ from tfdump_fast._native import (
     FLAG_RESOURCE, FLAG_STRING, FLAG_UNINITIALIZED, FLAG_VARIANT, STORAGE_BLOB, STORAGE_INLINE)
 from tfdump_fast._tfproto import decode_resource_handle
 from tfdump_fast.dtypes import dtype_name
-from tfdump_fast.encoding import decode_strings
+from tfdump_fast.store.payloads import decode_strings
 from tfdump_fast.errors import TfdumpCorruptionError
 from tfdump_fast.store.payloads import parse_list_blob, parse_variant_structure
 

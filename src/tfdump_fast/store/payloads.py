@@ -1,10 +1,17 @@
-"""Variant payloads (docs/FORMAT.md, "Variant structure"): the variant
-structure a VARIANT record stores as its payload, and the TensorList list
-blob it may point to.
+"""Payload encodings of docs/FORMAT.md that Python produces or reads.
 
-Parsed here once for Python: the reader turns what these functions return
-into values, the converter into tfdbg's ``VariantTensorDataProto``s. They
-check every length and index, so a damaged payload raises
+Numeric payloads are raw tensor bytes. Here, defined once for Python:
+
+* the string encoding (strings and serialized resource handles):
+  :func:`encode_strings` / :func:`decode_strings`;
+* the variant structure a VARIANT record stores as its payload, and the
+  TensorList list blob it may point to: parsed by
+  :func:`parse_variant_structure` / :func:`parse_list_blob` (the reader turns
+  what they return into values, the converter into tfdbg's
+  ``VariantTensorDataProto``s), built by the ``encode_*`` functions (the
+  importer; the capture bridge writes the same layout in C++).
+
+Parsers check every length and index, so a damaged payload raises
 :class:`~tfdump_fast.errors.TfdumpCorruptionError` instead of being read past
 its end.
 """
@@ -12,13 +19,15 @@ its end.
 from __future__ import annotations
 
 import struct
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, Iterable, List, NamedTuple, Optional
+
+import numpy as np
 
 from tfdump_fast import _native
 from tfdump_fast.errors import TfdumpCorruptionError
 
-__all__ = ["ElementTensor", "StoredVariantElement", "parse_variant_structure", "parse_list_blob",
-           "encode_element_count", "encode_element_head", "encode_descriptor", "encode_blob_storage",
+__all__ = ["encode_strings", "decode_strings", "ElementTensor", "StoredVariantElement", "parse_variant_structure",
+           "parse_list_blob", "encode_element_count", "encode_element_head", "encode_descriptor", "encode_blob_storage",
            "encode_inline_storage", "NO_STORAGE"]
 
 _U32 = struct.Struct("<I")
@@ -27,6 +36,39 @@ _DESC_HEAD = struct.Struct("<iHB")  # dtype, flags, ndims of a tensor descriptor
 _HASH_BYTES = 16
 _DIMS: Dict[int, struct.Struct] = {}
 
+
+# --------------------------------------------------------------------------- strings
+
+def encode_strings(values: Iterable[bytes]) -> bytes:
+    """``u64 n, u64 lengths[n], bytes concatenated``."""
+    items = [v if isinstance(v, bytes) else bytes(v) for v in values]
+    lengths = np.fromiter((len(v) for v in items), dtype="<u8", count=len(items))
+    return struct.pack("<Q", len(items)) + lengths.tobytes() + b"".join(items)
+
+
+def decode_strings(payload) -> List[bytes]:
+    """Inverse of :func:`encode_strings`."""
+    buf = memoryview(payload).cast("B")
+    if len(buf) < 8:
+        raise TfdumpCorruptionError("string payload shorter than its 8-byte count")
+    (n,) = struct.unpack_from("<Q", buf, 0)
+    if n > (len(buf) - 8) // 8:
+        raise TfdumpCorruptionError(f"string payload claims {n} elements but holds {len(buf)} bytes")
+    lengths = np.frombuffer(buf, dtype="<u8", count=n, offset=8)
+    start = 8 + 8 * n
+    ends = start + np.cumsum(lengths, dtype=np.uint64) if n else np.zeros(0, np.uint64)
+    if n and int(ends[-1]) != len(buf):
+        raise TfdumpCorruptionError("string payload lengths do not add up to its size")
+    out = []
+    pos = start
+    raw = bytes(buf)
+    for end in ends.tolist():
+        out.append(raw[pos:end])
+        pos = end
+    return out
+
+
+# --------------------------------------------------------------------------- variants
 
 class ElementTensor(NamedTuple):
     """One tensor descriptor of a variant structure or a list blob.

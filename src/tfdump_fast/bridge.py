@@ -1,6 +1,7 @@
 """Builds, caches and loads the TensorFlow capture bridge.
 
-The bridge (``csrc/tf_bridge.cc``) is C++ that uses TensorFlow's own C++ API
+The bridge (``csrc/bridge/``, its files listed in ``csrc/bridge/SOURCES``) is
+C++ that uses TensorFlow's own C++ API
 (``DebugCallbackRegistry``, ``tensorflow::Tensor``), whose ABI changes between
 TensorFlow releases. So it is not shipped prebuilt: it is compiled on first
 use against the TensorFlow that is imported, with the flags from
@@ -47,7 +48,9 @@ LIB_NAME = "libtfdump_tf_bridge.so"
 ENV_LIB = "TFDUMP_FAST_BRIDGE_LIB"
 ENV_CACHE = "TFDUMP_FAST_CACHE_DIR"
 REBUILD_HINT = "python -m tfdump_fast.bridge --rebuild"
-_SOURCES = ("tf_bridge.cc", "engine_api.h", "bridge_api.h")
+# The bridge's one source list (also read by setup.py), relative to the
+# source directory.
+_SOURCE_LIST = "bridge/SOURCES"
 _BASE_FLAGS = (
     "-std=c++17",
     "-O2",
@@ -67,16 +70,22 @@ _bridge = None
 def _source_dir() -> Path:
     """Where the bridge's C++ sources are: in the installed package, else the repo."""
     packaged = Path(__file__).resolve().parent / "_bridge_src"
-    if (packaged / "tf_bridge.cc").is_file():
+    if (packaged / _SOURCE_LIST).is_file():
         return packaged
     in_tree = Path(__file__).resolve().parents[2] / "csrc"
-    if (in_tree / "tf_bridge.cc").is_file():
+    if (in_tree / _SOURCE_LIST).is_file():
         return in_tree
     raise TfdumpBridgeError(
         "the TensorFlow bridge sources are missing: expected "
-        f"{packaged}/tf_bridge.cc (installed package) or {in_tree}/tf_bridge.cc "
+        f"{packaged}/{_SOURCE_LIST} (installed package) or {in_tree}/{_SOURCE_LIST} "
         "(source checkout); reinstall tfdump-fast"
     )
+
+
+def _source_files(src_dir: Path) -> list[str]:
+    """The bridge's files as ``bridge/SOURCES`` lists them, relative to ``src_dir``."""
+    lines = (src_dir / _SOURCE_LIST).read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
 def _tf():
@@ -144,7 +153,7 @@ def _compile_command(src_dir: Path, output: Path, extra_flags=(), compiler=None)
         f"-DTFDUMP_TF_GIT_VERSION={_c_string(str(getattr(tf.version, 'GIT_VERSION', '')))}",
         *extra_flags,
         f"-I{src_dir}",
-        str(src_dir / "tf_bridge.cc"),
+        *(str(src_dir / name) for name in _source_files(src_dir) if name.endswith(".cc")),
         "-o",
         str(output),
         *tf.sysconfig.get_link_flags(),
@@ -165,7 +174,7 @@ def bridge_cache_path() -> Path:
     tf = _tf()
     src_dir = _source_dir()
     h = hashlib.sha256()
-    for name in _SOURCES:
+    for name in (_SOURCE_LIST, *_source_files(src_dir)):
         h.update(name.encode() + b"\0" + (src_dir / name).read_bytes() + b"\0")
     # The command without the output path (derived from the hash) or the
     # compiler's location (a loaded cache must not need a compiler).

@@ -34,7 +34,6 @@ enum TensorFlag : uint16_t {
   kFlagResource = 8,       // payload is a string encoding of ResourceHandleProtos
 };
 
-
 struct Hash128 {
   uint64_t h1, h2;  // trivial type: it sits inside packed table structs
   bool operator==(const Hash128& o) const { return h1 == o.h1 && h2 == o.h2; }

@@ -139,7 +139,6 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   const tfdump_engine_api* api() const { return &api_; }
-  const EngineOptions& options() const { return options_; }
 
   uint32_t InternKey(const char* device, size_t device_len, const char* node, size_t node_len, int32_t slot,
                      const char* debug_op, size_t debug_op_len);

@@ -176,6 +176,8 @@ inline void AppendStringEncoding(Out* out, uint64_t n, SizeFn size_of, DataFn da
   }
   for (uint64_t i = 0; i < n; ++i) out->Append(data_of(i), size_of(i));
 }
+// Size of the string encoding of n elements of `bytes` bytes in all.
+inline uint64_t StringEncodingSize(uint64_t n, uint64_t bytes) { return 8 + 8 * n + bytes; }
 
 // Variant structure: u64 n_elements, then per element its head (str
 // type_name, str metadata, u32 n_tensors) and n_tensors tensor_descs.

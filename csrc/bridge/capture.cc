@@ -86,9 +86,9 @@ int SubmitTensor(const tfdump_engine_api* api, uint32_t run_id, uint32_t key_id,
       if (n <= kInlineStringMaxElems) {
         const tensorflow::tstring* v =
             static_cast<const tensorflow::tstring*>(t.data());
-        uint64_t total = 8 + 8 * static_cast<uint64_t>(n);
-        for (int64_t i = 0; i < n; ++i) total += v[i].size();
-        if (total < api->zero_copy_threshold) {
+        uint64_t bytes = 0;
+        for (int64_t i = 0; i < n; ++i) bytes += v[i].size();
+        if (StringEncodingSize(static_cast<uint64_t>(n), bytes) < api->zero_copy_threshold) {
           thread_local std::string buf;
           buf.clear();
           StringOut so{&buf};

@@ -3,9 +3,10 @@
 * ``tfdump_fast._native``: the TF-free engine and on-disk format (csrc/*.cc
   except the bridge) behind a Cython wrapper.
 * ``tfdump_fast._bridge``: a small Cython loader that dlopen()s the TF bridge
-  library. The bridge itself (csrc/tf_bridge.cc) is *not* compiled here: it
-  is compiled on first use against the TensorFlow that runs, so its sources
-  are shipped inside the package as ``tfdump_fast/_bridge_src``.
+  library. The bridge itself (csrc/bridge/) is *not* compiled here: it is
+  compiled on first use against the TensorFlow that runs, so its sources (the
+  files csrc/bridge/SOURCES lists, and that list) are shipped inside the
+  package as ``tfdump_fast/_bridge_src``.
 """
 
 import os
@@ -16,10 +17,17 @@ from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CSRC = os.path.join("csrc")
-ENGINE_SOURCES = ["csrc/format.cc", "csrc/engine.cc"]
-BRIDGE_SOURCES = ["tf_bridge.cc", "engine_api.h", "bridge_api.h"]
-CXXFLAGS = ["-std=c++17", "-O3", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
+CSRC = "csrc"
+ENGINE_SOURCES = ["csrc/format.cc", "csrc/engine.cc", "csrc/engine_frames.cc"]
+BRIDGE_SOURCE_LIST = "bridge/SOURCES"  # relative to csrc/, as the listed files are
+
+
+def bridge_sources():
+    """The bridge's source list, then every file it names (relative to csrc/)."""
+    with open(os.path.join(HERE, CSRC, BRIDGE_SOURCE_LIST)) as f:
+        names = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    return [BRIDGE_SOURCE_LIST] + names
+CXXFLAGS = ["-std=c++17", "-O3", "-fvisibility=hidden", "-Wall"]
 
 
 class build_py_with_bridge_sources(build_py):
@@ -28,9 +36,10 @@ class build_py_with_bridge_sources(build_py):
     def run(self):
         super().run()
         dest = os.path.join(self.build_lib, "tfdump_fast", "_bridge_src")
-        os.makedirs(dest, exist_ok=True)
-        for name in BRIDGE_SOURCES:
-            shutil.copy2(os.path.join(HERE, CSRC, name), os.path.join(dest, name))
+        for name in bridge_sources():
+            target = os.path.join(dest, name)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copy2(os.path.join(HERE, CSRC, name), target)
 
 
 extensions = [

@@ -1,7 +1,8 @@
 // The capture engine: accepts tensors from any thread (TF executor threads
 // through the bridge, or Python through tfdump_fast._native), holds them in a
-// bounded queue, and lays them out as frames for the writer workers.
-// No Python, no TensorFlow: see engine_api.h for the C ABI the bridge uses.
+// bounded queue (engine.cc), and lays them out as frames for the writer
+// workers (engine_frames.cc). No Python, no TensorFlow: see engine_api.h for
+// the C ABI the bridge uses.
 #ifndef TFDUMP_ENGINE_H_
 #define TFDUMP_ENGINE_H_
 
@@ -138,7 +139,6 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   const tfdump_engine_api* api() const { return &api_; }
-  const EngineOptions& options() const { return options_; }
 
   uint32_t InternKey(const char* device, size_t device_len, const char* node, size_t node_len, int32_t slot,
                      const char* debug_op, size_t debug_op_len);
@@ -197,8 +197,21 @@ class Engine {
   void ReleaseBudget(uint64_t charge);
   void CountDrop(RunState* run, uint64_t bytes);
   void ReleaseRecord(Record& r);
-  void LayOut(Frame* frame, Record& r, FlatSet<Hash128, Hash128Hasher>* frame_hashes,
-              std::vector<bool>* emitted);
+
+  // NextFrame's steps (engine_frames.cc), in order.
+  struct FrameScratch;
+  // Waits for work; false when there is none to take now (*finished: none
+  // will come).
+  bool WaitForWork(int timeout_ms, bool* finished);
+  // A pooled or new frame holding the next queued records, or nullptr.
+  std::unique_ptr<Frame> TakeRecords(int worker);
+  // Runs the deferred encoders and hashes every payload (no lock held).
+  void EncodeAndHash(Frame* frame, FrameScratch* scratch);
+  // Marks the payloads that earlier frames already hold (one lock).
+  void FindCommittedPayloads(const Frame* frame, FrameScratch* scratch);
+  // Lays out the record table and the data block.
+  void LayOutRecords(Frame* frame, FrameScratch* scratch);
+  void EmitKeyDef(Frame* frame, uint32_t key_id, std::vector<bool>* emitted);
   void StoreBlob(Frame* frame, const Hash128& h, const uint8_t* p, size_t n, uint32_t elem_size, bool numeric,
                  FlatSet<Hash128, Hash128Hasher>* frame_hashes);
 

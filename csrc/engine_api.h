@@ -18,12 +18,6 @@ extern "C" {
 
 #define TFDUMP_ENGINE_API_VERSION 1
 
-/* Record flags; the same bits as the TENSOR entry flags in docs/FORMAT.md. */
-#define TFDUMP_FLAG_UNINITIALIZED 1u
-#define TFDUMP_FLAG_STRING 2u
-#define TFDUMP_FLAG_VARIANT 4u
-#define TFDUMP_FLAG_RESOURCE 8u
-
 /* Submit return codes. */
 #define TFDUMP_SUBMIT_OK 0
 #define TFDUMP_SUBMIT_DROPPED 1      /* drop policy, disk budget, or closed */
@@ -63,7 +57,7 @@ typedef struct tfdump_tensor_in {
   uint32_t run_id;
   uint32_t key_id;
   int32_t dtype;       /* TF DataType enum */
-  uint32_t flags;      /* TFDUMP_FLAG_* */
+  uint32_t flags;      /* TENSOR entry flags: tfdump::kFlag* of format.h */
   int32_t ndims;
   const int64_t* dims;
   uint32_t elem_size;  /* bytes per element for the shuffle filter; 0 = none */

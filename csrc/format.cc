@@ -65,9 +65,9 @@ bool HaveSse42() {
 }
 #endif
 
-// ---- MurmurHash3 x64 128 -------------------------------------------------------
+// ---- Little-endian loads and stores, hash128's finalizer ---------------------
 
-inline uint64_t Rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+// MurmurHash3's fmix64: hash128 uses it to finish both halves.
 inline uint64_t Fmix(uint64_t k) {
   k ^= k >> 33;
   k *= 0xff51afd7ed558ccdull;

@@ -1,7 +1,8 @@
 // Native status codes. Native code never throws across a library boundary and
-// never touches Python: it records one of these codes plus a message, and
-// src/tfdump_fast/errors.py (the one place) maps it to an exception.
-// Keep the values in step with errors.py's STATUS_* constants.
+// never touches Python: it returns one of these codes (plus a message where
+// it has one), and tfdump_fast._native's check_status (the one place) turns
+// it into the exception errors.py maps it to. _native exports the codes as
+// STATUS_*; tests/test_status.py checks errors.py's copies against them.
 #ifndef TFDUMP_STATUS_H_
 #define TFDUMP_STATUS_H_
 

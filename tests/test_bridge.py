@@ -168,6 +168,23 @@ def test_unloadable_library_is_a_bridge_error_with_the_fix(tmp_path, bridge):
         load_bridge_library(not_a_lib)
 
 
+def test_the_bridge_source_list_names_every_file_the_bridge_needs():
+    # csrc/bridge/SOURCES is what setup.py ships and bridge.py compiles and
+    # hashes: a file missing from it breaks installed builds (or leaves stale
+    # caches), so every bridge file and every local header it includes is listed.
+    import re
+    from pathlib import Path
+
+    csrc = Path(__file__).resolve().parents[1] / "csrc"
+    lines = (csrc / "bridge" / "SOURCES").read_text().splitlines()
+    listed = {ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")}
+    assert all((csrc / name).is_file() for name in listed), listed
+    assert {f"bridge/{p.name}" for p in (csrc / "bridge").iterdir() if p.name != "SOURCES"} <= listed
+    for name in listed:
+        for inc in re.findall(r'^#include "([^"]+)"', (csrc / name).read_text(), re.M):
+            assert inc.startswith("tensorflow/") or inc in listed, (name, inc)
+
+
 def test_compile_errors_and_a_missing_compiler_are_reported(tmp_path, monkeypatch):
     with pytest.raises(errors.TfdumpBridgeError) as info:
         build_bridge(tmp_path / "x.so", extra_flags=["-include", "/nonexistent/tfdump_missing.h"], quiet=True)

@@ -18,14 +18,15 @@ from libcpp.vector cimport vector
 from tfdump_fast.engine cimport (
     Backpressure, Engine, EngineOptions, EngineStats, Frame, LateDrop, RunCounters)
 from tfdump_fast.engine_api cimport (
-    TFDUMP_FLAG_RESOURCE, TFDUMP_FLAG_STRING, TFDUMP_FLAG_UNINITIALIZED, TFDUMP_FLAG_VARIANT,
     TFDUMP_SUBMIT_BAD_RUN, TFDUMP_SUBMIT_DROPPED, TFDUMP_SUBMIT_OK, tfdump_tensor_in)
 from tfdump_fast.format cimport (
     BlobEntry, Codec, Crc32c, DecodeFileHeader, DecodeFrameHeader, EncodeFileHeader,
     EncodeFrameHeader, FileHeader, FrameHeader, FrameKind, Hash128, HashBytes, KeyDefEntry,
     ParseTable, ParsedTable, Shuffle, TableWriter, TensorEntry, Unshuffle, kFileHeaderSize,
-    TensorStorage, kFormatVersion, kFrameHeaderSize, kFrameMagic, kMetaShardIndex, kTensorListMarker)
-from tfdump_fast.status cimport kBadVersion, kCorrupt, kOk
+    TensorFlag, TensorStorage, kFormatVersion, kFrameHeaderSize, kFrameMagic, kMetaShardIndex, kTensorListMarker)
+from tfdump_fast.status cimport (
+    kBadArgument, kBadVersion, kClosed, kCorrupt, kDiskBudget, kInternal, kIO, kNoSpace, kOk, kPermission,
+    kTruncated)
 
 import numpy as np
 
@@ -44,13 +45,24 @@ FRAME_KIND_DATA = FrameKind.kFrameData
 FRAME_KIND_META = FrameKind.kFrameMeta
 CODEC_RAW = Codec.kCodecRaw
 CODEC_ZSTD = Codec.kCodecZstd
-FLAG_UNINITIALIZED = TFDUMP_FLAG_UNINITIALIZED
-FLAG_STRING = TFDUMP_FLAG_STRING
-FLAG_VARIANT = TFDUMP_FLAG_VARIANT
-FLAG_RESOURCE = TFDUMP_FLAG_RESOURCE
+FLAG_UNINITIALIZED = TensorFlag.kFlagUninitialized
+FLAG_STRING = TensorFlag.kFlagString
+FLAG_VARIANT = TensorFlag.kFlagVariant
+FLAG_RESOURCE = TensorFlag.kFlagResource
 SUBMIT_OK = TFDUMP_SUBMIT_OK
 SUBMIT_DROPPED = TFDUMP_SUBMIT_DROPPED
 SUBMIT_BAD_RUN = TFDUMP_SUBMIT_BAD_RUN
+STATUS_OK = kOk
+STATUS_IO = kIO
+STATUS_NO_SPACE = kNoSpace
+STATUS_PERMISSION = kPermission
+STATUS_CLOSED = kClosed
+STATUS_BAD_ARGUMENT = kBadArgument
+STATUS_DISK_BUDGET = kDiskBudget
+STATUS_CORRUPT = kCorrupt
+STATUS_TRUNCATED = kTruncated
+STATUS_BAD_VERSION = kBadVersion
+STATUS_INTERNAL = kInternal
 
 # Column layouts of the parsed record table; they mirror the packed
 # BlobEntry / TensorEntry structs of csrc/format.h (checked below).
@@ -64,6 +76,17 @@ assert BLOB_DTYPE.itemsize == sizeof(BlobEntry)
 assert TENSOR_DTYPE.itemsize == sizeof(TensorEntry)
 
 
+cdef int check_status(int code, str message) except -1:
+    """The one place where a native status code becomes a Python exception.
+
+    Every error this module raises comes through here, so each status maps to
+    the class errors.py assigns it (as pyarrow's ``check_status``).
+    """
+    if code != kOk:
+        _errors.raise_for_status(code, message)
+    return 0
+
+
 cdef inline bytes _hash_bytes(const Hash128& h):
     cdef char buf[16]
     memcpy(buf, &h.h1, 8)
@@ -74,7 +97,7 @@ cdef inline bytes _hash_bytes(const Hash128& h):
 cdef inline Hash128 _hash_from(bytes b) except *:
     cdef Hash128 h
     if len(b) != 16:
-        raise _errors.TfdumpUsageError("a payload hash is 16 bytes, got %d" % len(b))
+        check_status(kBadArgument, "a payload hash is 16 bytes, got %d" % len(b))
     memcpy(&h.h1, PyBytes_AS_STRING(b), 8)
     memcpy(&h.h2, PyBytes_AS_STRING(b) + 8, 8)
     return h
@@ -145,16 +168,16 @@ def parse_file_header(data):
     """Decode a shard file header; raises TfdumpFormatError / TfdumpCorruptionError."""
     cdef bytes b = bytes(data)
     cdef FileHeader h
-    if len(b) < kFileHeaderSize:
-        raise _errors.TfdumpTruncatedError(
-            "file is %d bytes long, shorter than a shard header (%d bytes)" % (len(b), kFileHeaderSize))
-    rc = DecodeFileHeader(<const uint8_t*>PyBytes_AS_STRING(b), &h)
-    if rc == kCorrupt:
-        raise _errors.TfdumpCorruptionError("not a tfdump-fast shard file (bad magic or header checksum)")
+    cdef Py_ssize_t size = len(b)
+    if size < <Py_ssize_t>kFileHeaderSize:
+        check_status(kTruncated, "file is %d bytes long, shorter than a shard header (%d bytes)"
+                     % (size, kFileHeaderSize))
+    cdef int rc = DecodeFileHeader(<const uint8_t*>PyBytes_AS_STRING(b), &h)
     if rc == kBadVersion:
-        raise _errors.TfdumpFormatError(
-            "shard written by format version %d, but this tfdump-fast reads up to version %d: "
-            "upgrade tfdump-fast to read it" % (h.format_version, kFormatVersion))
+        check_status(rc, "shard written by format version %d, but this tfdump-fast reads up to version %d: "
+                         "upgrade tfdump-fast to read it" % (h.format_version, kFormatVersion))
+    elif rc != kOk:
+        check_status(rc, "not a tfdump-fast shard file (bad magic or header checksum)")
     return {"format_version": h.format_version, "shard_index": h.shard_index,
             "writer_id": h.writer_id, "created_us": h.created_us, "pid": h.pid}
 
@@ -182,10 +205,12 @@ def parse_frame_header(data):
     """Decode a frame header; raises TfdumpCorruptionError on a bad magic or checksum."""
     cdef bytes b = bytes(data)
     cdef FrameHeader h
-    if len(b) < kFrameHeaderSize:
-        raise _errors.TfdumpTruncatedError("frame header cut short (%d of %d bytes)" % (len(b), kFrameHeaderSize))
-    if DecodeFrameHeader(<const uint8_t*>PyBytes_AS_STRING(b), &h) != kOk:
-        raise _errors.TfdumpCorruptionError("bad frame header (magic or checksum mismatch)")
+    cdef Py_ssize_t size = len(b)
+    if size < <Py_ssize_t>kFrameHeaderSize:
+        check_status(kTruncated, "frame header cut short (%d of %d bytes)" % (size, kFrameHeaderSize))
+    cdef int rc = DecodeFrameHeader(<const uint8_t*>PyBytes_AS_STRING(b), &h)
+    if rc != kOk:
+        check_status(rc, "bad frame header (magic or checksum mismatch)")
     return {"kind": h.kind, "codec": h.codec, "level": h.level,
             "table_stored_len": h.table_stored_len, "table_raw_len": h.table_raw_len,
             "data_stored_len": h.data_stored_len, "data_raw_len": h.data_raw_len,
@@ -215,7 +240,7 @@ def parse_table(data, uint32_t n_entries):
     with nogil:
         rc = ParseTable(p, n, n_entries, &parsed, &error)
     if rc != kOk:
-        raise _errors.TfdumpCorruptionError("corrupt record table: " + error.decode("utf-8", "replace"))
+        check_status(rc, "corrupt record table: " + error.decode("utf-8", "replace"))
     out = ParsedTableResult()
     out.key_defs = [(k.key_id, k.output_slot, k.device.decode("utf-8", "replace"),
                      k.node.decode("utf-8", "replace"), k.debug_op.decode("utf-8", "replace"))
@@ -276,7 +301,7 @@ cdef class TableBuilder:
         cdef vector[int64_t] cdims = [int(d) for d in dims]
         cdef vector[Hash128] refs
         if cdims.size() > 255:
-            raise _errors.TfdumpUsageError("a tensor has at most 255 dimensions, got %d" % cdims.size())
+            check_status(kBadArgument, "a tensor has at most 255 dimensions, got %d" % cdims.size())
         for hb in blob_hashes:
             refs.push_back(_hash_from(bytes(hb)))
         self.table.Tensor(run_id, seq, wall_us, key_id, dtype, flags, cdims.data(), <int>cdims.size(),

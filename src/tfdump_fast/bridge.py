@@ -1,6 +1,7 @@
 """Builds, caches and loads the TensorFlow capture bridge.
 
-The bridge (``csrc/tf_bridge.cc``) is C++ that uses TensorFlow's own C++ API
+The bridge (``csrc/bridge/``, its files listed in ``csrc/bridge/SOURCES``) is
+C++ that uses TensorFlow's own C++ API
 (``DebugCallbackRegistry``, ``tensorflow::Tensor``), whose ABI changes between
 TensorFlow releases. So it is not shipped prebuilt: it is compiled on first
 use against the TensorFlow that is imported, with the flags from
@@ -27,6 +28,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import fcntl
 import hashlib
@@ -47,12 +49,13 @@ LIB_NAME = "libtfdump_tf_bridge.so"
 ENV_LIB = "TFDUMP_FAST_BRIDGE_LIB"
 ENV_CACHE = "TFDUMP_FAST_CACHE_DIR"
 REBUILD_HINT = "python -m tfdump_fast.bridge --rebuild"
-_SOURCES = ("tf_bridge.cc", "engine_api.h", "bridge_api.h")
-_BASE_FLAGS = (
+# The bridge's one source list (also read by setup.py), relative to the
+# source directory.
+_SOURCE_LIST = "bridge/SOURCES"
+_COMPILE_FLAGS = (
     "-std=c++17",
     "-O2",
     "-fPIC",
-    "-shared",
     "-fvisibility=hidden",
     # TF's headers trip these; the bridge's own code is warning-clean.
     "-Wno-deprecated-declarations",
@@ -67,16 +70,22 @@ _bridge = None
 def _source_dir() -> Path:
     """Where the bridge's C++ sources are: in the installed package, else the repo."""
     packaged = Path(__file__).resolve().parent / "_bridge_src"
-    if (packaged / "tf_bridge.cc").is_file():
+    if (packaged / _SOURCE_LIST).is_file():
         return packaged
     in_tree = Path(__file__).resolve().parents[2] / "csrc"
-    if (in_tree / "tf_bridge.cc").is_file():
+    if (in_tree / _SOURCE_LIST).is_file():
         return in_tree
     raise TfdumpBridgeError(
         "the TensorFlow bridge sources are missing: expected "
-        f"{packaged}/tf_bridge.cc (installed package) or {in_tree}/tf_bridge.cc "
+        f"{packaged}/{_SOURCE_LIST} (installed package) or {in_tree}/{_SOURCE_LIST} "
         "(source checkout); reinstall tfdump-fast"
     )
+
+
+def _source_files(src_dir: Path) -> list[str]:
+    """The bridge's files as ``bridge/SOURCES`` lists them, relative to ``src_dir``."""
+    lines = (src_dir / _SOURCE_LIST).read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
 def _tf():
@@ -126,7 +135,15 @@ def _compiler() -> str:
     )
 
 
-def _compile_command(src_dir: Path, output: Path, extra_flags=(), compiler=None) -> list[str]:
+def _build_commands(src_dir: Path, output: Path, obj_dir: Path, extra_flags=(), compiler=None):
+    """The commands that build the bridge into ``output``.
+
+    Returns
+    -------
+    tuple of (list of list of str, list of str)
+        One compile per ``.cc`` file of the source list, writing objects to
+        ``obj_dir`` (independent: they run in parallel), then the link.
+    """
     tf = _tf()
     lib_dir = tf.sysconfig.get_lib()
     cc_lib = Path(lib_dir) / "libtensorflow_cc.so.2"
@@ -136,15 +153,22 @@ def _compile_command(src_dir: Path, output: Path, extra_flags=(), compiler=None)
             "which the bridge links against (it exports DebugCallbackRegistry); "
             "this TensorFlow build is not supported"
         )
-    return [
-        compiler or _compiler(),
-        *_BASE_FLAGS,
+    cxx = compiler or _compiler()
+    flags = [
+        *_COMPILE_FLAGS,
         *tf.sysconfig.get_compile_flags(),
         *_version_defines(tf.__version__),
         f"-DTFDUMP_TF_GIT_VERSION={_c_string(str(getattr(tf.version, 'GIT_VERSION', '')))}",
         *extra_flags,
         f"-I{src_dir}",
-        str(src_dir / "tf_bridge.cc"),
+    ]
+    sources = [name for name in _source_files(src_dir) if name.endswith(".cc")]
+    objects = [str(obj_dir / (name[: -len(".cc")].replace("/", "_") + ".o")) for name in sources]
+    compiles = [[cxx, *flags, "-c", str(src_dir / name), "-o", obj] for name, obj in zip(sources, objects)]
+    link = [
+        cxx,
+        "-shared",
+        *objects,
         "-o",
         str(output),
         *tf.sysconfig.get_link_flags(),
@@ -153,6 +177,7 @@ def _compile_command(src_dir: Path, output: Path, extra_flags=(), compiler=None)
         # Fail at build time, not at dlopen, if a symbol is missing.
         "-Wl,--no-undefined",
     ]
+    return compiles, link
 
 
 def bridge_cache_path() -> Path:
@@ -165,11 +190,13 @@ def bridge_cache_path() -> Path:
     tf = _tf()
     src_dir = _source_dir()
     h = hashlib.sha256()
-    for name in _SOURCES:
+    for name in (_SOURCE_LIST, *_source_files(src_dir)):
         h.update(name.encode() + b"\0" + (src_dir / name).read_bytes() + b"\0")
-    # The command without the output path (derived from the hash) or the
+    # The commands without the output paths (derived from the hash) or the
     # compiler's location (a loaded cache must not need a compiler).
-    h.update("\0".join(_compile_command(src_dir, Path("OUT"), compiler="CXX")).encode())
+    compiles, link = _build_commands(src_dir, Path("OUT"), Path("OBJ"), compiler="CXX")
+    for cmd in (*compiles, link):
+        h.update("\0".join(cmd).encode() + b"\0\0")
     root = Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "tfdump_fast")
     safe_version = re.sub(r"[^A-Za-z0-9._-]", "_", tf.__version__)
     return root / f"bridge-tf{safe_version}-{h.hexdigest()[:16]}" / LIB_NAME
@@ -208,7 +235,8 @@ def build_bridge(output, *, extra_flags=(), quiet=False) -> Path:
     output : str or os.PathLike
         Where the library goes (parent directories are created).
     extra_flags : sequence of str
-        Additional compiler flags (tests use ``-DTFDUMP_FAKE_TF_VERSION=...``).
+        Additional flags for each compile, not the link (tests use
+        ``-DTFDUMP_FAKE_TF_VERSION=...``).
     quiet : bool
         Do not print the one-line "compiling" notice to stderr.
 
@@ -230,14 +258,21 @@ def build_bridge(output, *, extra_flags=(), quiet=False) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=output.parent)
     os.close(fd)
     try:
-        cmd = _compile_command(src_dir, Path(tmp), extra_flags)
-        if not quiet:
-            print(
-                f"tfdump-fast: compiling the TensorFlow bridge for TF {tf.__version__} (once, ~15 s)...",
-                file=sys.stderr,
-                flush=True,
-            )
-        _run_compiler(cmd)
+        with tempfile.TemporaryDirectory(prefix=".tmp-", dir=output.parent) as obj_dir:
+            compiles, link = _build_commands(src_dir, Path(tmp), Path(obj_dir), extra_flags)
+            if not quiet:
+                print(
+                    f"tfdump-fast: compiling the TensorFlow bridge for TF {tf.__version__} (once, ~15 s)...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            # The translation units compile in parallel: each parses TF's
+            # headers, which takes most of the time.
+            workers = min(len(compiles), os.cpu_count() or 1)
+            with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+                for _ in pool.map(_run_compiler, compiles):
+                    pass
+            _run_compiler(link)
         os.chmod(tmp, 0o755)
         os.replace(tmp, output)
     finally:

@@ -3,10 +3,6 @@ from libc.stdint cimport uint32_t, int32_t, int64_t, uint64_t
 
 cdef extern from "engine_api.h":
     int TFDUMP_ENGINE_API_VERSION
-    unsigned TFDUMP_FLAG_UNINITIALIZED
-    unsigned TFDUMP_FLAG_STRING
-    unsigned TFDUMP_FLAG_VARIANT
-    unsigned TFDUMP_FLAG_RESOURCE
     int TFDUMP_SUBMIT_OK
     int TFDUMP_SUBMIT_DROPPED
     int TFDUMP_SUBMIT_BAD_RUN

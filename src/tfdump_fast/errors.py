@@ -5,9 +5,12 @@ subclass also inherits the built-in exception a caller would naturally catch
 (``ValueError`` for bad arguments, ``OSError`` for file-system trouble), so
 ``except ValueError`` keeps working for code written against tfdbg.
 
-Native code never raises: it records a status code (``TFDUMP_E_*`` in
-``csrc/status.h``) and :func:`raise_for_status` is the one place that turns
-such a code into an exception.
+Native code never raises: it returns a status code (``StatusCode`` in
+``csrc/status.h``, ``STATUS_*`` here). ``tfdump_fast._native.check_status``
+is the one place at the Cython boundary where such a code becomes an
+exception, through :func:`raise_for_status`; Python code that holds a code
+(the writer's workers, the engine's late drops) uses :func:`error_for_status`.
+:func:`status_for_oserror` is the one mapping of an ``OSError`` to a code.
 """
 
 from __future__ import annotations
@@ -58,7 +61,9 @@ class TfdumpBridgeError(TfdumpError, ImportError):
     """The TensorFlow capture bridge could not be built or loaded."""
 
 
-# Status codes shared with csrc/status.h. Keep the two in step.
+# The values of csrc/status.h's StatusCode (Python code that handles codes
+# must not need the compiled extension); tests/test_status.py checks each
+# against tfdump_fast._native.STATUS_*.
 STATUS_OK = 0
 STATUS_IO = 1
 STATUS_NO_SPACE = 2
@@ -91,7 +96,23 @@ _STATUS_ERRNO = {
 
 
 def error_for_status(code: int, message: str) -> TfdumpError | None:
-    """Return the exception for a native status code, or None for success."""
+    """Return the exception for a native status code, or None for success.
+
+    Parameters
+    ----------
+    code : int
+        A ``STATUS_*`` code.
+    message : str
+        The exception's message.
+
+    Returns
+    -------
+    TfdumpError or None
+        ``None`` for ``STATUS_OK``; ``STATUS_NO_SPACE`` and
+        ``STATUS_PERMISSION`` give a :class:`TfdumpIOError` carrying
+        ``ENOSPC`` / ``EACCES`` as its ``errno``; an unknown code a plain
+        :class:`TfdumpError`.
+    """
     if code == STATUS_OK:
         return None
     cls = _STATUS_CLASSES.get(code, TfdumpError)
@@ -101,7 +122,34 @@ def error_for_status(code: int, message: str) -> TfdumpError | None:
 
 
 def raise_for_status(code: int, message: str) -> None:
-    """Raise the exception for a native status code; do nothing on success."""
+    """Raise the exception for a native status code; do nothing on success.
+
+    Raises
+    ------
+    TfdumpError
+        The subclass :func:`error_for_status` gives for ``code``.
+    """
     exc = error_for_status(code, message)
     if exc is not None:
         raise exc
+
+
+def status_for_oserror(exc: OSError) -> int:
+    """The status code of a failed file-system call.
+
+    Parameters
+    ----------
+    exc : OSError
+
+    Returns
+    -------
+    int
+        ``STATUS_NO_SPACE`` for a full disk or quota (``ENOSPC``,
+        ``EDQUOT``), ``STATUS_PERMISSION`` for ``EACCES``, ``EPERM`` and
+        ``EROFS``, else ``STATUS_IO``.
+    """
+    if exc.errno in (_errno.ENOSPC, _errno.EDQUOT):
+        return STATUS_NO_SPACE
+    if exc.errno in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
+        return STATUS_PERMISSION
+    return STATUS_IO

@@ -25,6 +25,11 @@ cdef extern from "format.h" namespace "tfdump" nogil:
         kEntryBlob
         kEntryTensor
         kEntryMeta
+    cdef enum TensorFlag:
+        kFlagUninitialized
+        kFlagString
+        kFlagVariant
+        kFlagResource
     cdef enum TensorStorage:
         kStorageBlob
         kStorageInline

@@ -21,7 +21,7 @@ from tfdump_fast.engine_api cimport (
     TFDUMP_SUBMIT_BAD_RUN, TFDUMP_SUBMIT_DROPPED, TFDUMP_SUBMIT_OK, tfdump_tensor_in)
 from tfdump_fast.format cimport (
     BlobEntry, Codec, Crc32c, DecodeFileHeader, DecodeFrameHeader, EncodeFileHeader,
-    EncodeFrameHeader, FileHeader, FrameHeader, FrameKind, Hash128, HashBytes, KeyDefEntry,
+    EncodeFrameHeader, FileHeader, Filter, FrameHeader, FrameKind, Hash128, HashBytes, KeyDefEntry,
     ParseTable, ParsedTable, Shuffle, TableWriter, TensorEntry, Unshuffle, kFileHeaderSize,
     TensorFlag, TensorStorage, kFormatVersion, kFrameHeaderSize, kFrameMagic, kMetaShardIndex, kTensorListMarker)
 from tfdump_fast.status cimport (
@@ -41,6 +41,8 @@ TENSOR_LIST_MARKER = kTensorListMarker
 STORAGE_BLOB = TensorStorage.kStorageBlob
 STORAGE_INLINE = TensorStorage.kStorageInline
 STORAGE_NONE = TensorStorage.kStorageNone
+FILTER_NONE = Filter.kFilterNone
+FILTER_SHUFFLE = Filter.kFilterShuffle
 FRAME_KIND_DATA = FrameKind.kFrameData
 FRAME_KIND_META = FrameKind.kFrameMeta
 CODEC_RAW = Codec.kCodecRaw

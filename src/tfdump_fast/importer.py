@@ -33,10 +33,6 @@ from tfdump_fast.store.payloads import (
 
 __all__ = ["import_tfdbg", "build_variant_structure"]
 
-# csrc/format.h Filter::kFilterShuffle; _native does not export the Filter enum yet.
-_FILTER_SHUFFLE = 1
-_FILTER_NONE = 0
-
 
 def import_tfdbg(tfdbg_dir, session_root, *, progress: Union[bool, Callable[[int, int], None]] = False,
                  allow_existing: bool = False, level: int = 3) -> List[str]:
@@ -372,9 +368,9 @@ class _StoreWriter:
         h = _native.hash128(payload)
         if h not in self._stored:
             self._stored.add(h)
-            filt = _FILTER_SHUFFLE if elem_size > 1 else _FILTER_NONE
-            stored = _native.shuffle(payload, elem_size) if filt == _FILTER_SHUFFLE else payload
-            self._table.blob(h, len(payload), len(self._data), filt, elem_size if filt == _FILTER_SHUFFLE else 0)
+            filt = _native.FILTER_SHUFFLE if elem_size > 1 else _native.FILTER_NONE
+            stored = _native.shuffle(payload, elem_size) if filt == _native.FILTER_SHUFFLE else payload
+            self._table.blob(h, len(payload), len(self._data), filt, elem_size if filt == _native.FILTER_SHUFFLE else 0)
             self._data += stored
         return h
 

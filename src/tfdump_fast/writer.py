@@ -10,7 +10,6 @@ back-off, the disk budget, run bookkeeping and the metadata shard.
 from __future__ import annotations
 
 import atexit
-import errno
 import json
 import logging
 import os
@@ -86,14 +85,6 @@ def _close_all_at_exit() -> None:
 
 
 atexit.register(_close_all_at_exit)
-
-
-def _status_for_oserror(exc: OSError) -> int:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return errors.STATUS_NO_SPACE
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return errors.STATUS_PERMISSION
-    return errors.STATUS_IO
 
 
 class DumpWriter:
@@ -574,7 +565,7 @@ class DumpWriter:
                 frames.write_all(self._meta_fd, parts)
             except OSError as exc:
                 raise errors.error_for_status(
-                    _status_for_oserror(exc),
+                    errors.status_for_oserror(exc),
                     f"writing dump metadata to {self.session_root!r} failed: {exc.strerror}") from exc
             self._attachments_stored.update(_native.hash128(p) for p in new)
             self._add_written(sum(len(p) for p in parts))
@@ -674,7 +665,7 @@ class DumpWriter:
         try:
             self._frame_sink(fd, parts)
         except OSError as exc:
-            code = _status_for_oserror(exc)
+            code = errors.status_for_oserror(exc)
             self._set_error(code, f"writing to {self.session_root!r} failed: {exc.strerror} "
                                   f"({_REASONS.get(code, 'error')}); later tensors are dropped and counted")
             engine.commit_frame(frame, code)

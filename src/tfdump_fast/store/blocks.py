@@ -22,8 +22,6 @@ from tfdump_fast.errors import TfdumpCorruptionError, TfdumpFormatError, TfdumpI
 
 __all__ = ["BlockCache", "PayloadReader", "decompress"]
 
-_FILTER_NONE = 0
-_FILTER_SHUFFLE = 1
 _PARALLEL_BYTES = 1 << 20   # stored bytes from which blocks are decompressed in parallel
 _COPY_BELOW = 1 << 20       # payloads smaller than this are copied out of their block
 
@@ -208,9 +206,9 @@ class PayloadReader:
                 data = frames[fi] = memoryview(self.blocks.data(fi))
         if off + ln > len(data):
             raise TfdumpCorruptionError("payload %s lies outside its frame's data block" % h.hex())
-        if flt == _FILTER_SHUFFLE and es > 1:
+        if flt == _native.FILTER_SHUFFLE and es > 1:
             return _native.unshuffle(data[off:off + ln], es)
-        if flt not in (_FILTER_NONE, _FILTER_SHUFFLE):
+        if flt not in (_native.FILTER_NONE, _native.FILTER_SHUFFLE):
             raise TfdumpCorruptionError("payload %s uses unknown filter %d" % (h.hex(), flt))
         # a small payload is copied so that its value does not pin the whole block
         return bytes(data[off:off + ln]) if ln < _COPY_BELOW or frames is None else data[off:off + ln]

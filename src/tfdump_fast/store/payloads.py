@@ -43,7 +43,7 @@ def encode_strings(values: Iterable[bytes]) -> bytes:
     """``u64 n, u64 lengths[n], bytes concatenated``."""
     items = [v if isinstance(v, bytes) else bytes(v) for v in values]
     lengths = np.fromiter((len(v) for v in items), dtype="<u8", count=len(items))
-    return struct.pack("<Q", len(items)) + lengths.tobytes() + b"".join(items)
+    return _U64.pack(len(items)) + lengths.tobytes() + b"".join(items)
 
 
 def decode_strings(payload) -> List[bytes]:

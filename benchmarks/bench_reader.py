@@ -63,8 +63,7 @@ def dumps(tmp_path_factory):
 
     def step(hooks):
         with wl.graph.as_default():
-            if wl.graph.finalized:
-                wl.graph._unsafe_unfinalize()  # pylint: disable=protected-access
+            W.unfinalize(wl.graph)
             with tf.compat.v1.train.MonitoredSession(hooks=hooks) as sess:
                 sess.run(wl.train_op)  # warm up kernels outside the timed step
                 os.sync()  # both sides start writing with no dirty pages pending

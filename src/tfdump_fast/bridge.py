@@ -262,7 +262,7 @@ def build_bridge(output, *, extra_flags=(), quiet=False) -> Path:
             compiles, link = _build_commands(src_dir, Path(tmp), Path(obj_dir), extra_flags)
             if not quiet:
                 print(
-                    f"tfdump-fast: compiling the TensorFlow bridge for TF {tf.__version__} (once, ~15 s)...",
+                    f"tfdump-fast: compiling the TensorFlow bridge for TF {tf.__version__} (once, ~20 s)...",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -350,7 +350,7 @@ def get_bridge():
     """Return the bridge for the imported TensorFlow, building it on first use.
 
     Loads ``$TFDUMP_FAST_BRIDGE_LIB`` if set, else the cached build for this
-    TF version (compiling it once, ~15 s, under a file lock shared by
+    TF version (compiling it once, ~20 s, under a file lock shared by
     concurrent processes). The result is cached for the process;
     thread-safe.
 

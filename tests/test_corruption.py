@@ -28,6 +28,23 @@ def store(session_root):
     return session_root
 
 
+@pytest.fixture
+def killed_store(store):
+    """The same store as if its writer had been killed after writing every
+    frame: its metadata shard lacks the final writer_close event (and so
+    the trailer that makes later damage corruption)."""
+    meta = meta_shard(store)
+    offset, _ = frames(meta)[-1]
+    with open(meta, "r+b") as f:
+        f.truncate(offset)
+    return store
+
+
+def meta_shard(root):
+    (name,) = [n for n in os.listdir(root) if n.endswith("-meta.tfds")]
+    return os.path.join(root, name)
+
+
 def data_shard(root):
     (name,) = [n for n in os.listdir(root) if n.endswith("-0.tfds")]
     return os.path.join(root, name)
@@ -115,7 +132,8 @@ def test_corrupt_frame_header_skips_to_the_next_frame(store):
     assert "t0" in names and "t11" in names and len(names) < 12
 
 
-def test_truncated_file_is_a_torn_tail_not_an_error(store, capsys):
+def test_truncated_file_is_a_torn_tail_not_an_error(killed_store, capsys):
+    store = killed_store
     path = data_shard(store)
     offset, h = frames(path)[-1]
     size = offset + HDR + h["table_stored_len"] + h["data_stored_len"]
@@ -128,19 +146,25 @@ def test_truncated_file_is_a_torn_tail_not_an_error(store, capsys):
     assert [v[0] for v in run.values()] == list(range(len(run)))
     code, out, err = cli(capsys, "ls", store)
     assert code == 0 and "incomplete frame" in err and "complete (%d missing)" % (12 - len(run)) in out
+    # the torn tail is no error, but the tensors it held are accepted ones lost
     code, out, err = cli(capsys, "verify", store, "--no-progress")
-    assert code == 0 and "torn" in out
+    assert code == 1 and "torn" in out and "%d of its 12 tensor(s) are missing" % (12 - len(run)) in out
+    assert "was not closed" in out
 
 
-def test_garbage_appended_after_the_last_frame_is_a_torn_tail(store):
+def test_garbage_appended_after_the_last_frame_is_a_torn_tail(killed_store, capsys):
+    store = killed_store
     path = data_shard(store)
     with open(path, "ab") as f:
         f.write(b"\x00" * 100)
     reader = DumpReader(store)
     assert reader.torn_tails == {path: 100} and len(reader.runs[0]) == 12
+    code, out, err = cli(capsys, "verify", store, "--no-progress")
+    assert code == 0 and "torn" in out
 
 
-def test_last_frame_with_unwritten_data_is_torn(store):
+def test_last_frame_with_unwritten_data_is_torn(killed_store):
+    store = killed_store
     """A crash can leave the last frame at full length but zero-filled."""
     path = data_shard(store)
     offset, h = frames(path)[-1]
@@ -152,7 +176,8 @@ def test_last_frame_with_unwritten_data_is_torn(store):
     assert path in reader.torn_tails and len(reader.runs[0]) < 12
 
 
-def test_file_cut_inside_its_header(store):
+def test_file_cut_inside_its_header(killed_store):
+    store = killed_store
     path = data_shard(store)
     with open(path, "r+b") as f:
         f.truncate(20)
@@ -161,7 +186,8 @@ def test_file_cut_inside_its_header(store):
     assert reader.runs[0].missing_tensors == 12
 
 
-def test_lost_data_shard_reports_missing_tensors(store):
+def test_lost_data_shard_reports_missing_tensors(killed_store):
+    store = killed_store
     os.remove(data_shard(store))
     run = DumpReader(store).runs[0]
     assert run.status == "complete" and len(run) == 0 and run.missing_tensors == 12
@@ -258,3 +284,54 @@ def test_scanner_reports_corruption_and_torn_tails_as_two_kinds(store):
     assert len(found) == len(offsets) - 1
     assert len(reporter.problems) == 1 and "offset %d" % offsets[1][0] in reporter.problems[0]
     assert reporter.torn[-1] == 10 and reporter.torn_bytes(path) == 10
+
+
+def _cut_last_frame(path):
+    offset, h = frames(path)[-1]
+    with open(path, "r+b") as f:
+        f.truncate(offset + HDR + h["table_stored_len"] + h["data_stored_len"] - 7)
+
+
+def _append_garbage(path):
+    with open(path, "ab") as f:
+        f.write(b"\x00" * 100)
+
+
+def _zero_last_data_block(path):
+    offset, h = frames(path)[-1]
+    with open(path, "r+b") as f:
+        f.seek(offset + HDR + h["table_stored_len"])
+        f.write(b"\x00" * h["data_stored_len"])
+
+
+def _cut_inside_header(path):
+    with open(path, "r+b") as f:
+        f.truncate(20)
+
+
+@pytest.mark.parametrize("damage", [_cut_last_frame, _append_garbage, _zero_last_data_block,
+                                    _cut_inside_header, os.remove])
+def test_damage_after_a_clean_close_is_corruption_not_a_torn_tail(store, capsys, damage):
+    """The writer_close trailer says where each shard ends: what a killed
+    writer leaves as a torn tail is, after a clean close, corruption."""
+    path = data_shard(store)
+    damage(path)
+    with pytest.raises(errors.TfdumpCorruptionError, match="closed it cleanly"):
+        DumpReader(store)
+    reader = DumpReader(store, on_corruption="skip")
+    assert reader.torn_tails == {}
+    assert any("closed it cleanly" in p for p in reader.problems)
+    code, out, _ = cli(capsys, "verify", store, "--no-progress")
+    assert code == 1 and "CORRUPT" in out and "closed it cleanly" in out
+
+
+def test_clean_close_records_where_each_shard_ends(store):
+    reader = DumpReader(store)
+    (w,) = reader.writers
+    trailer = w["close"]["shards"]
+    assert sorted(trailer) == sorted(os.path.basename(p) for p in w["shards"])
+    path = data_shard(store)
+    entry = trailer[os.path.basename(path)]
+    assert entry["bytes"] == os.path.getsize(path) and entry["frames"] == len(frames(path))
+    meta = trailer[os.path.basename(meta_shard(store))]
+    assert frames(meta_shard(store))[-1][0] == meta["bytes"]   # the writer_close frame follows

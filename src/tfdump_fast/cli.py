@@ -366,13 +366,16 @@ def cmd_verify(args) -> int:
             bar.close()
     st = reader.storage()
     n_tensors = sum(len(r) for r in reader.runs)
+    torn = reader.torn_tails
     if problems:
         print("CORRUPT: %d problem(s) in %s:" % (len(problems), reader.session_root))
         for p in problems:
             print("  - " + p)
+        for path, nbytes in sorted(torn.items()):
+            print("  (%s ends with %d bytes of an incomplete frame: its writer was killed mid-frame)"
+                  % (path, nbytes))
         print("Intact frames are still readable: open with DumpReader(root, on_corruption='skip').")
         return EXIT_PROBLEM
-    torn = reader.torn_tails
     print("OK: %d shard file(s), %d frame(s), %d tensor(s) in %d run(s); every checksum matches%s" % (
         len([p for w in reader.writers for p in w["shards"]]), st["frames"], n_tensors, len(reader.runs),
         "; %d file(s) end in a torn frame (ignored)" % len(torn) if torn else ""))

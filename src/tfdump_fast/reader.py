@@ -50,7 +50,7 @@ from tfdump_fast.store.blocks import BlockCache, PayloadReader
 from tfdump_fast.store.decode import FLOAT_NAMES, InconvertibleTensor, ValueDecoder, VariantElement, numpy_dtype
 from tfdump_fast.store.index import TensorIndex, WatchKey
 from tfdump_fast.store.naming import ShardName, parse_shard_file_name
-from tfdump_fast.store.scan import DamageReporter, Frame, Shard, ShardScanner
+from tfdump_fast.store.scan import DamageReporter, Frame, Shard, ShardScanner, check_closed_shard
 from tfdump_fast.store.search import find_inf_nan
 from tfdump_fast.store.verify import verify_store
 
@@ -201,6 +201,9 @@ class Run:
         ``expected_tensors`` minus the tensors the shards hold.
     dropped_tensors, dropped_bytes : int
         Tensors the writer dropped (backpressure, disk budget, errors).
+    late_dropped_tensors : int
+        Of ``dropped_tensors``, those lost after the run's end was recorded
+        (their frame was not written: ``drops`` events).
     tensor_ids : numpy array of int64
         The run's tensors in execution order, as rows of the reader's tensor
         index (package-internal).
@@ -249,6 +252,7 @@ class Run:
         self.missing_tensors = max(0, int(self.expected_tensors) - late_drops - len(gidx)) \
             if self.expected_tensors is not None else 0
         self.dropped_tensors = int(end.get("dropped_tensors", 0) or 0) + late_drops
+        self.late_dropped_tensors = late_drops
         self.dropped_bytes = int(end.get("dropped_bytes", 0) or 0) + sum(
             int(d.get("dropped_bytes", 0) or 0) for d in drops)
         self._graph_hashes = [bytes.fromhex(h) for h in
@@ -622,11 +626,30 @@ class DumpReader:
                 self._scanner.scan(si, shard, self._frames)
             self.index.rebuild(self._shards, self._reporter)
             self._build_runs()
+            self._check_trailers()
         return self
+
+    def _check_trailers(self) -> None:
+        """Each shard of a cleanly closed writer must end where its
+        ``writer_close`` trailer says (docs/FORMAT.md): anything else is
+        damage after the close, reported as corruption."""
+        by_name = {os.path.basename(s.path): s for s in self._shards}
+        for w in self.index.writers:
+            trailer = (w.close or {}).get("shards")
+            if not isinstance(trailer, dict):
+                continue  # an older writer, an imported store, or a writer that could not close
+            for name, entry in sorted(trailer.items()):
+                parsed = parse_shard_file_name(name)
+                if parsed is None or parsed.writer_id != w.writer_id or not isinstance(entry, dict):
+                    self._reporter.corruption("writer %s: its writer_close trailer names %r" % (w.name, name))
+                    continue
+                check_closed_shard(by_name.get(name), name, entry, self._frames, self._reporter,
+                                   metadata=parsed.index == _native.META_SHARD_INDEX)
 
     def _build_runs(self) -> None:
         t = self.index.tensors
         order = np.lexsort((t["seq"], t["run_id"], self.index.writer_of))
+        order = self._drop_duplicates(order)
         w_sorted = self.index.writer_of[order]
         r_sorted = t["run_id"][order]
         if len(order):
@@ -668,6 +691,31 @@ class DumpReader:
         runs.sort(key=sort_key)
         self._runs = runs
         self._run_by_key = {r.key: r for r in runs}
+
+    def _drop_duplicates(self, order: np.ndarray) -> np.ndarray:
+        """``order`` (tensor ids sorted by writer, run, seq) without the
+        second and later records of one (writer, run, seq): a record is
+        stored once, so a repeat is a duplicated frame -- reported as
+        corruption, and returned once."""
+        if len(order) < 2:
+            return order
+        t = self.index.tensors
+        w, r, q = self.index.writer_of[order], t["run_id"][order], t["seq"][order]
+        again = np.flatnonzero((w[1:] == w[:-1]) & (r[1:] == r[:-1]) & (q[1:] == q[:-1])) + 1
+        if not len(again):
+            return order
+        first, dup = int(order[again[0] - 1]), int(order[again[0]])
+        frames = self._frames
+        where = lambda g: "%s at offset %d" % (  # noqa: E731
+            self._shards[frames[int(self.index.frame_of[g])].shard].path, frames[int(self.index.frame_of[g])].offset)
+        self._reporter.corruption(
+            "writer %s: %d tensor record(s) are stored twice (e.g. run %d seq %d, in the frame of %s and "
+            "again in the frame of %s); each is read once" % (
+                self.index.writers[int(w[again[0]])].name, len(again), int(r[again[0]]), int(q[again[0]]),
+                where(first), where(dup)))
+        keep = np.ones(len(order), dtype=bool)
+        keep[again] = False
+        return order[keep]
 
     # ---- public API
 
@@ -822,7 +870,11 @@ class DumpReader:
         Returns
         -------
         list of str
-            One line per problem (empty when the store is intact). Torn
-            tails are not problems; see :attr:`torn_tails`.
+            One line per problem (empty when the store is intact): corrupt
+            or duplicated frames, shards of a cleanly closed writer that
+            changed since, runs missing tensors their writer accepted,
+            tensors a writer lost to an error. A torn tail alone (a writer
+            killed mid-frame) is not a problem; see :attr:`torn_tails`.
         """
-        return verify_store(self.index, self.blocks, self.payloads, self.decoder, self.problems, progress)
+        return verify_store(self.index, self.blocks, self.payloads, self.decoder, self.problems, progress,
+                            runs=self._runs)

@@ -10,6 +10,7 @@ back-off, the disk budget, run bookkeeping and the metadata shard.
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ import zstandard
 from tfdump_fast import _native, dtypes, errors
 from tfdump_fast.store.payloads import encode_strings
 from tfdump_fast.store import frames
-from tfdump_fast.store.naming import writer_name
+from tfdump_fast.store.naming import shard_file_name, writer_name
 
 __all__ = ["DumpWriter", "Run", "DEFAULT_DEVICE"]
 
@@ -214,6 +215,8 @@ class DumpWriter:
             int(zero_copy_threshold), sink == "null", int(dedup_max_entries), bool(defer_during_runs))
         self._meta_compressor = zstandard.ZstdCompressor(level=_META_LEVEL)
         self._fds: List[int] = []
+        self._shard_files: Dict[int, frames.ShardFile] = {}   # by fd
+        self._root_gone = False
         created_us = time.time_ns() // 1000
         try:
             for k in range(workers):
@@ -273,6 +276,7 @@ class DumpWriter:
 
     def _open_shard(self, shard_index: int, created_us: int) -> int:
         fd = frames.create_shard(self.session_root, self.writer_id, shard_index, created_us)
+        self._shard_files[fd] = frames.ShardFile(fd, shard_file_name(self.writer_id, shard_index))
         self._add_written(_native.FILE_HEADER_SIZE)
         return fd
 
@@ -371,6 +375,7 @@ class DumpWriter:
         if hashes:
             event["attachment_hashes"] = [h.hex() for h in hashes]
         self._write_meta(event, attachments or (), hashes)
+        self._detect_root_gone()
         self._raise_pending_error()
         return counters
 
@@ -434,6 +439,7 @@ class DumpWriter:
             self.end_run(implicit)
         self._drain(timeout)
         self._record_late_drops()
+        self._detect_root_gone()
         self._raise_pending_error()
 
     def close(self) -> None:
@@ -441,6 +447,7 @@ class DumpWriter:
         if self._closed:
             return
         first_error = None
+        self._detect_root_gone()
         try:
             with self._lock:
                 implicit, self._implicit_run = self._implicit_run, None
@@ -459,8 +466,8 @@ class DumpWriter:
                 t.join(timeout=60)
             self._record_late_drops()
             try:
-                self._write_meta({"event": "writer_close", "wall_us": time.time_ns() // 1000,
-                                  "stats": self.stats()})
+                if not self._detect_root_gone():
+                    self._write_meta(self._close_event())
             except errors.TfdumpError as exc:
                 first_error = first_error or exc
             for fd in self._fds + [self._meta_fd]:
@@ -474,6 +481,14 @@ class DumpWriter:
             raise first_error
         self._raise_pending_error()
 
+    def _close_event(self) -> Dict[str, Any]:
+        """The ``writer_close`` event; with the trailer (``shards``: where each
+        shard file ends) when no worker can still append to its shard."""
+        event = {"event": "writer_close", "wall_us": time.time_ns() // 1000, "stats": self.stats()}
+        if not any(t.is_alive() for t in self._threads):
+            event["shards"] = {sf.name: sf.trailer() for sf in self._shard_files.values()}
+        return event
+
     def stats(self) -> Dict[str, Any]:
         """Counters of the engine and the writers.
 
@@ -484,7 +499,9 @@ class DumpWriter:
             ``tensors_dropped``, ``bytes_dropped``, ``bytes_written`` (on disk),
             ``payload_bytes_stored`` / ``payload_bytes_deduped``,
             ``queue_high_water``, ``queued_bytes``, ``frames_by_codec``,
-            ``codec_state``, ``codec_changes``, ``disk_budget_exceeded``, ``error``.
+            ``codec_state``, ``codec_changes``, ``disk_budget_exceeded``, ``error``;
+            after the session root was deleted, ``tensors_written`` is 0 and
+            ``tensors_lost`` counts what was written there.
         """
         s = self._engine.stats()
         s.update({
@@ -495,6 +512,10 @@ class DumpWriter:
             "disk_budget_exceeded": self._disk_budget_hit,
             "error": str(self._error) if self._error else None,
         })
+        if self._root_gone:  # deleted with the session root: nothing is written any more
+            s["tensors_lost"] = s["tensors_written"]
+            s["tensors_written"] = 0
+            s["bytes_written"] = 0
         return s
 
     @property
@@ -515,7 +536,34 @@ class DumpWriter:
 
     def _check_usable(self) -> None:
         self._check_open()
+        self._detect_root_gone(all_shards=False)
         self._raise_pending_error()
+
+    def _detect_root_gone(self, all_shards: bool = True) -> bool:
+        """True (and the writer's error set, logged once) when the shard files
+        were deleted under the writer -- the session root ``rm -rf``'d: what
+        was written there is gone, and what follows would be written to
+        unlinked files. One ``fstat`` per shard (the metadata shard alone
+        when ``all_shards`` is false: deleting the root removes it too)."""
+        if self._root_gone:
+            return True
+        fds = list(self._shard_files) if all_shards else [self._meta_fd]
+        try:
+            gone = any(os.fstat(fd).st_nlink == 0 for fd in fds)
+        except OSError:
+            gone = True
+        if not gone:
+            return False
+        message = (f"the dump files in {self.session_root!r} were deleted while the writer was running "
+                   "(was the session root removed?): the tensors written there are lost and later ones "
+                   "are dropped. Keep the session root until close(); close this writer and open a new one "
+                   "to dump again")
+        with self._lock:
+            self._root_gone = True
+            self._error = errors.TfdumpIOError(errno.ENOENT, message)
+        log.error("tfdump-fast: %s", message)
+        self._engine.set_error(errors.STATUS_IO)
+        return True
 
     def _raise_pending_error(self) -> None:
         if self._error is not None:
@@ -562,7 +610,9 @@ class DumpWriter:
             parts = frames.encode_frame(_native.FRAME_KIND_META, raw_table, raw_data, n,
                                         self._meta_compressor, _META_LEVEL)
             try:
-                frames.write_all(self._meta_fd, parts)
+                # cut back to the last good frame on failure: a later event
+                # must not follow half a frame
+                self._shard_files[self._meta_fd].append(parts)
             except OSError as exc:
                 raise errors.error_for_status(
                     errors.status_for_oserror(exc),
@@ -663,7 +713,8 @@ class DumpWriter:
                 engine.commit_frame(frame, errors.STATUS_DISK_BUDGET)
                 return
         try:
-            self._frame_sink(fd, parts)
+            # cut back to the last good frame on failure (see ShardFile)
+            self._shard_files[fd].append(parts, self._frame_sink)
         except OSError as exc:
             code = errors.status_for_oserror(exc)
             self._set_error(code, f"writing to {self.session_root!r} failed: {exc.strerror} "

@@ -11,15 +11,18 @@ itself -- which codec and level, whether the frame fits a disk budget, how an
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Sequence
+import struct
+from typing import Callable, List, Optional, Sequence
 
 import zstandard
 
 from tfdump_fast import _native
 from tfdump_fast.store.naming import shard_file_name
 
-__all__ = ["create_shard", "encode_frame", "write_all"]
+__all__ = ["ShardFile", "chain_frame_crc", "create_shard", "encode_frame", "write_all"]
 
+# the frame header's own checksum is its last field
+_HEADER_CRC_AT = _native.FRAME_HEADER_SIZE - 4
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -91,3 +94,64 @@ def encode_frame(kind: int, raw_table: bytes, raw_data: bytes, n_entries: int,
         kind, codec, level, len(table), len(raw_table), len(data), len(raw_data), n_entries,
         _native.crc32c(table), _native.crc32c(data))
     return [header, table, data]
+
+
+def chain_frame_crc(chain: int, header_crc: int) -> int:
+    """The shard trailer's ``frame_crc`` after one more frame (docs/FORMAT.md,
+    ``writer_close``): crc32c of the frames' header checksums, in file order."""
+    return _native.crc32c(struct.pack("<I", header_crc), chain)
+
+
+class ShardFile:
+    """One shard file being written: its descriptor and where its last
+    completely written frame ends.
+
+    A failed write must not leave half a frame that later frames follow (the
+    reader would find a corrupt frame in the middle of the file), so
+    :meth:`append` cuts the file back to its last good end on failure; when
+    even that fails, the shard is *dead*: nothing more is appended to it, and
+    the trailer says so.
+
+    Parameters
+    ----------
+    fd : int
+        Open (append-only) descriptor, the file header already written.
+    name : str
+        The shard's file name (the key of its trailer entry).
+    """
+
+    def __init__(self, fd: int, name: str):
+        self.fd = fd
+        self.name = name
+        self.end = _native.FILE_HEADER_SIZE   # offset after the last good frame
+        self.frames = 0
+        self.frame_crc = 0
+        self.dead = False                     # a failed write could not be cut off
+
+    def append(self, parts: Sequence, sink: Callable[[int, Sequence], None] = write_all) -> None:
+        """Write one frame (``encode_frame``'s ``parts``) through ``sink``.
+
+        Raises the sink's ``OSError`` after cutting the file back to the end
+        of its last good frame (or, if that fails too, marking the shard
+        dead). A dead shard raises ``OSError(EIO)`` without writing.
+        """
+        if self.dead:
+            raise OSError(5, "an earlier write to %s failed and could not be undone" % self.name)
+        try:
+            sink(self.fd, parts)
+        except OSError:
+            try:
+                os.ftruncate(self.fd, self.end)
+            except OSError:
+                self.dead = True
+            raise
+        self.end += sum(len(p) for p in parts)
+        self.frames += 1
+        self.frame_crc = chain_frame_crc(self.frame_crc, struct.unpack_from("<I", parts[0], _HEADER_CRC_AT)[0])
+
+    def trailer(self) -> dict:
+        """This shard's entry in the ``writer_close`` event."""
+        entry = {"bytes": self.end, "frames": self.frames, "frame_crc": self.frame_crc}
+        if self.dead:
+            entry["tail_lost"] = True
+        return entry

@@ -25,8 +25,9 @@ import zstandard
 from tfdump_fast import _native
 from tfdump_fast.errors import TfdumpCorruptionError, TfdumpFormatError, TfdumpIOError, TfdumpTruncatedError
 from tfdump_fast.store.blocks import decompress
+from tfdump_fast.store.frames import chain_frame_crc
 
-__all__ = ["DamageReporter", "Frame", "Shard", "ShardScanner"]
+__all__ = ["DamageReporter", "Frame", "Shard", "ShardScanner", "check_closed_shard"]
 
 _HDR = _native.FRAME_HEADER_SIZE
 _MAGIC = struct.pack("<I", _native.FRAME_MAGIC)
@@ -54,15 +55,20 @@ class DamageReporter:
         self.session_root = session_root
         self.on_corruption = on_corruption
         self.problems: List[str] = []
+        self.damaged: set = set()     # paths of shards with corruption reported
         self._torn: Dict[str, int] = {}
 
-    def corruption(self, message: str) -> None:
-        """Report corruption: raise :class:`TfdumpCorruptionError`, or note it."""
+    def corruption(self, message: str, path: Optional[str] = None) -> None:
+        """Report corruption (in shard ``path``, when it is one shard's):
+        raise :class:`TfdumpCorruptionError`, or note it."""
+        if path is not None:
+            self.damaged.add(path)
         if self.on_corruption == "raise":
             raise TfdumpCorruptionError(
                 message + ". Run `tfdump-fast verify %s` for a full report, or open with "
                 "on_corruption='skip' to read what is intact." % self.session_root)
-        self.problems.append(message)
+        if message not in self.problems:  # a refresh() finds the same damage again
+            self.problems.append(message)
 
     def torn_tail(self, path: str, nbytes: int) -> None:
         """Report that the last ``nbytes`` of shard ``path`` are an incomplete
@@ -83,7 +89,7 @@ class Frame:
 
     __slots__ = ("shard", "offset", "kind", "codec", "level", "table_stored", "table_raw",
                  "data_offset", "data_stored", "data_raw", "data_crc", "n_entries", "table",
-                 "data_checked")
+                 "data_checked", "header_crc")
 
 
 class Shard:
@@ -142,7 +148,7 @@ class ShardScanner:
                     if problem is None:          # torn tail: stop, the writer may add to it
                         self.reporter.torn_tail(shard.path, size - pos)
                         break
-                    self.reporter.corruption("%s: %s" % (shard.path, problem))
+                    self.reporter.corruption("%s: %s" % (shard.path, problem), shard.path)
                     if next_pos is None:         # no later frame found: nothing to salvage
                         break
                     pos = next_pos
@@ -187,12 +193,12 @@ class ShardScanner:
         if problem is not None:
             if end == size:
                 return None, None, None
-            return None, end, problem
+            return None, self._next_frame(fd, pos, end, size), problem
         try:
             raw_table = self._decompress_table(table, h["codec"], h["table_raw_len"])
             parsed = _native.parse_table(raw_table, h["n_entries"])
         except TfdumpCorruptionError as exc:
-            return None, end, "frame at offset %d: %s" % (pos, exc)
+            return None, self._next_frame(fd, pos, end, size), "frame at offset %d: %s" % (pos, exc)
         f = Frame()
         f.shard = si
         f.offset = pos
@@ -208,7 +214,22 @@ class ShardScanner:
         f.n_entries = h["n_entries"]
         f.table = parsed
         f.data_checked = data_checked
+        f.header_crc = struct.unpack_from("<I", head, _HDR - 4)[0]
         return f, end, None
+
+    @staticmethod
+    def _next_frame(fd, pos, end, size) -> Optional[int]:
+        """Where to go on after the damaged frame at ``pos`` that its header
+        says ends at ``end``: there if a frame header follows, else (half a
+        frame written, then others: the lengths do not lead to the next
+        frame) the next valid frame header after ``pos``."""
+        if end == size:
+            return None
+        try:
+            _native.parse_frame_header(os.pread(fd, _HDR, end))
+            return end
+        except (TfdumpCorruptionError, TfdumpTruncatedError):
+            return _resync(fd, pos + 1, size)
 
     def _decompress_table(self, stored, codec, raw_len):
         """Decompress a record table into a scratch buffer reused across
@@ -252,3 +273,65 @@ def _resync(fd, pos, size) -> Optional[int]:
             i = buf.find(_MAGIC, i + 1)
         pos += _RESYNC_CHUNK
     return None
+
+
+def check_closed_shard(shard: Optional[Shard], name: str, entry: dict, frames: List[Frame],
+                       reporter: DamageReporter, *, metadata: bool) -> None:
+    """Compare a shard with its entry in its writer's ``writer_close``
+    trailer (docs/FORMAT.md): a cleanly closed shard ends exactly there, with
+    exactly those frames, so whatever differs was damaged after the close --
+    corruption, not a torn tail.
+
+    Parameters
+    ----------
+    shard : Shard or None
+        The shard as scanned (None: the file is missing).
+    name : str
+        Its file name, as the trailer names it.
+    entry : dict
+        The trailer entry: ``bytes``, ``frames``, ``frame_crc``, optional
+        ``tail_lost``.
+    frames : list of Frame
+        The reader's frames (``shard.frames`` indexes it).
+    metadata : bool
+        The writer's metadata shard, which holds the ``writer_close`` frame
+        itself after the ``frames`` the entry counts.
+    """
+    try:
+        want_end, want_frames, want_crc = int(entry["bytes"]), int(entry["frames"]), int(entry["frame_crc"])
+    except (KeyError, TypeError, ValueError):
+        reporter.corruption("%s: the writer_close trailer entry %r is malformed" % (name, entry))
+        return
+    closed = "its writer closed it cleanly at %d bytes with %d frame(s)" % (want_end, want_frames)
+    if shard is None:
+        reporter.corruption("shard file %s is missing; %s" % (name, closed))
+        return
+    found = [frames[i] for i in shard.frames]
+    crc = 0
+    for f in found[:want_frames]:
+        crc = chain_frame_crc(crc, f.header_crc)
+    if shard.path in reporter.damaged:
+        return  # the scan reported it already
+    problem = None
+    torn = reporter.torn_bytes(shard.path)
+    if len(found) < want_frames + metadata:
+        last = found[-1] if found else None
+        where = last.data_offset + last.data_stored if last else _native.FILE_HEADER_SIZE
+        problem = "%d of its frames cannot be read (from offset %d on%s)" % (
+            want_frames + metadata - len(found), where,
+            ", %d byte(s) do not form a complete frame" % torn if torn else "")
+    elif crc != want_crc:
+        problem = "its frames are not the ones written (a frame is duplicated, missing or out of order)"
+    elif metadata and found[want_frames].offset != want_end:
+        problem = "the writer_close frame is not at offset %d" % want_end
+    elif not metadata and not entry.get("tail_lost") and shard.size != want_end:
+        problem = "it is %d bytes long" % shard.size
+    elif metadata and len(found) > want_frames + 1:
+        problem = "%d frame(s) follow its writer_close event" % (len(found) - want_frames - 1)
+    elif metadata and torn:
+        problem = "%d byte(s) follow its writer_close event" % torn
+    if problem is None:
+        return
+    if not entry.get("tail_lost"):
+        reporter.torn_tail(shard.path, 0)  # not a torn tail: damage after a clean close
+    reporter.corruption("%s: %s, but %s" % (shard.path, closed, problem), shard.path)

@@ -217,6 +217,7 @@ class DumpWriter:
         self._fds: List[int] = []
         self._shard_files: Dict[int, frames.ShardFile] = {}   # by fd
         self._root_gone = False
+        self._unrecorded_error: Optional[Dict[str, Any]] = None
         created_us = time.time_ns() // 1000
         try:
             for k in range(workers):
@@ -467,6 +468,7 @@ class DumpWriter:
             self._record_late_drops()
             try:
                 if not self._detect_root_gone():
+                    self._record_error()
                     self._write_meta(self._close_event())
             except errors.TfdumpError as exc:
                 first_error = first_error or exc
@@ -590,17 +592,42 @@ class DumpWriter:
         if code == errors.STATUS_DISK_BUDGET:
             return
         with self._lock:
-            if self._error is None:
+            first = self._error is None
+            if first:
                 self._error = errors.error_for_status(code, message)
                 log.error("tfdump-fast: %s", message)
         self._engine.set_error(code)
+        if first:
+            self._unrecorded_error = {"event": "writer_error", "code": code, "message": message}
+            self._record_error()
+
+    def _record_error(self) -> None:
+        """Write the writer_error event if it is not written yet: the
+        metadata shard may be on the same full disk, so close() tries again
+        (space may have been freed since)."""
+        event, self._unrecorded_error = self._unrecorded_error, None
+        if event is None:
+            return
         try:
-            self._write_meta({"event": "writer_error", "code": code, "message": message})
-        except Exception:  # noqa: BLE001 - the metadata shard may be on the same full disk
-            pass
+            self._write_meta(event, fail_quietly=True)
+        except errors.TfdumpError:
+            self._unrecorded_error = event
 
     def _write_meta(self, event: Dict[str, Any], store: Sequence[bytes] = (),
-                    hashes: Sequence[bytes] = ()) -> None:
+                    hashes: Sequence[bytes] = (), fail_quietly: bool = False) -> None:
+        """Append one META frame. A failed write is a writer error (recorded,
+        and raised here); ``fail_quietly``: only raised (the error event itself)."""
+        try:
+            self._append_meta(event, store, hashes)
+        except OSError as exc:
+            code = errors.status_for_oserror(exc)
+            message = f"writing dump metadata to {self.session_root!r} failed: {exc.strerror}"
+            if not fail_quietly:
+                self._set_error(code, message + f" ({_REASONS.get(code, 'error')}); later tensors are "
+                                "dropped and counted")
+            raise errors.error_for_status(code, message) from exc
+
+    def _append_meta(self, event, store, hashes) -> None:
         with self._meta_lock:
             new = []
             for payload, h in zip(store, hashes):
@@ -609,14 +636,9 @@ class DumpWriter:
             raw_table, raw_data, n = _native.encode_meta(json.dumps(event, sort_keys=True), new, list(hashes))
             parts = frames.encode_frame(_native.FRAME_KIND_META, raw_table, raw_data, n,
                                         self._meta_compressor, _META_LEVEL)
-            try:
-                # cut back to the last good frame on failure: a later event
-                # must not follow half a frame
-                self._shard_files[self._meta_fd].append(parts)
-            except OSError as exc:
-                raise errors.error_for_status(
-                    errors.status_for_oserror(exc),
-                    f"writing dump metadata to {self.session_root!r} failed: {exc.strerror}") from exc
+            # cut back to the last good frame on failure: a later event must
+            # not follow half a frame (raises OSError)
+            self._shard_files[self._meta_fd].append(parts)
             self._attachments_stored.update(_native.hash128(p) for p in new)
             self._add_written(sum(len(p) for p in parts))
 

@@ -705,9 +705,11 @@ class DumpReader:
         if not len(again):
             return order
         first, dup = int(order[again[0] - 1]), int(order[again[0]])
-        frames = self._frames
-        where = lambda g: "%s at offset %d" % (  # noqa: E731
-            self._shards[frames[int(self.index.frame_of[g])].shard].path, frames[int(self.index.frame_of[g])].offset)
+
+        def where(g):
+            frame = self._frames[int(self.index.frame_of[g])]
+            return "%s at offset %d" % (self._shards[frame.shard].path, frame.offset)
+
         self._reporter.corruption(
             "writer %s: %d tensor record(s) are stored twice (e.g. run %d seq %d, in the frame of %s and "
             "again in the frame of %s); each is read once" % (

@@ -12,6 +12,7 @@ import pytest
 
 from tfdump_fast import DumpReader, DumpWriter, _native, errors
 from tfdump_fast.cli import main
+from tfdump_fast.store.frames import encode_frame
 
 HDR = _native.FRAME_HEADER_SIZE
 FILE_HDR = _native.FILE_HEADER_SIZE
@@ -218,3 +219,32 @@ def test_random_frame_shuffles_never_return_a_record_twice(tmp_path):
         assert len(seqs) == len(set(seqs))
         for rec, value in zip(run, run.values()):
             assert value[0] == int(rec.node_name[1:])
+
+
+@pytest.mark.parametrize("half_of", ["the next event", "a larger frame"])
+def test_half_frame_followed_by_frames_is_corruption_and_skipped(tmp_path, capsys, half_of):
+    """What older writers left on a full disk: half a frame, then the META
+    events written once space came back. The half frame is corruption (not
+    a torn tail that hides the events after it); skipping it keeps them.
+    ``half_of``: the half frame's declared length ends inside the next frame,
+    or beyond the end of the file."""
+    root = many_frame_store(str(tmp_path / "d"))
+    drop_close_event(root)
+    meta = shard(root, "-meta.tfds")
+    head, frames = split_frames(meta)
+    if half_of == "the next event":
+        half = frames[-1][:len(frames[-1]) // 2]      # the run_end event, half written
+    else:
+        blob = os.urandom(8192)                       # an event with a large attachment
+        raw_table, raw_data, n = _native.encode_meta('{"event": "run_end"}', [blob], [_native.hash128(blob)])
+        big = b"".join(bytes(p) for p in encode_frame(_native.FRAME_KIND_META, raw_table, raw_data, n))
+        assert len(big) // 2 > len(frames[-1])
+        half = big[:len(big) // 2]
+    rewrite(meta, head, frames[:-1] + [half] + frames[-1:])
+    with pytest.raises(errors.TfdumpCorruptionError, match="offset %d" % (FILE_HDR + sum(map(len, frames[:-1])))):
+        DumpReader(root)
+    reader = DumpReader(root, on_corruption="skip")
+    run = reader.runs[0]
+    assert run.status == "complete" and len(run) == 24 and not reader.torn_tails
+    code, out, _ = cli(capsys, "verify", root, "--no-progress")
+    assert code == 1 and "CORRUPT" in out

@@ -177,7 +177,13 @@ class ShardScanner:
             return None, nxt, "frame header at offset %d is corrupt (checksum mismatch)" % pos
         end = pos + _HDR + h["table_stored_len"] + h["data_stored_len"]
         if end > size:
-            return None, None, None
+            # A torn tail -- unless complete frames follow: half a frame
+            # written before a failed write, then others (older writers on a
+            # full disk). That is corruption; go on at the next frame.
+            nxt = _resync(fd, pos + 1, size)
+            if nxt is None or not _complete_frame_at(fd, nxt, size):
+                return None, None, None
+            return None, nxt, "the frame at offset %d is incomplete, but complete frames follow it" % pos
         table = os.pread(fd, h["table_stored_len"], pos + _HDR)
         problem = None
         if _native.crc32c(table) != h["table_crc"]:
@@ -256,6 +262,15 @@ class ShardScanner:
             raise TfdumpCorruptionError("zstd block does not decompress to the %d bytes its header says"
                                         % raw_len)
         return view[:raw_len]
+
+
+def _complete_frame_at(fd, pos, size) -> bool:
+    """True if a frame with a valid header that fits the file starts at ``pos``."""
+    try:
+        h = _native.parse_frame_header(os.pread(fd, _HDR, pos))
+    except (TfdumpCorruptionError, TfdumpTruncatedError):
+        return False
+    return pos + _HDR + h["table_stored_len"] + h["data_stored_len"] <= size
 
 
 def _resync(fd, pos, size) -> Optional[int]:

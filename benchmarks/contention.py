@@ -1,0 +1,113 @@
+"""Step time of the hook under CPU contention, against no hook under the same load.
+
+Starts ``--busy`` CPU-bound processes (2 by default: one per core of the
+reference machine), then times training steps of one workload (the
+1024-wide MLP by default) in alternating blocks without and with
+:class:`tfdump_fast.DumpingDebugHook` (``queue_bytes=32 MiB`` by default, so
+that the producers must wait for the writers), and prints both medians and
+their ratio. The busy processes run the whole time, so both figures see the
+same load; alternating the blocks spreads any drift of the load over both.
+
+The writers run in the background class while the machine is otherwise
+idle; this measures that a producer waiting for queue room does not wait on
+writers that get no CPU (issue #10: 797 ms against 20.5 ms, 39x, before the
+engine raised waiting writers).
+
+Usage: ``python -m benchmarks.contention [--steps 10] [--blocks 3] [--busy 2]
+[--queue-mb 32] [--model mlp] [--scale full]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+# A busy process ends itself after `limit` seconds even if we die first.
+BUSY = "import signal\nsignal.alarm({limit})\nwhile True:\n    pass\n"
+
+
+def start_busy(n: int, limit_s: int):
+    return [subprocess.Popen([sys.executable, "-c", BUSY.format(limit=limit_s)]) for _ in range(n)]
+
+
+def stop_busy(procs) -> None:
+    for p in procs:
+        p.kill()
+    for p in procs:
+        p.wait()
+
+
+def time_steps(session, train_op, steps: int):
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        session.run(train_op)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="mlp")
+    ap.add_argument("--scale", default="full")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per block")
+    ap.add_argument("--blocks", type=int, default=3, help="blocks of each configuration, alternating")
+    ap.add_argument("--busy", type=int, default=2, help="CPU-bound processes running meanwhile")
+    ap.add_argument("--queue-mb", type=int, default=32)
+    ap.add_argument("--limit-s", type=int, default=900, help="the busy processes' own time limit")
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    import tfdump_fast
+    from benchmarks.workloads import build_graph, graph_mode_setup, unfinalize
+
+    graph_mode_setup()
+    wl = build_graph(args.model, args.scale)
+    v1 = tf.compat.v1
+    with tempfile.TemporaryDirectory(prefix="tfdump_contention_") as tmp, wl.graph.as_default():
+        plain = v1.train.MonitoredSession()
+        unfinalize(wl.graph)
+        hook = tfdump_fast.DumpingDebugHook(os.path.join(tmp, "dump"), log_usage=False,
+                                            queue_bytes=args.queue_mb << 20)
+        hooked = v1.train.MonitoredSession(hooks=[hook])
+        for s in (plain, hooked):  # graph set-up and first-run costs
+            s.run(wl.train_op)
+        busy = start_busy(args.busy, args.limit_s)
+        times = {"no hook": [], "hook": []}
+        try:
+            time.sleep(0.5)  # let the busy processes take the cores
+            for _ in range(args.blocks):
+                for name, s in (("no hook", plain), ("hook", hooked)):
+                    s.run(wl.train_op)  # the block's warm-up step
+                    times[name] += time_steps(s, wl.train_op, args.steps)
+            stats = hook.writer.stats()
+        finally:
+            stop_busy(busy)
+        plain.close()
+        hooked.close()
+
+    med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+    result = {
+        "model": args.model, "scale": args.scale, "busy_processes": args.busy, "queue_mb": args.queue_mb,
+        "steps": {k: len(v) for k, v in times.items()},
+        "median_ms": {k: round(v, 1) for k, v in med.items()},
+        "ratio": round(med["hook"] / med["no hook"], 2),
+        "worker_boosts": stats.get("worker_boosts"), "worker_background": stats.get("worker_background"),
+        "tensors_dropped": stats.get("tensors_dropped"),
+    }
+    print(f"{args.model} under {args.busy} busy processes: no hook {med['no hook']:.1f} ms/step, "
+          f"hook {med['hook']:.1f} ms/step, ratio {result['ratio']:.2f}x")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -121,3 +121,53 @@ def test_waiting_producers_raise_the_writers_under_cpu_contention(tmp_path):
         assert run.status == "complete"
         assert run.missing_tensors == 0 and run.dropped_tensors == 0
         assert len(run) == run.expected_tensors > 0
+
+
+# Run as an unprivileged user (nobody when the tests run as root): with
+# RLIMIT_NICE 0 and no CAP_SYS_NICE, a thread in SCHED_IDLE can never be
+# raised again (sched(7)), so the writers must not enter it.
+UNPRIVILEGED_CHILD = """
+import json, os, resource, shutil, sys, tempfile, threading, time
+import numpy as np
+from tfdump_fast.writer import DumpWriter
+
+if os.getuid() == 0:
+    os.setgid(65534)
+    os.setuid(65534)
+resource.setrlimit(resource.RLIMIT_NICE, (0, 0))
+
+
+def classes():
+    return sorted({os.sched_getscheduler(t.native_id) for t in threading.enumerate()
+                   if t.name.startswith("tfdump-writer-")})
+
+
+root = tempfile.mkdtemp(prefix="tfdump_unprivileged_")  # the test's tmp_path is root's
+w = DumpWriter(os.path.join(root, "dump"))
+deadline = time.monotonic() + 10
+while w.stats().get("worker_background") == "unset" and time.monotonic() < deadline:
+    time.sleep(0.01)
+before = classes()
+w.write(np.arange(1000), "x")
+w.flush()
+out = {"background": w.stats().get("worker_background"), "before": before, "after": classes(),
+       "tensors_written": w.stats()["tensors_written"]}
+w.close()
+shutil.rmtree(root)
+print(json.dumps(out))
+"""
+
+
+def test_unprivileged_writers_never_enter_a_class_they_cannot_leave():
+    import json
+
+    from conftest import PKG_PARENT
+
+    env = dict(os.environ, PYTHONPATH=PKG_PARENT)
+    proc = subprocess.run([sys.executable, "-c", UNPRIVILEGED_CHILD], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["before"] == out["after"] == [os.SCHED_BATCH]
+    assert out["background"] == "batch"
+    assert out["tensors_written"] == 1

@@ -13,8 +13,11 @@ idle; this measures that a producer waiting for queue room does not wait on
 writers that get no CPU (issue #10: 797 ms against 20.5 ms, 39x, before the
 engine raised waiting writers).
 
+``--writer-only`` times the engine alone (no TF): 6x the queue written from
+Python, which waits for room all along.
+
 Usage: ``python -m benchmarks.contention [--steps 10] [--blocks 3] [--busy 2]
-[--queue-mb 32] [--model mlp] [--scale full]``
+[--queue-mb 32] [--model mlp] [--scale full] [--normal-class] [--writer-only]``
 """
 
 from __future__ import annotations
@@ -52,6 +55,41 @@ def time_steps(session, train_op, steps: int):
     return times
 
 
+def writer_only(args) -> dict:
+    """The engine alone: time to push 6x the queue through it from Python.
+
+    No TF, so no step compute to share the CPU with: what remains is how long
+    a producer waits for room, which is what starves when the writers get
+    no CPU.
+    """
+    import numpy as np
+
+    from tfdump_fast.writer import DumpWriter
+
+    queue = args.queue_mb << 20
+    arr = np.random.default_rng(0).standard_normal(1 << 18).astype(np.float32)  # 1 MiB
+    n = 6 * args.queue_mb
+    with tempfile.TemporaryDirectory(prefix="tfdump_contention_") as tmp:
+        w = DumpWriter(os.path.join(tmp, "dump"), queue_bytes=queue, frame_bytes=min(2 << 20, queue // 8))
+        run = w.begin_run(capture=False)
+        busy = start_busy(args.busy, args.limit_s)
+        try:
+            time.sleep(0.5)
+            t0 = time.perf_counter()
+            for i in range(n):
+                arr[0] = i  # distinct payloads: no deduplication
+                w.write(arr, "x", run=run)
+            elapsed = time.perf_counter() - t0
+        finally:
+            stop_busy(busy)
+        w.end_run(run)
+        w.close()
+        stats = w.stats()
+    print(f"{n} MiB written through a {args.queue_mb} MiB queue under {args.busy} busy processes: "
+          f"{elapsed:.2f} s")
+    return {"writer_only_s": round(elapsed, 3), "mib": n, "worker_boosts": stats.get("worker_boosts")}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="mlp")
@@ -61,11 +99,16 @@ def main(argv=None) -> int:
     ap.add_argument("--busy", type=int, default=2, help="CPU-bound processes running meanwhile")
     ap.add_argument("--queue-mb", type=int, default=32)
     ap.add_argument("--limit-s", type=int, default=900, help="the busy processes' own time limit")
+    ap.add_argument("--writer-only", action="store_true",
+                    help="time only the engine (DumpWriter.write of 1 MiB arrays, 6x the queue), no TF")
     ap.add_argument("--normal-class", action="store_true",
                     help="also time the hook with writers always in the normal class (worker_idle=False, "
                          "worker_nice=0): what the hook costs when the writers never wait for CPU")
     args = ap.parse_args(argv)
 
+    if args.writer_only:
+        print(json.dumps(writer_only(args)))
+        return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 

@@ -8,6 +8,7 @@ normal class (SCHED_OTHER), or, with SCHED_IDLE, they would get no CPU at
 all. Functional only: no timing is asserted.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,8 @@ tf1 = tf.compat.v1
 
 from tfdump_fast.hooks import DumpingDebugHook  # noqa: E402
 from tfdump_fast.reader import DumpReader  # noqa: E402
+
+from conftest import PKG_PARENT  # noqa: E402  (the package under test)
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling classes")
 
@@ -159,10 +162,6 @@ print(json.dumps(out))
 
 
 def test_unprivileged_writers_never_enter_a_class_they_cannot_leave():
-    import json
-
-    from conftest import PKG_PARENT
-
     env = dict(os.environ, PYTHONPATH=PKG_PARENT)
     proc = subprocess.run([sys.executable, "-c", UNPRIVILEGED_CHILD], env=env,
                           capture_output=True, text=True, timeout=120)

@@ -148,7 +148,8 @@ def classes():
 root = tempfile.mkdtemp(prefix="tfdump_unprivileged_")  # the test's tmp_path is root's
 w = DumpWriter(os.path.join(root, "dump"))
 deadline = time.monotonic() + 10
-while w.stats().get("worker_background") == "unset" and time.monotonic() < deadline:
+# Each writer sets its class as it starts: wait for both (or for the deadline).
+while classes() != [os.SCHED_BATCH] and time.monotonic() < deadline:
     time.sleep(0.01)
 before = classes()
 w.write(np.arange(1000), "x")

@@ -5,11 +5,19 @@
 #include "engine.h"
 
 #include <time.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#endif
 
 #include <chrono>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <thread>
 
 #include "status.h"
 
@@ -35,6 +43,64 @@ unsigned ThreadStripe() {
 }
 
 void FreeBlock(void* p) { std::free(p); }
+
+// Kernel scheduling of one thread (Linux; elsewhere a no-op that fails).
+long CurrentTid() {
+#ifdef __linux__
+  return static_cast<long>(syscall(SYS_gettid));
+#else
+  return 0;
+#endif
+}
+
+bool SetThreadClass(long tid, int policy, int nice) {
+#ifdef __linux__
+  // Nice first, then the class: leaving SCHED_IDLE is checked against the
+  // nice the thread has then (sched(7)).
+  bool ok = setpriority(PRIO_PROCESS, static_cast<id_t>(tid), nice) == 0;
+  sched_param sp{};
+  sp.sched_priority = 0;
+  ok = sched_setscheduler(static_cast<pid_t>(tid), policy, &sp) == 0 && ok;
+  return ok;
+#else
+  (void)tid, (void)policy, (void)nice;
+  return false;
+#endif
+}
+
+int ThreadNice(long tid) {
+#ifdef __linux__
+  errno = 0;
+  const int n = getpriority(PRIO_PROCESS, static_cast<id_t>(tid));
+  return errno == 0 ? n : 0;
+#else
+  (void)tid;
+  return 0;
+#endif
+}
+
+// Whether a thread of this process may enter (policy, nice) and come back to
+// SCHED_OTHER at `base_nice`: tried on a throwaway thread, so the answer
+// follows whatever rules the kernel applies (capabilities, RLIMIT_NICE).
+bool BackgroundIsReversible(int policy, int nice, int base_nice) {
+#ifdef __linux__
+  bool reversible = false;
+  try {
+    std::thread probe([&] {
+      const long tid = CurrentTid();
+      if (!SetThreadClass(tid, policy, nice)) return;
+      reversible = SetThreadClass(tid, SCHED_OTHER, base_nice);
+    });
+    probe.join();
+  } catch (...) {  // no thread: keep the normal class
+    return false;
+  }
+  return reversible;
+#else
+  (void)policy, (void)nice, (void)base_nice;
+  return false;
+#endif
+}
 
 uint32_t ApiInternKey(void* e, const char* device, size_t device_len, const char* node, size_t node_len,
                       int32_t slot, const char* op, size_t op_len) {
@@ -186,6 +252,8 @@ bool Engine::ReserveBudget(uint64_t charge) {
       if (queued_bytes_.compare_exchange_weak(cur, cur + charge, std::memory_order_acq_rel)) {
         const uint64_t half = options_.queue_bytes / 2;
         if (options_.defer_during_runs && cur < half && cur + charge >= half) Kick();  // deferral ends
+        const uint64_t high = options_.queue_bytes - options_.queue_bytes / 4;
+        if (cur < high && cur + charge >= high && !boosted_.load(std::memory_order_relaxed)) BoostWorkers();
         uint64_t hw = high_water_.load(std::memory_order_relaxed);
         while (cur + charge > hw && !high_water_.compare_exchange_weak(hw, cur + charge)) {
         }
@@ -197,7 +265,10 @@ bool Engine::ReserveBudget(uint64_t charge) {
     // Count ourselves as waiting, then wake the workers: they may be
     // waiting for a full frame that the records holding the budget will
     // never make, and they test budget_waiters_ to take partial frames.
+    // Counted before the workers are raised, so none of them drops them
+    // back while we wait.
     budget_waiters_.fetch_add(1);
+    if (!boosted_.load(std::memory_order_relaxed)) BoostWorkers();
     {
       std::lock_guard<std::mutex> lk(work_mu_);
       work_cv_.notify_all();
@@ -358,6 +429,7 @@ bool Engine::Deferring() const {
 
 bool Engine::WaitIdle(int timeout_ms) {
   flushing_.fetch_add(1);
+  BoostWorkers();  // a flush must not wait behind idle-class writers either
   Kick();
   bool idle;
   {
@@ -365,11 +437,13 @@ bool Engine::WaitIdle(int timeout_ms) {
     idle = idle_cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms), [&] { return outstanding_.load() == 0; });
   }
   flushing_.fetch_sub(1);
+  MaybeUnboostWorkers();  // back to the background now, not at the workers' next wake-up
   return idle;
 }
 
 void Engine::Shutdown() {
   shutdown_.store(true);
+  BoostWorkers();
   Kick();
   std::lock_guard<std::mutex> lk(budget_mu_);
   budget_cv_.notify_all();
@@ -395,7 +469,100 @@ EngineStats Engine::Stats() const {
   s.queued_bytes = queued_bytes_.load();
   s.queue_high_water = high_water_.load();
   s.records_outstanding = outstanding_.load();
+  s.worker_boosts = st_boosts_.load();
+  s.workers_boosted = boosted_.load();
+  s.producers_waiting = static_cast<uint64_t>(budget_waiters_.load());
+  s.worker_background = background_.load();
   return s;
+}
+
+// ---------------------------------------------------------------- scheduling
+
+void Engine::DecideBackground(int background_nice, bool background_idle) {
+  // Called with sched_mu_ held, on the first writer thread: its nice is the
+  // one its creator (the process) runs at, and the one raised writers get.
+#ifdef __linux__
+  base_nice_ = ThreadNice(CurrentTid());
+  const int policy = background_idle ? SCHED_IDLE : SCHED_OTHER;
+  const int nice = background_nice > base_nice_ ? background_nice : base_nice_;
+  if (policy == SCHED_OTHER && nice == base_nice_) {
+    background_policy_ = SCHED_OTHER;
+    background_nice_ = base_nice_;
+    background_.store(kBackgroundNormal);
+  } else if (BackgroundIsReversible(policy, nice, base_nice_)) {
+    background_policy_ = policy;
+    background_nice_ = nice;
+    background_.store(background_idle ? kBackgroundIdle : kBackgroundNice);
+  } else {
+    // Unprivileged with RLIMIT_NICE 0 (the usual case): a thread that
+    // entered SCHED_IDLE or a higher nice could never be raised again, and
+    // under CPU contention producers would wait on it indefinitely.
+    // SCHED_BATCH keeps the own nice: it does not preempt TF's threads on
+    // wake-up, and the way back to SCHED_OTHER is always allowed.
+    background_policy_ = background_idle ? SCHED_BATCH : SCHED_OTHER;
+    background_nice_ = base_nice_;
+    background_.store(background_idle ? kBackgroundBatch : kBackgroundNormal);
+  }
+  sched_pid_ = static_cast<long>(getpid());
+#else
+  (void)background_nice, (void)background_idle;
+  background_.store(kBackgroundNormal);
+#endif
+}
+
+void Engine::ApplyClass(long tid, bool boosted) {
+#ifdef __linux__
+  if (tid == 0 || background_.load() == kBackgroundNormal) return;
+  if (boosted) {
+    SetThreadClass(tid, SCHED_OTHER, base_nice_);
+  } else {
+    SetThreadClass(tid, background_policy_, background_nice_);
+  }
+#else
+  (void)tid, (void)boosted;
+#endif
+}
+
+void Engine::EnterWorker(int worker, int background_nice, bool background_idle) {
+  if (worker < 0 || worker >= options_.workers) return;
+  std::lock_guard<std::mutex> lk(sched_mu_);
+  if (background_.load() == kBackgroundUnset) DecideBackground(background_nice, background_idle);
+  if (worker_tids_.size() < static_cast<size_t>(options_.workers)) worker_tids_.resize(options_.workers, 0);
+  const long tid = CurrentTid();
+  worker_tids_[worker] = tid;
+  ApplyClass(tid, boosted_.load());
+}
+
+void Engine::LeaveWorker(int worker) {
+  std::lock_guard<std::mutex> lk(sched_mu_);
+  // The id may name another thread once this one has exited.
+  if (worker >= 0 && static_cast<size_t>(worker) < worker_tids_.size()) worker_tids_[worker] = 0;
+}
+
+void Engine::BoostWorkers() {
+  std::lock_guard<std::mutex> lk(sched_mu_);
+  if (boosted_.load()) return;
+  boosted_.store(true);
+  st_boosts_.fetch_add(1, std::memory_order_relaxed);
+  // A forked child holds a copy of the engine but not its threads: the
+  // recorded ids are its parent's.
+  if (sched_pid_ != static_cast<long>(getpid())) return;
+  for (long tid : worker_tids_) ApplyClass(tid, true);
+}
+
+void Engine::MaybeUnboostWorkers() {
+  // Hysteresis: raised at a waiting producer or 3/4 full, back at 1/4 full,
+  // so the class does not flip on every frame.
+  auto calm = [&] {
+    return budget_waiters_.load() == 0 && flushing_.load() == 0 && !shutdown_.load() &&
+           queued_bytes_.load() < options_.queue_bytes / 4;
+  };
+  if (!calm()) return;
+  std::lock_guard<std::mutex> lk(sched_mu_);
+  if (!boosted_.load() || !calm()) return;
+  boosted_.store(false);
+  if (sched_pid_ != static_cast<long>(getpid())) return;
+  for (long tid : worker_tids_) ApplyClass(tid, false);
 }
 
 std::vector<LateDrop> Engine::TakeLateDrops() {

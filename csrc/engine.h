@@ -64,7 +64,20 @@ struct EngineStats {
   uint64_t frames = 0;
   uint64_t queued_bytes = 0, queue_high_water = 0;
   uint64_t records_outstanding = 0;
+  // Writer-thread scheduling (see Engine::EnterWorker).
+  uint64_t worker_boosts = 0;        // times the writers were raised to the normal class
+  bool workers_boosted = false;      // raised now
+  uint64_t producers_waiting = 0;    // producers waiting for queue room now
+  int worker_background = 0;         // WorkerBackground the writers use while not raised
 };
+
+// How writer threads run while not raised. kIdle/kNice: the configured
+// background (SCHED_IDLE and/or a higher nice), chosen only when this process
+// may undo it. kBatch: SCHED_BATCH at the thread's own nice, the fallback when
+// leaving SCHED_IDLE would need CAP_SYS_NICE or RLIMIT_NICE. kNormal: no
+// background class (not configured, not Linux, or nothing reversible).
+enum WorkerBackground : int { kBackgroundUnset = 0, kBackgroundNormal = 1, kBackgroundIdle = 2,
+                              kBackgroundNice = 3, kBackgroundBatch = 4 };
 
 struct Record {
   uint32_t run_id = 0, key_id = 0;
@@ -166,6 +179,19 @@ class Engine {
   void SetError(int code);
   int error() const { return error_.load(); }
 
+  // Writer threads call EnterWorker first and LeaveWorker last (from the
+  // thread itself). The engine records the thread's kernel id and puts it in
+  // the background class (SCHED_IDLE when `idle`, at least nice
+  // `background_nice`) so it uses only CPU that TF leaves; whenever a
+  // producer waits for queue room, the queue passes 3/4 full, or a flush or
+  // shutdown waits, every writer is raised to SCHED_OTHER at the thread's
+  // own nice, and dropped back once the queue is under 1/4 full and nobody
+  // waits. A background that this process could not undo (leaving
+  // SCHED_IDLE or lowering nice needs CAP_SYS_NICE or RLIMIT_NICE) is never
+  // entered: SCHED_BATCH at the own nice is used instead.
+  void EnterWorker(int worker, int background_nice, bool background_idle);
+  void LeaveWorker(int worker);
+
   EngineStats Stats() const;
   std::vector<LateDrop> TakeLateDrops();
 
@@ -260,6 +286,19 @@ class Engine {
 
   std::mutex late_mu_;
   std::vector<LateDrop> late_drops_;
+
+  // Writer-thread scheduling (engine.cc).
+  void BoostWorkers();
+  void MaybeUnboostWorkers();
+  void DecideBackground(int background_nice, bool background_idle);
+  void ApplyClass(long tid, bool boosted);
+  std::mutex sched_mu_;
+  std::vector<long> worker_tids_;  // kernel thread ids of running writers (0: none)
+  long sched_pid_ = 0;             // the process the ids belong to (not a forked child)
+  int base_nice_ = 0, background_policy_ = 0, background_nice_ = 0;
+  std::atomic<int> background_{kBackgroundUnset};
+  std::atomic<bool> boosted_{false};
+  std::atomic<uint64_t> st_boosts_{0};
 
   std::atomic<uint64_t> st_tensors_{0}, st_bytes_{0}, st_dropped_{0}, st_dropped_bytes_{0};
   std::atomic<uint64_t> st_written_{0}, st_stored_{0}, st_deduped_{0}, st_frames_{0};

@@ -139,6 +139,7 @@ void Engine::StoreBlob(Frame* frame, const Hash128& h, const uint8_t* p, size_t 
 std::unique_ptr<Frame> Engine::NextFrame(int worker, int timeout_ms, bool* finished) {
   *finished = false;
   if (worker < 0 || worker >= options_.workers) return nullptr;
+  if (boosted_.load(std::memory_order_relaxed)) MaybeUnboostWorkers();
   if (!WaitForWork(timeout_ms, finished)) return nullptr;
   std::unique_ptr<Frame> frame = TakeRecords(worker);
   if (!frame) return nullptr;

@@ -16,7 +16,8 @@ from libcpp.utility cimport move
 from libcpp.vector cimport vector
 
 from tfdump_fast.engine cimport (
-    Backpressure, Engine, EngineOptions, EngineStats, Frame, LateDrop, RunCounters)
+    Backpressure, Engine, EngineOptions, EngineStats, Frame, LateDrop, RunCounters,
+    kBackgroundBatch, kBackgroundIdle, kBackgroundNice, kBackgroundNormal)
 from tfdump_fast.engine_api cimport (
     TFDUMP_SUBMIT_BAD_RUN, TFDUMP_SUBMIT_DROPPED, TFDUMP_SUBMIT_OK, tfdump_tensor_in)
 from tfdump_fast.format cimport (
@@ -347,6 +348,11 @@ cdef class NativeFrame:
         return self.frame.get().n_tensors if self.frame.get() != NULL else 0
 
 
+# Stats name of each WorkerBackground (csrc/engine.h).
+_WORKER_BACKGROUND_NAMES = {kBackgroundNormal: "normal", kBackgroundIdle: "idle", kBackgroundNice: "nice",
+                            kBackgroundBatch: "batch"}
+
+
 cdef class NativeEngine:
     """The capture engine (csrc/engine.h). Python owns it; the bridge borrows it."""
     cdef Engine* engine
@@ -448,6 +454,23 @@ cdef class NativeEngine:
         with nogil:
             self.engine.Shutdown()
 
+    def enter_worker(self, int worker, int background_nice, bint background_idle):
+        """Called first by writer thread ``worker``, on that thread.
+
+        Records the thread's kernel id and puts it in the background
+        scheduling class (``SCHED_IDLE`` when ``background_idle``, at least
+        nice ``background_nice``) when this process may undo that; the engine
+        raises every writer to ``SCHED_OTHER`` while a producer waits for
+        queue room, the queue is over 3/4 full, or a flush waits.
+        """
+        with nogil:
+            self.engine.EnterWorker(worker, background_nice, background_idle)
+
+    def leave_worker(self, int worker):
+        """Called last by writer thread ``worker``: forget its kernel id."""
+        with nogil:
+            self.engine.LeaveWorker(worker)
+
     def set_error(self, int code):
         self.engine.SetError(code)
 
@@ -462,7 +485,10 @@ cdef class NativeEngine:
                 "tensors_written": s.tensors_written, "payload_bytes_stored": s.payload_bytes_stored,
                 "payload_bytes_deduped": s.payload_bytes_deduped, "frames": s.frames,
                 "queued_bytes": s.queued_bytes, "queue_high_water": s.queue_high_water,
-                "records_outstanding": s.records_outstanding}
+                "records_outstanding": s.records_outstanding,
+                "worker_boosts": s.worker_boosts, "workers_boosted": bool(s.workers_boosted),
+                "producers_waiting": s.producers_waiting,
+                "worker_background": _WORKER_BACKGROUND_NAMES.get(s.worker_background, "unset")}
 
     def take_late_drops(self):
         cdef vector[LateDrop] drops = self.engine.TakeLateDrops()

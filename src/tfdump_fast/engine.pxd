@@ -36,6 +36,17 @@ cdef extern from "engine.h" namespace "tfdump" nogil:
         uint64_t tensors_accepted, bytes_accepted, tensors_dropped, bytes_dropped
         uint64_t tensors_written, payload_bytes_stored, payload_bytes_deduped, frames
         uint64_t queued_bytes, queue_high_water, records_outstanding
+        uint64_t worker_boosts
+        bool workers_boosted
+        uint64_t producers_waiting
+        int worker_background
+
+    cdef enum WorkerBackground:
+        kBackgroundUnset
+        kBackgroundNormal
+        kBackgroundIdle
+        kBackgroundNice
+        kBackgroundBatch
 
     cdef cppclass Frame:
         int worker
@@ -58,5 +69,7 @@ cdef extern from "engine.h" namespace "tfdump" nogil:
         void Shutdown()
         void SetError(int code)
         int error()
+        void EnterWorker(int worker, int background_nice, bool background_idle)
+        void LeaveWorker(int worker)
         EngineStats Stats()
         vector[LateDrop] TakeLateDrops()

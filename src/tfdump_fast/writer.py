@@ -676,35 +676,30 @@ class DumpWriter:
         return configured
 
     def _worker_main(self, k: int) -> None:
-        nice = self.options["worker_nice"]
-        if nice and hasattr(os, "setpriority"):
-            try:  # per-thread on Linux: the target is this thread's id
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-            except OSError as exc:
-                log.debug("tfdump-fast: cannot renice writer thread: %s", exc)
-        if self.options["worker_idle"] and hasattr(os, "SCHED_IDLE"):
-            try:  # pid 0: this thread
-                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-            except OSError as exc:
-                log.debug("tfdump-fast: cannot make writer thread SCHED_IDLE: %s", exc)
-        fd = self._fds[k]
-        compressors: Dict[int, zstandard.ZstdCompressor] = {}
+        # The engine owns the thread's scheduling class: it raises it from
+        # native code (a producer waiting for room), so it records the id.
         engine = self._engine
-        while True:
-            try:
-                frame, finished = engine.next_frame(k, self._flush_timeout_ms)
-            except BaseException as exc:  # noqa: BLE001 - a worker must never die silently
-                self._set_error(errors.STATUS_INTERNAL, f"writer thread {k} failed: {exc!r}")
-                return
-            if frame is None:
-                if finished:
+        engine.enter_worker(k, self.options["worker_nice"], self.options["worker_idle"])
+        try:
+            fd = self._fds[k]
+            compressors: Dict[int, zstandard.ZstdCompressor] = {}
+            while True:
+                try:
+                    frame, finished = engine.next_frame(k, self._flush_timeout_ms)
+                except BaseException as exc:  # noqa: BLE001 - a worker must never die silently
+                    self._set_error(errors.STATUS_INTERNAL, f"writer thread {k} failed: {exc!r}")
                     return
-                continue
-            try:
-                self._write_frame(fd, frame, compressors)
-            except BaseException as exc:  # noqa: BLE001
-                self._set_error(errors.STATUS_INTERNAL, f"writer thread {k} failed: {exc!r}")
-                engine.commit_frame(frame, errors.STATUS_INTERNAL)
+                if frame is None:
+                    if finished:
+                        return
+                    continue
+                try:
+                    self._write_frame(fd, frame, compressors)
+                except BaseException as exc:  # noqa: BLE001
+                    self._set_error(errors.STATUS_INTERNAL, f"writer thread {k} failed: {exc!r}")
+                    engine.commit_frame(frame, errors.STATUS_INTERNAL)
+        finally:
+            engine.leave_worker(k)
 
     def _write_frame(self, fd: int, frame, compressors) -> None:
         engine = self._engine

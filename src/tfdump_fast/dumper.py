@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from tfdump_fast import _native
 from tfdump_fast.bridge import get_bridge
 from tfdump_fast.errors import TfdumpError, TfdumpUsageError
-from tfdump_fast.published import PublishDirectory
+from tfdump_fast.published import CORE_METADATA_KEYS, PublishDirectory
 from tfdump_fast.run_names import IoNames, NamesCache
 from tfdump_fast.sampling import StepSampler, as_sampler
 from tfdump_fast.watches import DEFAULT_WATCH_SPEC, WatchCache, WatchSpec, watch_spec
@@ -68,9 +68,6 @@ class PendingRun:
     core_global_step: int
     publish_dir: Optional[str] = None
 
-
-_CORE_KEYS = ("global_step", "session_run_index", "executor_step_index", "input_names", "output_names",
-              "target_nodes")
 
 _live_dumpers: "weakref.WeakSet[Dumper]" = weakref.WeakSet()
 
@@ -326,7 +323,7 @@ class Dumper:
                             executor.graph_hashes = hashes
             gstep = pending.core_global_step if core_global_step is None else core_global_step
             if published_core is not None:
-                end_meta["core_metadata"] = {k: published_core.get(k) for k in _CORE_KEYS}
+                end_meta["core_metadata"] = {k: published_core.get(k) for k in CORE_METADATA_KEYS}
             else:  # TF published nothing (ram:// unusable, say): our own account
                 end_meta["core_metadata"] = {
                     "global_step": int(gstep),

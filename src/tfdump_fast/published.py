@@ -35,12 +35,15 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
-__all__ = ["PUBLISH_NODE", "RAM_ROOT", "PublishDirectory", "add_publish_watch"]
+__all__ = ["CORE_METADATA_KEYS", "PUBLISH_NODE", "RAM_ROOT", "PublishDirectory", "add_publish_watch"]
 
 log = logging.getLogger("tfdump_fast")
 
 #: The node name of the publish watch; no graph has it.
 PUBLISH_NODE = "_tfdump_fast_publish_"
+#: The fields of TF's core metadata (tfdbg's ``_tfdbg_core_metadata_``) a run records.
+CORE_METADATA_KEYS = ("global_step", "session_run_index", "executor_step_index", "input_names",
+                      "output_names", "target_nodes")
 #: The top-level directory of every publish directory in TF's ``ram://``
 #: file system. Created once, never removed (see the module docstring).
 RAM_ROOT = "ram://tfdump-fast"

@@ -30,6 +30,13 @@ TRAINER = textwrap.dedent("""
     tf1 = tf.compat.v1
     tf1.disable_eager_execution()
     from tfdump_fast import DumpingDebugHook
+    from tfdump_fast import published
+    RAM_ROOT = getattr(published, "RAM_ROOT", "ram://tfdump-fast")
+
+    def ram_count(what):
+        if not tf.io.gfile.isdir(RAM_ROOT):
+            return 0
+        return sum(len(d) * (what == "entries") + len(f) for _, d, f in tf.io.gfile.walk(RAM_ROOT))
 
     def fill(directory):
         # Every byte of the file system, down to the last page.
@@ -60,7 +67,11 @@ TRAINER = textwrap.dedent("""
             fill(os.environ["TMPDIR"])
         for _ in range(20):
             sess.run(train, feed_dict={x: [1.0, 2.0, 3.0, 4.0]}); ok += 1
+        # What TF published was read and deleted after each run.
+        print("ram files while training", ram_count("files"))
     print("steps ok", ok, flush=True)
+    # end() removed the hook's tree; only the kept top level remains.
+    print("ram entries after end", ram_count("entries"))
 """)
 
 
@@ -104,6 +115,7 @@ def train_with_fault(tmp_path, tmpdir, fault=None, fill=False):
 def assert_trained_and_recorded(rc, out, err, root):
     assert rc == 0, f"the training process died (rc={rc}):\n{err[-3000:]}"
     assert "steps ok 25" in out, out + err[-3000:]
+    assert "ram files while training 0" in out and "ram entries after end 0" in out, out
     runs = DumpReader(root).runs
     assert len(runs) == 25 and all(r.status == "complete" for r in runs), [r.status for r in runs]
     # What TF publishes (graphs of the new executor, its own core metadata)

@@ -1,13 +1,17 @@
 """``$TMPDIR`` filling up or turning read-only while training never stops a step.
 
 Real training processes with the hook, real file systems: a small tmpfs
-mounted as the trainer's ``$TMPDIR`` (root only). Before TF published its
+mounted as the trainer's ``$TMPDIR`` (root only), and a ``$TMPDIR`` whose
+write permission is taken away (a trainer run by root loses the
+capabilities that ignore permission bits). Before TF published its
 graphs and core metadata to ``file://`` URLs under ``$TMPDIR``, a full one
 made TF CHECK-fail on ``Close()`` (exit 134) and a read-only one failed or
 aborted every later step.
 """
 
+import ctypes
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,9 +21,8 @@ import pytest
 from conftest import PKG_PARENT
 from tfdump_fast import DumpReader
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or os.geteuid() != 0,
-    reason="mounts a tmpfs (Linux, root)")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux file systems")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (root)")
 
 # The trainer: a few steps, then it says "ready" and waits for "go" on stdin
 # (the test changes $TMPDIR in between), then more steps. With FILL=1 it
@@ -91,12 +94,13 @@ def small_tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-def train_with_fault(tmp_path, tmpdir, fault=None, fill=False):
+def train_with_fault(tmp_path, tmpdir, fault=None, fill=False, preexec_fn=None):
     env = dict(os.environ, TMPDIR=tmpdir, TF_CPP_MIN_LOG_LEVEL="2", FILL="1" if fill else "0",
                PYTHONPATH=PKG_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     root = str(tmp_path / "dump")
     proc = subprocess.Popen([sys.executable, "-c", TRAINER, root], env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=preexec_fn)
     try:
         line = proc.stdout.readline()
         if line.strip() == "ready":
@@ -125,6 +129,7 @@ def assert_trained_and_recorded(rc, out, err, root):
     assert [r.core_metadata["executor_step_index"] for r in runs] == list(range(25))
 
 
+@needs_root
 def test_tmpdir_filling_up_while_training(tmp_path, small_tmpfs):
     rc, out, err, root = train_with_fault(tmp_path, small_tmpfs, fill=True)
     assert_trained_and_recorded(rc, out, err, root)
@@ -132,6 +137,7 @@ def test_tmpdir_filling_up_while_training(tmp_path, small_tmpfs):
     assert st.f_bavail == 0  # it really was full
 
 
+@needs_root
 def test_tmpdir_turning_read_only_while_training(tmp_path, small_tmpfs):
     def remount_read_only():
         subprocess.run(["mount", "-o", "remount,ro", small_tmpfs], check=True)
@@ -140,7 +146,48 @@ def test_tmpdir_turning_read_only_while_training(tmp_path, small_tmpfs):
     assert_trained_and_recorded(rc, out, err, root)
 
 
+@needs_root
 def test_tmpdir_unwritable_from_the_start(tmp_path, small_tmpfs):
     subprocess.run(["mount", "-o", "remount,ro", small_tmpfs], check=True)
     rc, out, err, root = train_with_fault(tmp_path, small_tmpfs)
+    assert_trained_and_recorded(rc, out, err, root)
+
+
+def without_permission_override():
+    """preexec_fn: root loses CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH at exec
+    (dropped from the bounding set), so permission bits apply to it too."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
+
+
+@pytest.mark.parametrize("cleaned", [False, True], ids=["chmod", "emptied-then-chmod"])
+def test_tmpdir_losing_write_permission_while_training(tmp_path, cleaned):
+    """``chmod -R a-w $TMPDIR`` between two steps (an admin), or a temp
+    cleaner emptying it first (``rm -rf $TMPDIR/*``)."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+
+    def take_write_permission():
+        if cleaned:
+            for entry in os.scandir(tmpdir):
+                shutil.rmtree(entry.path)
+        for parent, dirs, files in os.walk(tmpdir):
+            for name in dirs + files:
+                os.chmod(os.path.join(parent, name), 0o500)
+        os.chmod(tmpdir, 0o500)
+
+    try:
+        rc, out, err, root = train_with_fault(
+            tmp_path, str(tmpdir), fault=take_write_permission,
+            preexec_fn=without_permission_override if os.geteuid() == 0 else None)
+    finally:
+        for parent, dirs, _ in os.walk(tmpdir):
+            os.chmod(parent, 0o700)
+            for name in dirs:
+                os.chmod(os.path.join(parent, name), 0o700)
     assert_trained_and_recorded(rc, out, err, root)

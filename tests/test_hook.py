@@ -389,8 +389,8 @@ def test_run_failing_on_a_new_executor_still_has_its_partition_graphs(tmp_path):
                 sess.run(after, feed_dict={x: [1.0, -2.0]})
             sess.run(after, feed_dict={x: [3.0, 4.0]})
             publish_root = hook._dumper.published.root
-            assert publish_root and os.path.isdir(publish_root)
-    assert not os.path.exists(publish_root)  # end() removes TF's published files
+            assert publish_root.startswith("ram://") and tf.io.gfile.isdir(publish_root)
+    assert not tf.io.gfile.exists(publish_root)  # end() removes TF's published files
     runs = DumpReader(str(tmp_path / "dump")).runs
     assert [r.status for r in runs] == ["failed", "complete"]
     assert runs[0].metadata["graph_hashes"] and runs[0].metadata["graph_hashes"] == runs[1].metadata["graph_hashes"]
@@ -400,24 +400,34 @@ def test_run_failing_on_a_new_executor_still_has_its_partition_graphs(tmp_path):
     assert "before" in dd.nodes() and dd.get_tensors("before", 0, "DebugIdentity")[0].tolist() == [2.0, -4.0]
 
 
-def test_no_room_for_what_tf_publishes_never_fails_the_run(tmp_path, monkeypatch, caplog):
-    """TensorFlow fails a run when it cannot write its published files; with
-    too little free space the hook stops asking for them and says so."""
+def test_tf_publish_unavailable_never_fails_the_run_and_is_recorded(tmp_path, monkeypatch, caplog):
+    """Without a usable ram:// file system (injected: every call raises what
+    TF raises for an unknown scheme) the hook does not ask TF to publish,
+    logs one line with the cause and the fix, and the store records it."""
     import tfdump_fast.published as published_module
 
-    monkeypatch.setattr(published_module, "MIN_FREE_BYTES", 1 << 62)  # no file system has that much free
+    class NoRamFileSystem:
+        def __getattr__(self, name):
+            def unimplemented(*args, **kwargs):
+                raise tf.errors.UnimplementedError(None, None, "File system scheme 'ram' not implemented")
+            return unimplemented
+
+    monkeypatch.setattr(published_module, "_gfile", NoRamFileSystem())
     g, x, z, train = small_graph()
     hook = DumpingDebugHook(str(tmp_path / "dump"))
     with caplog.at_level("WARNING", logger="tfdump_fast"):
         with g.as_default():
             with tf1.train.MonitoredSession(hooks=[hook]) as sess:
-                for _ in range(2):
+                for _ in range(3):
                     sess.run(train, feed_dict={x: FEED})
-    assert any("free in" in r.getMessage() and "TMPDIR" in r.getMessage() for r in caplog.records)
+    lines = [r.getMessage() for r in caplog.records if "ram://" in r.getMessage()]
+    assert len(lines) == 1 and "not implemented" in lines[0] and "fix:" in lines[0], lines
     runs = DumpReader(str(tmp_path / "dump")).runs
-    assert [r.status for r in runs] == ["complete", "complete"]
+    assert [r.status for r in runs] == ["complete"] * 3
     assert "attachment_hashes" in runs[0].metadata  # graphs from RunMetadata instead
-    assert [r.core_metadata["session_run_index"] for r in runs] == [0, 1]  # the hook's own account
+    assert [r.core_metadata["session_run_index"] for r in runs] == [0, 1, 2]  # the hook's own account
+    degraded = [r.metadata.get("degraded") for r in runs]
+    assert degraded[0] and "ram://" in degraded[0]["tf_publish"] and degraded[1:] == [None, None]
 
 
 def test_out_of_range_ends_loop_and_end_records_the_error(tmp_path):

@@ -18,7 +18,7 @@ from tensorflow.core.protobuf import config_pb2  # noqa: E402  (CallableOptions 
 from tensorflow.python.training import basic_session_run_hooks  # noqa: E402
 
 from tfdump_fast import _tf_private  # noqa: E402
-from tfdump_fast.published import PublishDirectory, add_publish_watch  # noqa: E402
+from tfdump_fast.published import RAM_ROOT, PublishDirectory, add_publish_watch  # noqa: E402
 
 TF = f"TensorFlow {tf.__version__}"
 
@@ -255,12 +255,17 @@ def test_fetches_constantly(tmp_path):
 # ---------------------------------------------------------------- what TF publishes
 
 
-def test_tf_publishes_graphs_and_core_metadata_for_a_watch_of_no_node(tmp_path):
+def test_tf_publishes_graphs_and_core_metadata_for_a_watch_of_no_node_into_ram():
     """Not a Python private, but TensorFlow behaviour the hook relies on (see
     tfdump_fast.published): a file:// watch of a node no graph has makes TF
-    publish a new executor's partition graphs and each run's core metadata."""
+    publish a new executor's partition graphs and each run's core metadata,
+    and a file://ram:// URL keeps them in TF's in-memory file system (no
+    disk: nothing there can fail for want of space or permission)."""
     g, a, b, c, *_ = small_graph()
-    publish_dir = str(tmp_path / "slot")
+    published = PublishDirectory("test", lambda *args: pytest.fail(f"logged {args}"))
+    publish_dir = published.for_url("memcbk://tfdump_slot_0")
+    assert publish_dir.startswith("ram://") and tf.io.gfile.isdir(publish_dir), (
+        f"{TF} has no usable in-memory ram:// file system")
     options = tf1.RunOptions()
     add_publish_watch(options.debug_options, publish_dir)
     with tf1.Session(graph=g) as sess:
@@ -269,7 +274,7 @@ def test_tf_publishes_graphs_and_core_metadata_for_a_watch_of_no_node(tmp_path):
         assert sess.run(c, feed_dict={a: 1.0}, options=options) == 4.0
         second_core, second_graphs = PublishDirectory.take(publish_dir)
     assert first_core is not None and first_graphs, (
-        f"{TF} published no core metadata or graphs to the file:// URL of a watch of no node")
+        f"{TF} published no core metadata or graphs to the file://ram:// URL of a watch of no node")
     graph_def = tf1.GraphDef.FromString(first_graphs[0])
     assert "c" in {n.name for n in graph_def.node}
     assert not any(n.op.startswith("Debug") for n in graph_def.node)  # no debug op inserted
@@ -277,7 +282,31 @@ def test_tf_publishes_graphs_and_core_metadata_for_a_watch_of_no_node(tmp_path):
     assert second_core["session_run_index"] > first_core["session_run_index"]
     assert first_core["output_names"] == ["c:0"] and first_core["input_names"] == ["a:0"]
     assert second_graphs == []  # graphs only when the executor is built
-    assert [f for _, _, files in os.walk(publish_dir) for f in files] == []  # take() removed them
+    # take() removed every file: only directory entries remain in memory.
+    assert [f for _, _, files in tf.io.gfile.walk(publish_dir) for f in files] == []
+    published.remove()
+    assert not tf.io.gfile.exists(published.root)
+
+
+def test_tf_recreates_a_removed_ram_publish_directory_below_the_kept_root():
+    """ram:// has no real directories: TF's recursive directory creation
+    stops only at one that exists, and never ends (a stack overflow) when
+    not even the URL's top level exists. The publish root (RAM_ROOT) is kept,
+    so a slot directory removed under a running session (close() at exit
+    while a daemon thread still trains) is recreated by TF instead."""
+    g, a, b, c, *_ = small_graph()
+    published = PublishDirectory("test", lambda *args: pytest.fail(f"logged {args}"))
+    publish_dir = published.for_url("memcbk://tfdump_slot_1")
+    options = tf1.RunOptions()
+    add_publish_watch(options.debug_options, publish_dir)
+    with tf1.Session(graph=g) as sess:
+        sess.run(c, feed_dict={a: 1.0}, options=options)
+        published.remove()
+        assert tf.io.gfile.isdir(RAM_ROOT) and not tf.io.gfile.exists(publish_dir)
+        assert sess.run(c, feed_dict={a: 1.0}, options=options) == 4.0
+        core, _ = PublishDirectory.take(publish_dir)
+    assert core is not None and core["executor_step_index"] == 1
+    tf.io.gfile.rmtree(published.root)
 
 
 # ---------------------------------------------------------------- StoreDumpDir's base classes

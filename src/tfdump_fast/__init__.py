@@ -31,6 +31,8 @@ _LAZY = {
     "DumpingDebugWrapperSession": "tfdump_fast.wrapper",
     "WatchOptions": "tfdump_fast.watches",
     "StepSampler": "tfdump_fast.sampling",
+    "capture_run": "tfdump_fast.capture",
+    "CapturedRun": "tfdump_fast.capture",
 }
 
 

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from tfdump_fast import _native
 from tfdump_fast.bridge import get_bridge
 from tfdump_fast.errors import TfdumpError, TfdumpUsageError
-from tfdump_fast.published import PublishDirectory
+from tfdump_fast.published import CORE_METADATA_KEYS, PublishDirectory
 from tfdump_fast.run_names import IoNames, NamesCache
 from tfdump_fast.sampling import StepSampler, as_sampler
 from tfdump_fast.watches import DEFAULT_WATCH_SPEC, WatchCache, WatchSpec, watch_spec
@@ -68,9 +68,6 @@ class PendingRun:
     core_global_step: int
     publish_dir: Optional[str] = None
 
-
-_CORE_KEYS = ("global_step", "session_run_index", "executor_step_index", "input_names", "output_names",
-              "target_nodes")
 
 _live_dumpers: "weakref.WeakSet[Dumper]" = weakref.WeakSet()
 
@@ -161,6 +158,7 @@ class Dumper:
         self.run_call_count = 0
         self.runs_debugged = 0
         self.published = PublishDirectory(owner, self._log_once)
+        self._degraded_recorded_in: Optional[DumpWriter] = None
         _live_dumpers.add(self)
 
     # -- writer lifecycle
@@ -231,7 +229,7 @@ class Dumper:
             debug_options = None
         else:
             url = run.debug_urls[0]
-            publish_dir = self.published.for_url(url) if self.published.has_room() else None
+            publish_dir = self.published.for_url(url)
             debug_options, _ = self._watches.debug_options(graph, spec, url, publish_dir)
             key_tail = (url, spec, graph.version) + tuple(key_extra)
             want = True
@@ -325,8 +323,8 @@ class Dumper:
                             executor.graph_hashes = hashes
             gstep = pending.core_global_step if core_global_step is None else core_global_step
             if published_core is not None:
-                end_meta["core_metadata"] = {k: published_core.get(k) for k in _CORE_KEYS}
-            else:  # TF published nothing (e.g. no temporary directory): our own account
+                end_meta["core_metadata"] = {k: published_core.get(k) for k in CORE_METADATA_KEYS}
+            else:  # TF published nothing (ram:// unusable, say): our own account
                 end_meta["core_metadata"] = {
                     "global_step": int(gstep),
                     "session_run_index": pending.call_index,
@@ -336,6 +334,14 @@ class Dumper:
                     "target_nodes": list(names[2]),
                 }
             end_meta["graph_hashes"] = hashes
+            if pending.publish_dir is None and self.published.unavailable is not None:
+                with self._lock:
+                    # Once per writer: the store says why its runs lack
+                    # TensorFlow's own graphs and core metadata.
+                    record = self._degraded_recorded_in is not self.writer
+                    self._degraded_recorded_in = self.writer
+                if record:
+                    end_meta["degraded"] = {"tf_publish": self.published.unavailable}
         status, text = "ok", None
         if error is not None or error_text is not None:
             status = "failed"

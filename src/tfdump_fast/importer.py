@@ -63,6 +63,10 @@ def import_tfdbg(tfdbg_dir, session_root, *, progress: Union[bool, Callable[[int
     TfdumpFormatError
         ``tfdbg_dir`` is not a tfdbg dump, or a dump file is unreadable.
     """
+    for what, path in (("tfdbg_dir", tfdbg_dir), ("session_root", session_root)):
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            raise TfdumpUsageError("%s=%r must be a path (str or os.PathLike), not %s"
+                                   % (what, path, type(path).__name__))
     tfdbg_dir = os.fspath(tfdbg_dir)
     if not os.path.isdir(tfdbg_dir):
         raise TfdumpIOError(2, "%s is not a directory" % tfdbg_dir)

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from tfdump_fast import _tf_private
 from tfdump_fast.dumper import Dumper
+from tfdump_fast.errors import TfdumpTypeError
 from tfdump_fast.run_names import feed_keys_repr
 from tfdump_fast.sampling import SampleSpec, step_of_run
 from tfdump_fast.writer import DumpWriter
@@ -25,7 +26,7 @@ __all__ = ["DumpingDebugWrapperSession"]
 log = logging.getLogger("tfdump_fast")
 
 
-class DumpingDebugWrapperSession:
+class DumpingDebugWrapperSession(_tf_private.SessionInterface):
     """tfdbg's ``DumpingDebugWrapperSession`` on the tfdump-fast engine.
 
     Wraps a ``tf.compat.v1.Session`` (or a ``MonitoredSession``); every
@@ -55,11 +56,10 @@ class DumpingDebugWrapperSession:
 
     def __init__(self, sess, session_root, watch_fn=None, thread_name_filter=None,
                  pass_through_operrors=None, *, sample: SampleSpec = None, **engine_options):
-        if not (_tf_private.is_plain_session(sess)
-                or isinstance(sess, tf.compat.v1.train.MonitoredSession)):
-            raise TypeError(
-                f"DumpingDebugWrapperSession wraps a tf.compat.v1.Session or a MonitoredSession, "
-                f"got {type(sess).__name__}")
+        expected = _tf_private.WRAPPABLE_SESSION_TYPES
+        if not isinstance(sess, expected):
+            # tfdbg's exact message (framework._check_type): code may match on it.
+            raise TfdumpTypeError("Expected type %s; got type %s" % (expected, type(sess)))
         self._sess = sess
         self._pass_through_operrors = pass_through_operrors
         self._dumper = Dumper("DumpingDebugWrapperSession", session_root, watch_fn,

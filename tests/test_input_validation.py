@@ -239,10 +239,8 @@ def test_directory_named_like_a_shard_is_refused(tmp_path):
         DumpReader(str(root))
 
 
-def test_fifo_named_like_a_shard_is_refused_without_hanging(tmp_path):
-    root = tmp_path / "dump"
-    root.mkdir()
-    os.mkfifo(root / "w0000000000000001-0.tfds")
+def open_or_fail_if_hung(root, fifo):
+    """DumpReader(root)'s exception; fails the test (unblocking the reader) if it hangs on ``fifo``."""
     outcome = []
 
     def open_it():
@@ -255,13 +253,22 @@ def test_fifo_named_like_a_shard_is_refused_without_hanging(tmp_path):
     t.start()
     t.join(60)
     if t.is_alive():
-        # Unblock the reader stuck in open() so the test process can exit.
-        fd = os.open(root / "w0000000000000001-0.tfds", os.O_WRONLY | os.O_NONBLOCK)
+        # Unblock the reader stuck in open() so the test process can go on.
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
         os.close(fd)
         t.join(10)
         pytest.fail("DumpReader hung opening a FIFO named like a shard")
-    assert len(outcome) == 1 and isinstance(outcome[0], TfdumpFormatError)
-    assert "is a FIFO, not a shard file" in str(outcome[0])
+    assert len(outcome) == 1, "DumpReader opened a FIFO without an error"
+    return outcome[0]
+
+
+def test_fifo_named_like_a_shard_is_refused_without_hanging(tmp_path):
+    root = tmp_path / "dump"
+    root.mkdir()
+    fifo = root / "w0000000000000001-0.tfds"
+    os.mkfifo(fifo)
+    exc = open_or_fail_if_hung(root, fifo)
+    assert isinstance(exc, TfdumpFormatError) and "is a FIFO, not a shard file" in str(exc)
 
 
 def test_fifo_beside_real_shards_is_refused(store, tmp_path):
@@ -269,6 +276,7 @@ def test_fifo_beside_real_shards_is_refused(store, tmp_path):
 
     root = tmp_path / "dump"
     shutil.copytree(store, root)
-    os.mkfifo(root / "w00000000000000ff-0.tfds")
-    with pytest.raises(TfdumpFormatError, match="FIFO"):
-        DumpReader(str(root))
+    fifo = root / "w00000000000000ff-0.tfds"
+    os.mkfifo(fifo)
+    exc = open_or_fail_if_hung(root, fifo)
+    assert isinstance(exc, TfdumpFormatError) and "FIFO" in str(exc)

@@ -280,3 +280,35 @@ def test_fifo_beside_real_shards_is_refused(store, tmp_path):
     os.mkfifo(fifo)
     exc = open_or_fail_if_hung(root, fifo)
     assert isinstance(exc, TfdumpFormatError) and "FIFO" in str(exc)
+
+
+def test_convert_into_a_file_is_refused(store, tmp_path):
+    target = tmp_path / "a_file"
+    target.write_text("x")
+    with pytest.raises(TfdumpUsageError, match="is a file, not a directory"):
+        convert(store, str(target))
+    assert target.read_text() == "x"
+
+
+def test_import_refuses_a_fifo_in_a_tfdbg_run_directory(tmp_path):
+    run_dir = tmp_path / "tfdbg" / "run_1_0"
+    run_dir.mkdir(parents=True)
+    fifo = run_dir / "_tfdbg_core_metadata_1"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def run_import():
+        try:
+            import_tfdbg(str(tmp_path / "tfdbg"), str(tmp_path / "store"))
+        except TfdumpError as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=run_import, daemon=True)
+    t.start()
+    t.join(60)
+    if t.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(10)
+        pytest.fail("import_tfdbg hung opening a FIFO")
+    assert len(outcome) == 1 and isinstance(outcome[0], TfdumpFormatError)
+    assert "is not a regular file" in str(outcome[0])

@@ -88,6 +88,9 @@ def convert(session_root, dest, runs=None, progress: Union[bool, Callable[[int, 
         raise TfdumpUsageError("dest=%r must be a path (str or os.PathLike) of the directory to "
                                "write tfdbg's run directories into" % (dest,))
     dest = os.fsdecode(os.fspath(dest))
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        raise TfdumpUsageError("dest=%r is a file, not a directory: pass the directory to write "
+                               "tfdbg's run directories into (created if missing)" % dest)
     names = _unique_run_dir_names(selected)
     for name in names:
         path = os.path.join(dest, name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 import time
 from typing import Callable, Dict, List, Sequence, Union
 
@@ -118,6 +119,10 @@ def _find_tfdbg_runs(root: str) -> List[str]:
 
 def _read(path: str) -> bytes:
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            # A FIFO would block open(); a directory fail read().
+            raise TfdumpFormatError("%s is not a regular file, so not a tfdbg dump file: move it out "
+                                    "of the tfdbg dump directory" % path)
         with open(path, "rb") as f:
             return f.read()
     except OSError as exc:

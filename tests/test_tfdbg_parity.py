@@ -143,11 +143,12 @@ def test_tfdbg_disk_bytes_limit_wrapper(tmp_path, monkeypatch, graph, sess):
     # fails with ResourceExhaustedError. Here run 3 and later go undebugged.
     results = [wrapped.run(inc_v) for _ in range(4)]
     assert results == [11.0, 12.0, 13.0, 14.0]
-    assert wrapped.stats()["runs_over_tfdbg_byte_limit"] == 2
+    skipped = wrapped.stats().get("runs_over_tfdbg_byte_limit")
     wrapped.close()
     runs = DumpReader(str(tmp_path / "dump")).runs
     assert [len(r) for r in runs] == [1, 1]
     assert sum(r.payload_bytes for r in runs) == 8
+    assert skipped == 2
 
 
 def test_tfdbg_disk_bytes_limit_hook(tmp_path, monkeypatch, graph):
@@ -158,8 +159,8 @@ def test_tfdbg_disk_bytes_limit_hook(tmp_path, monkeypatch, graph):
         with tf1.train.MonitoredSession(hooks=[hook]) as mon:
             values = [mon.run(inc_v) for _ in range(4)]
     assert values == [11.0, 12.0, 13.0, 14.0]
-    assert hook.stats()["runs_over_tfdbg_byte_limit"] == 2
     assert [len(r) for r in DumpReader(str(tmp_path / "dump")).runs] == [1, 1]
+    assert hook.stats().get("runs_over_tfdbg_byte_limit") == 2
 
 
 def test_tfdbg_disk_bytes_limit_not_reached(tmp_path, monkeypatch, graph, sess):

@@ -206,3 +206,12 @@ def test_debug_op_bool_values_tensorflow_accepts(tmp_path, sess, graph, value):
         watch_fn=lambda f, fd: ([f"DebugNumericSummary(mute_if_healthy={value})"], r"delta", r".*"))
     assert wrapped.run(inc_v) == 11.0
     wrapped.close()
+
+
+@pytest.mark.parametrize("root, message", [(None, "session_root=None must be a path"),
+                                           ("", "session_root is an empty string")])
+def test_hook_and_wrapper_session_root_must_be_a_path(sess, root, message):
+    with pytest.raises(TfdumpUsageError, match=message):
+        DumpingDebugHook(root)
+    with pytest.raises(TfdumpUsageError, match=message):
+        DumpingDebugWrapperSession(sess, root)

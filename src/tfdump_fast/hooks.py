@@ -132,7 +132,7 @@ from tfdump_fast.run_names import feed_keys_repr
 from tfdump_fast.sampling import SampleSpec, step_of_run
 from tfdump_fast.watches import WatchOptions
 from tfdump_fast.wrapper import DumpingDebugWrapperSession, TfdbgByteLimit
-from tfdump_fast.writer import DumpWriter
+from tfdump_fast.writer import DumpWriter, check_session_root
 
 __all__ = ["DumpingDebugHook", "DumpingDebugWrapperSession", "WatchOptions"]
 
@@ -229,6 +229,7 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
     def __init__(self, session_root, watch_fn=None, thread_name_filter=None, log_usage=True, *,
                  sample: SampleSpec = None, **engine_options):
         del log_usage  # tfdbg compatibility only
+        check_session_root(session_root)
         self._dumper = Dumper("DumpingDebugHook", session_root, watch_fn, thread_name_filter,
                               sample, engine_options)
         self._byte_limit = TfdbgByteLimit("DumpingDebugHook")

@@ -20,7 +20,7 @@ from tfdump_fast.dumper import Dumper
 from tfdump_fast.errors import TfdumpTypeError, TfdumpUsageError
 from tfdump_fast.run_names import feed_keys_repr
 from tfdump_fast.sampling import SampleSpec, step_of_run
-from tfdump_fast.writer import DumpWriter
+from tfdump_fast.writer import DumpWriter, check_session_root
 
 __all__ = ["DumpingDebugWrapperSession", "TfdbgByteLimit"]
 
@@ -145,6 +145,7 @@ class DumpingDebugWrapperSession(_tf_private.SessionInterface):
             raise TfdumpTypeError("Expected type %s; got type %s" % (expected, type(sess)))
         self._sess = sess
         self._pass_through_operrors = pass_through_operrors
+        check_session_root(session_root)
         if pass_through_operrors is not None and not isinstance(pass_through_operrors, bool):
             raise TfdumpUsageError(
                 f"pass_through_operrors={pass_through_operrors!r} must be True, False or None")

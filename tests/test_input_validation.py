@@ -18,6 +18,7 @@ from tfdump_fast.errors import (
     TfdumpError,
     TfdumpFormatError,
     TfdumpNotFoundError,
+    TfdumpTypeError,
     TfdumpUsageError,
 )
 
@@ -91,7 +92,7 @@ def test_write_bad_watch_key_or_run(writer, kwargs, message):
     (np.zeros(2, np.clongdouble), "has no TensorFlow equivalent"),
 ])
 def test_write_unstorable_value(writer, value, message):
-    with pytest.raises(TfdumpUsageError, match=message):
+    with pytest.raises(TfdumpTypeError, match=message):
         writer.write(value, "n")
 
 

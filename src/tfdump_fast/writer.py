@@ -754,18 +754,18 @@ def _as_array(array) -> np.ndarray:
     try:
         arr = np.asarray(array)
     except (TypeError, ValueError) as exc:
-        raise errors.TfdumpUsageError(f"write(): the value cannot be made a numpy array: {exc}") from None
+        raise errors.TfdumpTypeError(f"write(): the value cannot be made a numpy array: {exc}") from None
     if arr.dtype == object:
         if not all(isinstance(v, (bytes, str)) for v in arr.reshape(-1).tolist()):
-            raise errors.TfdumpUsageError(
+            raise errors.TfdumpTypeError(
                 "write(): an object array is stored as strings, so every element must be bytes or str")
         return arr
     try:
         dtypes.from_numpy(arr.dtype)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise errors.TfdumpUsageError(
-            f"write(): numpy dtype {arr.dtype} has no TensorFlow equivalent ({exc}); convert the "
-            "value to a TensorFlow dtype (e.g. float64) first") from None
+    except (TypeError, ValueError, KeyError):
+        raise errors.TfdumpTypeError(
+            f"write(): numpy dtype {arr.dtype} has no TensorFlow equivalent; convert the value to "
+            "one that has (e.g. float64) first") from None
     return arr
 
 

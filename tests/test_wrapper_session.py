@@ -202,7 +202,10 @@ def test_argument_checks_match_tfdbg(tmp_path, graph, sess):
         wrapped.partial_run(None, z)
     with pytest.raises(ValueError, match="does not have a method called 'should_stop'"):
         wrapped.should_stop()
-    with pytest.raises(TypeError, match="wraps a tf.compat.v1.Session"):
+    # tfdbg's exact message (issue #10: drop-in parity), not our own wording.
+    with pytest.raises(TypeError, match=r"^Expected type \(<class 'tensorflow\.python\.client\.session\."
+                                        r"BaseSession'>, <class 'tensorflow\.python\.training\."
+                                        r"monitored_session\.MonitoredSession'>\); got type <class 'object'>$"):
         DumpingDebugWrapperSession(object(), str(tmp_path / "other"))
     with pytest.raises(TypeError, match="watch_fn is not callable"):
         DumpingDebugWrapperSession(sess, str(tmp_path / "other2"), watch_fn="all")

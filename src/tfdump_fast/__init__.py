@@ -14,6 +14,7 @@ from tfdump_fast.errors import (
     TfdumpIOError,
     TfdumpNotFoundError,
     TfdumpTruncatedError,
+    TfdumpTypeError,
     TfdumpUsageError,
 )
 

@@ -115,6 +115,17 @@ def is_plain_session(obj) -> bool:
     return isinstance(obj, tf_session.BaseSession)
 
 
+# The base class of every TF client session, and so of tfdbg's wrappers:
+# ``Saver.save``, ``start_queue_runners`` and ``MonitoredSession`` accept only
+# its instances (``tensorflow.python.client.session``, not exported; TF 1.0
+# onwards).
+SessionInterface = tf_session.SessionInterface
+
+# What tfdbg's wrapper accepts to wrap: ``_check_type(sess, (BaseSession,
+# MonitoredSession))`` in ``tensorflow/python/debug/wrappers/framework.py``.
+WRAPPABLE_SESSION_TYPES = (tf_session.BaseSession, tf.compat.v1.train.MonitoredSession)
+
+
 def raw_session(monitored) -> Optional[Any]:
     """The ``tf.compat.v1.Session`` under a ``MonitoredSession``, or None.
 

@@ -84,7 +84,13 @@ def convert(session_root, dest, runs=None, progress: Union[bool, Callable[[int, 
     reader = session_root if isinstance(session_root, DumpReader) else DumpReader(session_root)
     selected = reader.runs if runs is None else [r if isinstance(r, Run) else reader.run(r) for r in
                                                  ([runs] if isinstance(runs, (str, int, tuple)) else runs)]
-    dest = os.fspath(dest)
+    if not isinstance(dest, (str, bytes, os.PathLike)):
+        raise TfdumpUsageError("dest=%r must be a path (str or os.PathLike) of the directory to "
+                               "write tfdbg's run directories into" % (dest,))
+    dest = os.fsdecode(os.fspath(dest))
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        raise TfdumpUsageError("dest=%r is a file, not a directory: pass the directory to write "
+                               "tfdbg's run directories into (created if missing)" % dest)
     names = _unique_run_dir_names(selected)
     for name in names:
         path = os.path.join(dest, name)

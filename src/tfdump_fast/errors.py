@@ -26,6 +26,10 @@ class TfdumpUsageError(TfdumpError, ValueError):
     """A bad argument or option: the message names it and the fix."""
 
 
+class TfdumpTypeError(TfdumpError, TypeError):
+    """An argument of the wrong type where tfdbg raises ``TypeError`` (its message kept)."""
+
+
 class TfdumpClosedError(TfdumpError, ValueError):
     """The writer or reader was used after ``close()``."""
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 import time
 from typing import Callable, Dict, List, Sequence, Union
 
@@ -63,6 +64,10 @@ def import_tfdbg(tfdbg_dir, session_root, *, progress: Union[bool, Callable[[int
     TfdumpFormatError
         ``tfdbg_dir`` is not a tfdbg dump, or a dump file is unreadable.
     """
+    for what, path in (("tfdbg_dir", tfdbg_dir), ("session_root", session_root)):
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            raise TfdumpUsageError("%s=%r must be a path (str or os.PathLike), not %s"
+                                   % (what, path, type(path).__name__))
     tfdbg_dir = os.fspath(tfdbg_dir)
     if not os.path.isdir(tfdbg_dir):
         raise TfdumpIOError(2, "%s is not a directory" % tfdbg_dir)
@@ -114,6 +119,10 @@ def _find_tfdbg_runs(root: str) -> List[str]:
 
 def _read(path: str) -> bytes:
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            # A FIFO would block open(); a directory fail read().
+            raise TfdumpFormatError("%s is not a regular file, so not a tfdbg dump file: move it out "
+                                    "of the tfdbg dump directory" % path)
         with open(path, "rb") as f:
             return f.read()
     except OSError as exc:

@@ -32,6 +32,7 @@ import collections
 import json
 import os
 import re
+import stat
 import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -400,6 +401,15 @@ class Run:
         ``bytes``; resources, variants, uninitialized tensors and dtypes
         numpy lacks are :class:`InconvertibleTensor`.
         """
+        n = len(self.tensor_ids)
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+            raise TfdumpUsageError("run %s: value(index=%r) takes an integer position in execution "
+                                   "order" % (self.name, index))
+        if not -n <= index < n:
+            raise TfdumpNotFoundError(
+                "run %s holds %d tensors, so value(%d) is out of range (valid: %s); select tensors "
+                "by name with get()/select()" % (self.name, n, index,
+                                                 "0..%d or -%d..-1" % (n - 1, n) if n else "none"))
         return self._decoder.value(int(self.tensor_ids[index]))
 
     def values(self) -> list:
@@ -430,6 +440,17 @@ class Run:
         -------
         list of TensorRecord
         """
+        if predicate is not None and not callable(predicate):
+            raise TfdumpUsageError("find(predicate=%r): pass a function (record, value) -> bool, e.g. "
+                                   "tfdump_fast.has_inf_or_nan, or None" % (predicate,))
+        if not isinstance(first_n, (int, np.integer)) or isinstance(first_n, bool):
+            raise TfdumpUsageError("find(first_n=%r) must be an integer (0: all matches)" % (first_n,))
+        if exclude is not None and not isinstance(exclude, str) and not (
+                isinstance(exclude, (list, tuple)) and all(isinstance(p, str) for p in exclude)):
+            raise TfdumpUsageError("find(exclude=%r) must be a regular expression (str) or a list of "
+                                   "them" % (exclude,))
+        if device is not None and not isinstance(device, str):
+            raise TfdumpUsageError("find(device=%r) must be a device name (str) or None" % (device,))
         rows = self._filter_rows(exclude, device)
         if predicate is None:
             idx = rows if first_n <= 0 else rows[:first_n]
@@ -490,6 +511,14 @@ def is_inf_nan_predicate(predicate) -> bool:
 
 
 def _split_tensor_name(node, output_slot, debug_op):
+    if not isinstance(node, str) or not node:
+        raise TfdumpUsageError("node=%r must be a node or tensor name (str), e.g. 'dense/MatMul' or "
+                               "'dense/MatMul:0'" % (node,))
+    if output_slot is not None and (not isinstance(output_slot, (int, np.integer))
+                                    or isinstance(output_slot, bool) or output_slot < 0):
+        raise TfdumpUsageError("output_slot=%r must be a non-negative integer or None" % (output_slot,))
+    if debug_op is not None and not isinstance(debug_op, str):
+        raise TfdumpUsageError("debug_op=%r must be a debug op name (str) or None" % (debug_op,))
     parts = node.rsplit(":", 2)
     if len(parts) == 3 and parts[1].isdigit() and output_slot is None and debug_op is None:
         return parts[0], int(parts[1]), parts[2]
@@ -497,6 +526,19 @@ def _split_tensor_name(node, output_slot, debug_op):
     if len(parts) == 2 and parts[1].isdigit() and output_slot is None:
         return parts[0], int(parts[1]), debug_op
     return node, output_slot, debug_op
+
+
+def _check_regular_file(path: str) -> None:
+    """Refuse a shard name that is not a regular file (a FIFO would block open(), a directory fail read())."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise TfdumpIOError(exc.errno, "cannot stat %s: %s" % (path, exc.strerror)) from None
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device or other special file")
+        raise TfdumpFormatError("%s is %s, not a shard file: tfdump-fast reads regular files only; "
+                                "move it out of the session root" % (path, kind))
 
 
 def _did_you_mean(node, run) -> str:
@@ -563,7 +605,13 @@ class DumpReader:
                  on_corruption: str = "raise"):
         if on_corruption not in ("raise", "skip"):
             raise TfdumpUsageError("on_corruption=%r must be 'raise' or 'skip'" % (on_corruption,))
-        self.session_root = os.fspath(session_root)
+        if not isinstance(session_root, (str, bytes, os.PathLike)):
+            raise TfdumpUsageError("session_root=%r must be a path (str or os.PathLike) to a dump "
+                                   "directory, not %s" % (session_root, type(session_root).__name__))
+        if not isinstance(cache_bytes, (int, np.integer)) or isinstance(cache_bytes, bool) or cache_bytes < 0:
+            raise TfdumpUsageError("cache_bytes=%r must be a non-negative integer (bytes of "
+                                   "decompressed blocks kept)" % (cache_bytes,))
+        self.session_root = os.fsdecode(os.fspath(session_root))
         self.cache_bytes = int(cache_bytes)
         self._lock = threading.RLock()
         self._closed = False
@@ -600,7 +648,9 @@ class DumpReader:
         for name in sorted(names):
             shard = parse_shard_file_name(name)
             if shard is not None:
-                out.append((os.path.join(self.session_root, name), shard))
+                path = os.path.join(self.session_root, name)
+                _check_regular_file(path)
+                out.append((path, shard))
         if not out and not self._shards:
             hint = ""
             if any(n.startswith("run_") for n in names) or any(n.startswith("_tfdbg_") for n in names):
@@ -752,6 +802,8 @@ class DumpReader:
             raise TfdumpNotFoundError("run index %d is out of range: %s holds %d runs (0..%d)"
                                       % (which, self.session_root, len(runs), len(runs) - 1))
         if isinstance(which, tuple) and len(which) == 2:
+            if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in which):
+                raise TfdumpUsageError("a run is selected by (writer_id, run_id) integers, not %r" % (which,))
             run = self._run_by_key.get((int(which[0]), int(which[1])))
             if run is None:
                 raise TfdumpNotFoundError("no run %d of writer w%016x in %s" % (which[1], which[0],

@@ -170,11 +170,43 @@ def _validate_debug_op(debug_op: str, source: str) -> None:
             f"{source}: unknown debug op {name!r} (in {debug_op!r}); supported debug ops: "
             f"{', '.join(_supported_debug_ops())}")
     settable = sorted(op_attrs - _INSERTER_ATTRS)
-    for key in attrs:
+    attr_types = {a.name: a.type for a in op_def.attr}
+    for key, value in attrs.items():
         if key not in settable:
             raise TfdumpUsageError(
                 f"{source}: debug op {name} has no attribute {key!r} (in {debug_op!r}); "
                 f"its attributes are: {', '.join(settable) or '(none)'}")
+        expected = _attr_value_problem(attr_types[key], value)
+        if expected:
+            raise TfdumpUsageError(
+                f"{source}: debug op {debug_op!r}: {key}={value!r} is not a valid {attr_types[key]} "
+                f"value; write {expected}")
+
+
+# What TensorFlow's debug-op-name parser (strings::safe_strtob / strtof /
+# strto64) accepts for each attribute type.
+_BOOL_VALUES = ("true", "True", "TRUE", "1", "false", "False", "FALSE", "0")
+
+
+def _attr_value_problem(attr_type: str, value: str) -> str:
+    """'' when TensorFlow accepts ``value`` for an attribute of ``attr_type``, else what to write."""
+    if value == "":
+        return "a value after '='"
+    if attr_type == "bool":
+        return "" if value in _BOOL_VALUES else "true or false"
+    if attr_type == "int":
+        try:
+            int(value, 10)
+        except ValueError:
+            return "an integer"
+        return ""
+    if attr_type == "float":
+        try:
+            float(value)
+        except ValueError:
+            return "a number (e.g. 1.5, -inf)"
+        return ""
+    return ""
 
 
 # ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ the state it shares with the hook is a :class:`~tfdump_fast.dumper.Dumper`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Mapping
 from typing import Any, Dict, Optional, Tuple
@@ -16,16 +17,84 @@ import tensorflow as tf
 
 from tfdump_fast import _tf_private
 from tfdump_fast.dumper import Dumper
+from tfdump_fast.errors import TfdumpTypeError, TfdumpUsageError
 from tfdump_fast.run_names import feed_keys_repr
 from tfdump_fast.sampling import SampleSpec, step_of_run
-from tfdump_fast.writer import DumpWriter
+from tfdump_fast.writer import DumpWriter, check_session_root
 
-__all__ = ["DumpingDebugWrapperSession"]
+__all__ = ["DumpingDebugWrapperSession", "TfdbgByteLimit"]
 
 log = logging.getLogger("tfdump_fast")
 
+TFDBG_DISK_BYTES_LIMIT_ENV = "TFDBG_DISK_BYTES_LIMIT"
 
-class DumpingDebugWrapperSession:
+
+class TfdbgByteLimit:
+    """tfdbg's ``TFDBG_DISK_BYTES_LIMIT``, counted as tfdbg counts it: tensor bytes.
+
+    Package-internal (the hook and the wrapper each hold one). tfdbg's debug
+    ops add each dumped tensor's size (``Tensor::TotalBytes()``; 0 for an
+    uninitialized tensor) to a counter that the first run of a wrapper or
+    hook resets, and refuse a tensor unless ``used + size < limit``; the
+    refused tensor fails its run with ``ResourceExhaustedError``. Here a run
+    is never failed: a run is debugged unless the bytes the last debugged run
+    of the same signature (fetches and feed keys) dumped would not fit, in
+    which case it goes to TensorFlow undebugged, and the limit is logged
+    once. A run of a new signature is debugged while ``used < limit``, so
+    the count can overshoot by that one run. Tensor bytes are the engine's
+    accepted bytes of the run (a numeric tensor's elements times item size,
+    the encoded size of strings). Independent of ``disk_limit_bytes``, which
+    counts compressed bytes on disk; the environment variable is read when
+    the hook or wrapper is made; unset or empty means no limit (tfdbg's
+    100 GB default is not applied).
+    """
+
+    def __init__(self, owner: str, environ=None):
+        raw = (os.environ if environ is None else environ).get(TFDBG_DISK_BYTES_LIMIT_ENV, "")
+        self.limit: Optional[int] = None
+        if raw.strip():
+            if not raw.strip().isdigit():
+                raise TfdumpUsageError(
+                    f"{owner}: {TFDBG_DISK_BYTES_LIMIT_ENV}={raw!r} is not a byte count; set it to a "
+                    "non-negative integer (tensor bytes to dump at most) or unset it")
+            self.limit = int(raw.strip())
+        self.used = 0
+        self.runs_skipped = 0
+        self._owner = owner
+        self._last: Dict[Any, int] = {}
+        self._lock = threading.Lock()
+
+    def allows(self, signature) -> bool:
+        """Whether a run of ``signature`` may be debugged without passing the limit."""
+        if self.limit is None:
+            return True
+        with self._lock:
+            estimate = self._last.get(signature)
+            if estimate is None:
+                ok = self.used < self.limit
+            else:
+                ok = estimate == 0 or self.used + estimate < self.limit
+            if not ok:
+                self.runs_skipped += 1
+                if self.runs_skipped == 1:
+                    log.warning(
+                        "tfdump-fast: %s: %s=%d reached (%d tensor bytes dumped); later runs that "
+                        "would pass it are not debugged (tfdbg would fail them with "
+                        "ResourceExhaustedError). Raise or unset %s to keep dumping.", self._owner,
+                        TFDBG_DISK_BYTES_LIMIT_ENV, self.limit, self.used, TFDBG_DISK_BYTES_LIMIT_ENV)
+            return ok
+
+    def record(self, signature, run) -> None:
+        """Count the tensor bytes of a debugged run that has ended."""
+        if self.limit is None:
+            return
+        nbytes = int(run.counters.get("bytes", 0)) if run is not None else 0
+        with self._lock:
+            self.used += nbytes
+            self._last[signature] = nbytes
+
+
+class DumpingDebugWrapperSession(_tf_private.SessionInterface):
     """tfdbg's ``DumpingDebugWrapperSession`` on the tfdump-fast engine.
 
     Wraps a ``tf.compat.v1.Session`` (or a ``MonitoredSession``); every
@@ -46,6 +115,21 @@ class DumpingDebugWrapperSession:
 
     Notes
     -----
+    Two dump limits: ``disk_limit_bytes=`` (an engine option) counts the
+    compressed bytes on disk and drops tensors past it; the environment
+    variable ``TFDBG_DISK_BYTES_LIMIT`` is honoured as tfdbg counts it,
+    tensor bytes since the wrapper's first run, but runs that would pass it
+    go undebugged instead of failing with ``ResourceExhaustedError`` (see
+    :class:`TfdbgByteLimit`). ``stats()["runs_over_tfdbg_byte_limit"]``
+    counts them.
+
+    The wrapper is a ``tensorflow.python.client.session.SessionInterface``
+    (as tfdbg's is), so ``tf.compat.v1.train.Saver().save(wrapped, path)``,
+    ``start_queue_runners(sess=wrapped)`` and ``wrapped.as_default()`` work.
+    Wrapping anything but a ``Session`` or ``MonitoredSession`` (another
+    wrapper included) raises tfdbg's ``TypeError`` ("Expected type ...; got
+    type ...") as :class:`~tfdump_fast.errors.TfdumpTypeError`.
+
     Like tfdbg: runs with empty fetches and runs on threads that do not match
     ``thread_name_filter`` are passed through undebugged; ``partial_run`` is
     not supported; ``close()`` closes the wrapped session (and here also
@@ -55,15 +139,19 @@ class DumpingDebugWrapperSession:
 
     def __init__(self, sess, session_root, watch_fn=None, thread_name_filter=None,
                  pass_through_operrors=None, *, sample: SampleSpec = None, **engine_options):
-        if not (_tf_private.is_plain_session(sess)
-                or isinstance(sess, tf.compat.v1.train.MonitoredSession)):
-            raise TypeError(
-                f"DumpingDebugWrapperSession wraps a tf.compat.v1.Session or a MonitoredSession, "
-                f"got {type(sess).__name__}")
+        expected = _tf_private.WRAPPABLE_SESSION_TYPES
+        if not isinstance(sess, expected):
+            # tfdbg's exact message (framework._check_type): code may match on it.
+            raise TfdumpTypeError("Expected type %s; got type %s" % (expected, type(sess)))
         self._sess = sess
         self._pass_through_operrors = pass_through_operrors
+        check_session_root(session_root)
+        if pass_through_operrors is not None and not isinstance(pass_through_operrors, bool):
+            raise TfdumpUsageError(
+                f"pass_through_operrors={pass_through_operrors!r} must be True, False or None")
         self._dumper = Dumper("DumpingDebugWrapperSession", session_root, watch_fn,
                               thread_name_filter, sample, engine_options)
+        self._byte_limit = TfdbgByteLimit("DumpingDebugWrapperSession")
         self._default_session_context_manager = None
         self._callables: Dict[tuple, Any] = {}
         self._global_step_tensor = None
@@ -156,6 +244,10 @@ class DumpingDebugWrapperSession:
             if not d.sampler.should_sample(step):
                 return plain()
             metadata["step"], metadata["global_step"] = step, global_step
+        signature = (metadata["fetches"], metadata["feed_keys"], metadata.get("callable_fetches"),
+                     id(callable_options) if callable_options else None)
+        if not self._byte_limit.allows(signature):
+            return plain()
         spec = d.watch_spec(fetches, feed_dict)
         graph = self._sess.graph
         if callable_options:
@@ -199,13 +291,16 @@ class DumpingDebugWrapperSession:
                                              run_metadata=run_metadata)
         except tf.errors.OpError as op_error:
             d.finish_run(pending, run_metadata, error=op_error)
+            self._byte_limit.record(signature, pending.run)
             if self._pass_through_operrors:
                 raise
             return op_error  # tfdbg returns the error object
         except BaseException as exc:
             d.finish_run(pending, run_metadata, error=exc)
+            self._byte_limit.record(signature, pending.run)
             raise
         d.finish_run(pending, run_metadata)
+        self._byte_limit.record(signature, pending.run)
         return retvals
 
     def _run_callable_from_options(self, callable_options, debug_options, pending, runner_args,
@@ -313,8 +408,11 @@ class DumpingDebugWrapperSession:
 
     def stats(self):
         """The writer's counters (see ``DumpWriter.stats``) plus
-        ``session_run_calls`` (Session.run calls seen) and ``runs_debugged``."""
-        return self._dumper.stats()
+        ``session_run_calls`` (Session.run calls seen), ``runs_debugged`` and
+        ``runs_over_tfdbg_byte_limit`` (runs left undebugged by ``TFDBG_DISK_BYTES_LIMIT``)."""
+        stats = self._dumper.stats()
+        stats["runs_over_tfdbg_byte_limit"] = self._byte_limit.runs_skipped
+        return stats
 
     def close(self):
         """Close the wrapped session (as tfdbg does), then flush and close the writer."""

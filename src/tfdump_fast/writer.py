@@ -70,6 +70,9 @@ class Run:
     ended: bool = False
     writer: Any = field(default=None, repr=False, compare=False)
     counters: Dict[str, int] = field(default_factory=dict)
+    # The writer that began the run (its writer_name): end_run and write
+    # refuse another writer's run, also after the run ended.
+    writer_name: str = field(default="", repr=False, compare=False)
 
 
 _open_writers: "weakref.WeakSet[DumpWriter]" = weakref.WeakSet()
@@ -175,10 +178,13 @@ class DumpWriter:
         defer_during_runs: bool = True,
         frame_sink: Optional[Callable[[int, Sequence[bytes]], None]] = None,
     ):
-        self._validate(queue_bytes, policy, workers, codec, level, frame_bytes, disk_limit_bytes, sink,
-                       zero_copy_threshold, flush_interval)
-        if not isinstance(worker_nice, int) or not 0 <= worker_nice <= 19:
-            raise errors.TfdumpUsageError(f"worker_nice={worker_nice!r} must be an integer from 0 to 19")
+        _validate_options(
+            session_root=session_root, queue_bytes=queue_bytes, policy=policy, workers=workers,
+            codec=codec, level=level, shuffle=shuffle, frame_bytes=frame_bytes,
+            disk_limit_bytes=disk_limit_bytes, allow_existing=allow_existing, backoff=backoff,
+            sink=sink, zero_copy_threshold=zero_copy_threshold, flush_interval=flush_interval,
+            dedup_max_entries=dedup_max_entries, worker_nice=worker_nice, worker_idle=worker_idle,
+            defer_during_runs=defer_during_runs)
         self.session_root = os.fspath(session_root)
         self.options = {
             "queue_bytes": int(queue_bytes), "policy": policy, "workers": int(workers), "codec": codec,
@@ -245,36 +251,6 @@ class DumpWriter:
 
     # ------------------------------------------------------------------ setup
 
-    @staticmethod
-    def _validate(queue_bytes, policy, workers, codec, level, frame_bytes, disk_limit_bytes, sink,
-                  zero_copy_threshold, flush_interval):
-        def bad(msg):
-            raise errors.TfdumpUsageError(msg)
-
-        if policy not in _POLICIES:
-            bad(f"policy={policy!r} is not one of {_POLICIES}: 'block' waits for room (lossless), "
-                "'drop' drops and counts tensors when the queue is full")
-        if codec not in _CODECS:
-            bad(f"codec={codec!r} is not one of {_CODECS}")
-        if not isinstance(workers, int) or not 1 <= workers <= 64:
-            bad(f"workers={workers!r} must be an integer between 1 and 64")
-        if not isinstance(queue_bytes, int) or queue_bytes < (1 << 20):
-            bad(f"queue_bytes={queue_bytes!r} must be an integer of at least 1 MiB")
-        if not isinstance(frame_bytes, int) or not 4096 <= frame_bytes <= (256 << 20):
-            bad(f"frame_bytes={frame_bytes!r} must be between 4 KiB and 256 MiB")
-        if frame_bytes > queue_bytes:
-            bad(f"frame_bytes ({frame_bytes}) must not exceed queue_bytes ({queue_bytes})")
-        if codec == "zstd" and not (isinstance(level, int) and -7 <= level <= 22):
-            bad(f"level={level!r} is not a zstd level (-7 to 22)")
-        if disk_limit_bytes is not None and (not isinstance(disk_limit_bytes, int) or disk_limit_bytes <= 0):
-            bad(f"disk_limit_bytes={disk_limit_bytes!r} must be a positive integer or None")
-        if sink not in ("disk", "null"):
-            bad(f"sink={sink!r} must be 'disk' or 'null' (discard everything: the capture floor)")
-        if not isinstance(zero_copy_threshold, int) or zero_copy_threshold < 0:
-            bad(f"zero_copy_threshold={zero_copy_threshold!r} must be a non-negative integer")
-        if not flush_interval > 0:
-            bad(f"flush_interval={flush_interval!r} must be positive (seconds)")
-
     def _open_shard(self, shard_index: int, created_us: int) -> int:
         fd = frames.create_shard(self.session_root, self.writer_id, shard_index, created_us)
         self._shard_files[fd] = frames.ShardFile(fd, shard_file_name(self.writer_id, shard_index))
@@ -301,13 +277,28 @@ class DumpWriter:
         Returns
         -------
         Run
+
+        Raises
+        ------
+        TfdumpUsageError
+            ``metadata`` is not a dict or names a field the writer sets
+            itself (``event``, ``run_id``, ``run_name``, ``wall_us``);
+            ``capture`` is not a bool; ``run_name`` is not a non-empty str.
         """
+        metadata = _check_metadata(metadata, "begin_run", _RUN_BEGIN_FIELDS)
+        if not _is_bool(capture):
+            raise errors.TfdumpUsageError(f"begin_run(capture={capture!r}): capture must be True or False")
+        if run_name is not None and (not isinstance(run_name, str) or not run_name or "/" in run_name):
+            raise errors.TfdumpUsageError(
+                f"begin_run(run_name={run_name!r}): a run name must be a non-empty str without '/' "
+                "(or None for tfdbg's run_<epoch_us>_<counter>)")
         self._check_usable()
         with self._lock:
             self._run_counter += 1
             run_id = self._run_counter
         wall_us = time.time_ns() // 1000
-        run = Run(run_id=run_id, run_name=run_name or f"run_{wall_us}_{run_id - 1}", wall_us=wall_us)
+        run = Run(run_id=run_id, run_name=run_name or f"run_{wall_us}_{run_id - 1}", wall_us=wall_us,
+                  writer_name=self.writer_name)
         # While a run is open it keeps its writer (and so the engine the TF
         # bridge points at) alive, even if the caller drops the writer.
         run.writer = self
@@ -352,8 +343,16 @@ class DumpWriter:
         dict
             The run's counters: tensors, bytes, dropped_tensors, dropped_bytes.
         """
+        self._check_own_run(run, "end_run")
         if status not in ("ok", "failed"):
             raise errors.TfdumpUsageError(f"status={status!r} must be 'ok' or 'failed'")
+        metadata = _check_metadata(metadata, "end_run", _RUN_END_FIELDS)
+        if attachments is not None:
+            if isinstance(attachments, (bytes, bytearray, memoryview, str)) or not all(
+                    isinstance(a, (bytes, bytearray, memoryview)) for a in attachments):
+                raise errors.TfdumpUsageError(
+                    "end_run(attachments=...) must be a sequence of bytes objects (e.g. serialized "
+                    "partition GraphDefs), not a single value or non-bytes items")
         if run.ended:
             raise errors.TfdumpUsageError(f"run {run.run_name} was already ended")
         if run.slot >= 0:
@@ -401,6 +400,14 @@ class DumpWriter:
         bool
             False when the tensor was dropped (``policy="drop"``, disk budget).
         """
+        _check_watch_key(node_name, output_slot, debug_op, device)
+        if not _is_int(wall_us) or not 0 <= wall_us <= _MAX_INT64:
+            raise errors.TfdumpUsageError(
+                f"write(wall_us={wall_us!r}): must be a non-negative integer (microseconds since the "
+                "epoch; 0 for now)")
+        if run is not None:
+            self._check_own_run(run, "write")
+        arr = _as_array(array)
         self._check_usable()
         if run is None:
             with self._lock:
@@ -409,7 +416,6 @@ class DumpWriter:
                 run = self._implicit_run
         if run.ended:
             raise errors.TfdumpUsageError(f"run {run.run_name} has ended; begin a new run to write to")
-        arr = np.asarray(array)
         tf_dtype = dtypes.from_numpy(arr.dtype)
         flags = 0
         if tf_dtype == dtypes.DT_STRING:
@@ -433,6 +439,10 @@ class DumpWriter:
 
         Raises the first worker error (disk full, permission lost) if any.
         """
+        if timeout is not None and (not isinstance(timeout, (int, float, np.integer, np.floating))
+                                    or _is_bool(timeout) or not timeout >= 0):
+            raise errors.TfdumpUsageError(
+                f"flush(timeout={timeout!r}): must be a non-negative number of seconds or None")
         self._check_open()
         with self._lock:
             implicit, self._implicit_run = self._implicit_run, None
@@ -531,6 +541,19 @@ class DumpWriter:
         self.close()
 
     # --------------------------------------------------------------- internals
+
+    def _check_own_run(self, run, method: str) -> None:
+        if not isinstance(run, Run):
+            raise errors.TfdumpUsageError(
+                f"{method}(run={run!r}): pass the Run that this writer's begin_run() returned")
+        if not run.ended and self._open_runs.get(run.run_id) is not run:
+            raise errors.TfdumpUsageError(
+                f"{method}: run {run.run_name} does not belong to this writer ({self.session_root}); "
+                "pass it to the DumpWriter whose begin_run() returned it")
+        if run.ended and run.writer_name != self.writer_name:
+            raise errors.TfdumpUsageError(
+                f"{method}: run {run.run_name} belongs to another writer ({run.writer_name}); "
+                "pass it to the DumpWriter whose begin_run() returned it")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -760,6 +783,140 @@ class DumpWriter:
                               "written_bytes": self._bytes_written, "wall_us": time.time_ns() // 1000})
         except errors.TfdumpError:
             pass
+
+
+# Fields of run_begin / run_end events that the writer sets itself; metadata
+# may not override them (a reader would attribute the run's tensors wrongly).
+_RUN_BEGIN_FIELDS = ("event", "run_id", "run_name", "wall_us")
+_RUN_END_FIELDS = ("event", "run_id", "run_name", "wall_us", "status", "error", "tensors", "bytes",
+                   "dropped_tensors", "dropped_bytes", "attachment_hashes")
+
+
+def _check_metadata(metadata, method: str, reserved: Sequence[str]) -> Optional[Dict[str, Any]]:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise errors.TfdumpUsageError(
+            f"{method}(metadata={metadata!r}): metadata must be a dict of JSON fields or None")
+    clash = sorted(str(k) for k in metadata if k in reserved)
+    if clash:
+        raise errors.TfdumpUsageError(
+            f"{method}(metadata=...) sets {', '.join(clash)}, which the writer records itself; "
+            f"rename the field(s) (the writer's own fields: {', '.join(reserved)})")
+    return metadata
+
+
+def _check_watch_key(node_name, output_slot, debug_op, device) -> None:
+    for name, value in (("node_name", node_name), ("debug_op", debug_op), ("device", device)):
+        if not isinstance(value, str) or not value:
+            raise errors.TfdumpUsageError(
+                f"write({name}={value!r}): {name} must be a non-empty str")
+    if not _is_int(output_slot) or not 0 <= output_slot < (1 << 31):
+        raise errors.TfdumpUsageError(
+            f"write(output_slot={output_slot!r}): the output slot must be a non-negative integer "
+            "(the :N of a tensor name)")
+
+
+def _as_array(array) -> np.ndarray:
+    """``array`` as a numpy array of a dtype the dump can store, or TfdumpUsageError."""
+    try:
+        arr = np.asarray(array)
+    except (TypeError, ValueError) as exc:
+        raise errors.TfdumpTypeError(f"write(): the value cannot be made a numpy array: {exc}") from None
+    if arr.dtype == object:
+        if not all(isinstance(v, (bytes, str)) for v in arr.reshape(-1).tolist()):
+            raise errors.TfdumpTypeError(
+                "write(): an object array is stored as strings, so every element must be bytes or str")
+        return arr
+    try:
+        dtypes.from_numpy(arr.dtype)
+    except (TypeError, ValueError, KeyError):
+        raise errors.TfdumpTypeError(
+            f"write(): numpy dtype {arr.dtype} has no TensorFlow equivalent; convert the value to "
+            "one that has (e.g. float64) first") from None
+    return arr
+
+
+# Bounds of the integer options: beyond them a value is a mistake, and the
+# native engine (64-bit fields) would raise OverflowError on it.
+_MAX_QUEUE_BYTES = 1 << 50
+_MAX_DISK_LIMIT = 1 << 62
+_MAX_DEDUP_ENTRIES = 1 << 31
+_MAX_INT64 = (1 << 63) - 1
+_MAX_FLUSH_INTERVAL = 3600.0
+
+
+def _is_int(value) -> bool:
+    """An integer that is not a bool (``True`` is an int to Python, never meant as one here)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+def _validate_options(*, session_root, queue_bytes, policy, workers, codec, level, shuffle,
+                      frame_bytes, disk_limit_bytes, allow_existing, backoff, sink,
+                      zero_copy_threshold, flush_interval, dedup_max_entries, worker_nice,
+                      worker_idle, defer_during_runs) -> None:
+    """Check every :class:`DumpWriter` option; raise TfdumpUsageError naming the option and the fix."""
+    def bad(msg):
+        raise errors.TfdumpUsageError(msg)
+
+    def check_int(name, value, low, high, what):
+        if not _is_int(value) or not low <= value <= high:
+            bad(f"{name}={value!r} must be {what}")
+
+    check_session_root(session_root, "session_root")
+    if policy not in _POLICIES:
+        bad(f"policy={policy!r} is not one of {_POLICIES}: 'block' waits for room (lossless), "
+            "'drop' drops and counts tensors when the queue is full")
+    if codec not in _CODECS:
+        bad(f"codec={codec!r} is not one of {_CODECS}")
+    if sink not in ("disk", "null"):
+        bad(f"sink={sink!r} must be 'disk' or 'null' (discard everything: the capture floor)")
+    check_int("workers", workers, 1, 64, "an integer between 1 and 64")
+    check_int("queue_bytes", queue_bytes, 1 << 20, _MAX_QUEUE_BYTES,
+              "an integer of at least 1 MiB (1048576) and at most 1 PiB")
+    check_int("frame_bytes", frame_bytes, 4096, 256 << 20, "an integer between 4 KiB and 256 MiB")
+    if frame_bytes > queue_bytes:
+        bad(f"frame_bytes ({frame_bytes}) must not exceed queue_bytes ({queue_bytes})")
+    if codec == "zstd":
+        check_int("level", level, -7, 22, "a zstd level: an integer from -7 to 22")
+    elif not _is_int(level):
+        bad(f"level={level!r} must be an integer")
+    if disk_limit_bytes is not None:
+        check_int("disk_limit_bytes", disk_limit_bytes, 1, _MAX_DISK_LIMIT,
+                  "a positive integer (bytes on disk) or None for no limit")
+    check_int("zero_copy_threshold", zero_copy_threshold, 0, _MAX_INT64, "a non-negative integer (bytes)")
+    check_int("dedup_max_entries", dedup_max_entries, 0, _MAX_DEDUP_ENTRIES,
+              f"an integer from 0 to {_MAX_DEDUP_ENTRIES} (entries of the deduplication index)")
+    check_int("worker_nice", worker_nice, 0, 19, "an integer from 0 to 19")
+    if (not isinstance(flush_interval, (int, float, np.integer, np.floating)) or _is_bool(flush_interval)
+            or not 0 < flush_interval <= _MAX_FLUSH_INTERVAL):
+        bad(f"flush_interval={flush_interval!r} must be a number of seconds, more than 0 and at most "
+            f"{_MAX_FLUSH_INTERVAL:g}")
+    for name, value in (("shuffle", shuffle), ("allow_existing", allow_existing), ("backoff", backoff),
+                        ("worker_idle", worker_idle), ("defer_during_runs", defer_during_runs)):
+        if not _is_bool(value):
+            bad(f"{name}={value!r} must be True or False")
+
+
+def check_session_root(path, what: str = "session_root") -> str:
+    """Return ``path`` as a str, or raise TfdumpUsageError when it cannot name a directory.
+
+    Package-internal (the reader, converter and importer check their paths
+    the same way).
+    """
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise errors.TfdumpUsageError(
+            f"{what}={path!r} must be a path (str or os.PathLike), not {type(path).__name__}")
+    path = os.fsdecode(os.fspath(path))
+    if not path:
+        raise errors.TfdumpUsageError(f"{what} is an empty string; pass the directory of the dump")
+    if "\0" in path:
+        raise errors.TfdumpUsageError(f"{what}={path!r} contains a NUL byte, which no path can hold")
+    return path
 
 
 def prepare_session_root(root: str, allow_existing: bool) -> None:

@@ -72,8 +72,9 @@ class Run:
 
 # A run's tensors are written within durability_s of its end: the oldest
 # unwritten ended run waits this fraction of the bound before the workers are
-# made to write (so fast steps share one write-out), the rest is for writing.
-_DURABILITY_BATCH_FRACTION = 0.5
+# made to write (so fast steps share one write-out); the rest is for the
+# write-out itself, and for the one before it still running (a busy CPU).
+_DURABILITY_BATCH_FRACTION = 0.25
 
 
 class DumpWriter:
@@ -454,6 +455,10 @@ class DumpWriter:
             return
         if not lifecycle.owned(self):
             return  # inherited across fork: the parent's writer, not ours to close
+        # Write what is queued with the workers in the normal scheduling
+        # class: on a busy CPU, idle-class workers would leave a kill -9
+        # during close() with nothing written.
+        self._write_out(None)
         self._stop_durability()
         first_error = None
         try:
@@ -616,15 +621,14 @@ class DumpWriter:
         """Have the workers write what is queued, deferral aside, until the
         queue is empty (True), ``done()`` (True), ``deadline`` or the writer
         stops (False). Workers of an idle scheduling class are raised to the
-        normal class if they have not finished after a moment, so that a busy
-        CPU cannot postpone the write-out indefinitely; they are put back
-        after."""
+        normal class if they have not finished at the first check, so that a
+        busy CPU cannot postpone the write-out indefinitely; they are put
+        back after."""
         boosted = None
-        started = time.monotonic()
         try:
             while True:
                 # wait_idle also suspends deferral while it waits.
-                if self._engine.wait_idle(100):
+                if self._engine.wait_idle(50):
                     return True
                 if done is not None and done():
                     return True
@@ -635,7 +639,7 @@ class DumpWriter:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     return False
-                if boosted is None and now - started >= 0.2:
+                if boosted is None:
                     boosted = self._boost_workers()
         finally:
             if boosted:

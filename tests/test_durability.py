@@ -112,3 +112,24 @@ def test_kill9_keeps_every_run_that_ended_2s_before(tmp_path):
                           f"{DURABILITY_S} s before kill -9 are incomplete (of {steps} steps; closed={closed})")
         checked += len(due)
     assert checked > 0, (steps, due, closed)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, "2", True, float("nan"), float("inf")])
+def test_durability_s_validated(tmp_path, bad):
+    from tfdump_fast.errors import TfdumpUsageError
+    from tfdump_fast.writer import DumpWriter
+
+    with pytest.raises(TfdumpUsageError, match="durability_s"):
+        DumpWriter(str(tmp_path / "d"), durability_s=bad)
+
+
+def test_durability_off_still_writes_on_close(tmp_path):
+    import numpy as np
+
+    from tfdump_fast.writer import DumpWriter
+
+    with DumpWriter(str(tmp_path / "d"), durability_s=None) as w:
+        run = w.begin_run(capture=False)
+        w.write(np.arange(4.0), "n", run=run)
+        w.end_run(run)
+    assert len(DumpReader(str(tmp_path / "d")).run(0)) == 1

@@ -156,18 +156,29 @@ def _on_signal(signum, frame) -> None:
         previous(signum, frame)
         return
     # The default action ends the process without running atexit: close the
-    # writers now (bounded), then die by the same signal, so the exit status
-    # is the one the default action gives.
-    deadline = time.monotonic() + EXIT_TIMEOUT_S
+    # writers, then die by the same signal, so the exit status is the one the
+    # default action gives. The closing is done by another thread: the code
+    # this handler interrupted may hold a writer's lock (it resumes meanwhile,
+    # its new runs refused), and a second signal now gets the default action.
+    signal.signal(signum, signal.SIG_DFL)
     for writer in open_writers():
         writer.stop_accepting_runs()
-    for writer in open_writers():
-        try:
-            writer.close_at_exit(max(0.1, deadline - time.monotonic()), from_signal=True)
-        except Exception as exc:  # noqa: BLE001
-            log.error("tfdump-fast: closing %s on signal %d failed: %s", writer.session_root, signum, exc)
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
+
+    def close_and_die() -> None:
+        deadline = time.monotonic() + EXIT_TIMEOUT_S
+        for writer in open_writers():
+            try:
+                writer.close_at_exit(max(0.1, deadline - time.monotonic()))
+            except Exception as exc:  # noqa: BLE001
+                log.error("tfdump-fast: closing %s on signal %d failed: %s", writer.session_root, signum, exc)
+        os.kill(os.getpid(), signum)
+
+    # Whatever happens to the closing, the signal's action is not put off
+    # for longer than the exit bound.
+    backstop = threading.Timer(EXIT_TIMEOUT_S + 1.0, os.kill, (os.getpid(), signum))
+    backstop.daemon = True
+    backstop.start()
+    threading.Thread(target=close_and_die, name="tfdump-signal-close", daemon=True).start()
 
 
 # --------------------------------------------------------------------- fork

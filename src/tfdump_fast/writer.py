@@ -17,7 +17,6 @@ import socket
 import threading
 import time
 import warnings
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -136,7 +135,7 @@ class DumpWriter:
         tensors written to the shard files (``os.write``, not ``fsync``: they
         survive the process being killed, not the machine losing power),
         without :meth:`flush`. Ended runs are written out together once the
-        oldest of them is half this old, so fast steps cost one write-out per
+        oldest of them is a quarter this old, so fast steps cost one write-out per
         interval rather than one per step. ``None`` leaves writing to the
         workers' own schedule (``defer_during_runs``, ``flush_interval``).
     handle_signals : bool, default True
@@ -705,7 +704,7 @@ class DumpWriter:
             return True
         return self._write_out(time.monotonic() + timeout)
 
-    def close_at_exit(self, timeout: float, from_signal: bool = False) -> None:
+    def close_at_exit(self, timeout: float) -> None:
         """Close within ``timeout`` s (package-internal: interpreter exit, fatal signals).
 
         Runs still open (threads still training) are ended as failed; what
@@ -718,13 +717,6 @@ class DumpWriter:
         deadline = time.monotonic() + timeout
         self._accepting_runs = False
         self._stop_durability()
-        if from_signal:
-            # The thread the signal interrupted may be inside _write_meta:
-            # writing more metadata would wait for it forever.
-            if not self._meta_lock.acquire(timeout=0.2):
-                self._write_out(deadline)
-                return
-            self._meta_lock.release()
         with self._lock:
             implicit, self._implicit_run = self._implicit_run, None
             open_runs = [r for r in self._open_runs.values() if r is not implicit]

@@ -13,7 +13,6 @@ failed (:meth:`Dumper.end_dangling`), at the latest at interpreter exit.
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import inspect
 import logging
@@ -24,7 +23,7 @@ import threading
 import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
-from tfdump_fast import _native
+from tfdump_fast import _native, lifecycle
 from tfdump_fast.bridge import get_bridge
 from tfdump_fast.errors import TfdumpError, TfdumpUsageError
 from tfdump_fast.published import CORE_METADATA_KEYS, PublishDirectory
@@ -73,12 +72,14 @@ _live_dumpers: "weakref.WeakSet[Dumper]" = weakref.WeakSet()
 
 
 def _end_dangling_at_exit() -> None:
-    # Registered after DumpWriter's own exit handler, so it runs before it
-    # (atexit is LIFO): runs whose Session.run raised and whose hook never got
-    # end() are closed as failed, with the error that ended the program when
-    # Python knows it, before the writers are flushed and closed.
+    # Runs at interpreter exit after the writers stopped accepting runs and
+    # before they are closed (lifecycle.py): runs whose Session.run raised and
+    # whose hook never got end(), or that a thread still executes, are ended
+    # as failed, with the error that ended the program when Python knows it.
     error = getattr(sys, "last_value", None)
     for dumper in list(_live_dumpers):
+        if not lifecycle.owned(dumper):
+            continue  # inherited across fork: the parent's runs and directory
         try:
             dumper.end_dangling(error=error, at_exit=True)
         except Exception as exc:  # noqa: BLE001 - exit path: report, never raise
@@ -86,7 +87,10 @@ def _end_dangling_at_exit() -> None:
         dumper.published.remove()
 
 
-atexit.register(_end_dangling_at_exit)
+lifecycle.on_exit(_end_dangling_at_exit)
+# A forked child forgets its parent's dumpers: its exit must not end the
+# parent's runs or remove the parent's publish directory.
+lifecycle.on_fork_child(_live_dumpers.clear)
 
 
 def _writer_option_names() -> set:
@@ -138,6 +142,7 @@ class Dumper:
                 f"{owner}: unknown engine option(s) {', '.join(map(repr, unknown))}; engine options "
                 f"are passed to DumpWriter, which accepts: {', '.join(sorted(_writer_option_names()))}")
         self.engine_options = dict(engine_options)
+        self.owner_pid = os.getpid()
         self.session_root = os.path.expanduser(os.fspath(session_root))
         # The session root is checked first (tfdbg's errors, at once); then
         # the TF bridge is loaded (compiled on first use), so a missing
@@ -176,7 +181,10 @@ class Dumper:
 
     def close(self, error=None) -> None:
         """End open runs as failed (with ``error`` when given), close the
-        writer, remove the publish directory."""
+        writer, remove the publish directory. Nothing in a forked child: the
+        writer and the directory are the parent's."""
+        if not lifecycle.owned(self):
+            return
         self.end_dangling(error=error)
         self.writer.close()
         self.published.remove()

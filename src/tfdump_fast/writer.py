@@ -9,7 +9,6 @@ back-off, the disk budget, run bookkeeping and the metadata shard.
 
 from __future__ import annotations
 
-import atexit
 import errno
 import json
 import logging
@@ -19,14 +18,13 @@ import socket
 import threading
 import time
 import warnings
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import zstandard
 
-from tfdump_fast import _native, dtypes, errors
+from tfdump_fast import _native, dtypes, errors, lifecycle
 from tfdump_fast.store.payloads import encode_strings
 from tfdump_fast.store import frames
 from tfdump_fast.store.naming import shard_file_name, writer_name
@@ -75,20 +73,11 @@ class Run:
     writer_name: str = field(default="", repr=False, compare=False)
 
 
-_open_writers: "weakref.WeakSet[DumpWriter]" = weakref.WeakSet()
-
-
-def _close_all_at_exit() -> None:
-    # A training script that never calls end()/close() still gets its data:
-    # flush and close every writer before the interpreter tears down.
-    for writer in list(_open_writers):
-        try:
-            writer.close()
-        except Exception as exc:  # noqa: BLE001 - exit path: report, never raise
-            log.error("tfdump-fast: closing %s at exit failed: %s", writer.session_root, exc)
-
-
-atexit.register(_close_all_at_exit)
+# A run's tensors are written within durability_s of its end: the oldest
+# unwritten ended run waits this fraction of the bound before the workers are
+# made to write (so fast steps share one write-out); the rest is for the
+# write-out itself, and for the one before it still running (a busy CPU).
+_DURABILITY_BATCH_FRACTION = 0.25
 
 
 class DumpWriter:
@@ -145,6 +134,19 @@ class DumpWriter:
         back to back steps: 1.26-1.29x the capture floor instead of
         1.29-1.32x. The same back-pressure applies: a full queue makes the
         producers wait, which frees the CPU for the workers.
+    durability_s : float or None, default 2.0
+        Every run that ended more than this many seconds ago has all its
+        tensors written to the shard files (``os.write``, not ``fsync``: they
+        survive the process being killed, not the machine losing power),
+        without :meth:`flush`. Ended runs are written out together once the
+        oldest of them is a quarter this old, so fast steps cost one write-out per
+        interval rather than one per step. ``None`` leaves writing to the
+        workers' own schedule (``defer_during_runs``, ``flush_interval``).
+    handle_signals : bool, default True
+        On SIGTERM and SIGINT, write queued tensors before the process dies
+        (bounded), then run the handler installed before ours (see
+        :mod:`tfdump_fast.lifecycle`). Installed by the first writer created
+        in the main thread.
     frame_sink : callable, optional
         Writes each data frame: called as ``frame_sink(fd, parts)`` from a
         writer thread, it must write the byte strings ``parts`` (frame
@@ -177,6 +179,8 @@ class DumpWriter:
         worker_idle: bool = True,
         defer_during_runs: bool = True,
         frame_sink: Optional[Callable[[int, Sequence[bytes]], None]] = None,
+        durability_s: Optional[float] = 2.0,
+        handle_signals: bool = True,
     ):
         _validate_options(
             session_root=session_root, queue_bytes=queue_bytes, policy=policy, workers=workers,
@@ -185,6 +189,7 @@ class DumpWriter:
             sink=sink, zero_copy_threshold=zero_copy_threshold, flush_interval=flush_interval,
             dedup_max_entries=dedup_max_entries, worker_nice=worker_nice, worker_idle=worker_idle,
             defer_during_runs=defer_during_runs)
+        self._validate_lifecycle_options(durability_s)
         self.session_root = os.fspath(session_root)
         self.options = {
             "queue_bytes": int(queue_bytes), "policy": policy, "workers": int(workers), "codec": codec,
@@ -201,6 +206,10 @@ class DumpWriter:
         self.writer_name = writer_name(self.writer_id)
         self._frame_sink = frame_sink if frame_sink is not None else frames.write_all
         self._closed = False
+        # A forked child inherits this object but not its worker threads:
+        # only the process that created the writer may close it.
+        self.owner_pid = os.getpid()
+        self._accepting_runs = True
         self._lock = threading.RLock()
         self._meta_lock = threading.Lock()
         self._run_counter = 0
@@ -247,7 +256,8 @@ class DumpWriter:
         ]
         for t in self._threads:
             t.start()
-        _open_writers.add(self)
+        self._start_durability(durability_s)
+        lifecycle.register_writer(self, bool(handle_signals))
 
     # ------------------------------------------------------------------ setup
 
@@ -293,6 +303,7 @@ class DumpWriter:
                 f"begin_run(run_name={run_name!r}): a run name must be a non-empty str without '/' "
                 "(or None for tfdbg's run_<epoch_us>_<counter>)")
         self._check_usable()
+        self._check_accepting_runs()
         with self._lock:
             self._run_counter += 1
             run_id = self._run_counter
@@ -376,6 +387,7 @@ class DumpWriter:
             event["attachment_hashes"] = [h.hex() for h in hashes]
         self._write_meta(event, attachments or (), hashes)
         self._detect_root_gone()
+        self._note_run_ended()
         self._raise_pending_error()
         return counters
 
@@ -457,6 +469,13 @@ class DumpWriter:
         """Flush, stop the workers, write the closing event and close the files."""
         if self._closed:
             return
+        if not lifecycle.owned(self):
+            return  # inherited across fork: the parent's writer, not ours to close
+        # Write what is queued with the workers in the normal scheduling
+        # class: on a busy CPU, idle-class workers would leave a kill -9
+        # during close() with nothing written.
+        self._write_out(None)
+        self._stop_durability()
         first_error = None
         self._detect_root_gone()
         try:
@@ -488,7 +507,7 @@ class DumpWriter:
                 except OSError:
                     pass
             self._closed = True
-            _open_writers.discard(self)
+            lifecycle.unregister_writer(self)
         if first_error is not None:
             raise first_error
         self._raise_pending_error()
@@ -538,6 +557,171 @@ class DumpWriter:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ----------------------------------------- durability and process lifecycle
+    # See docs/DESIGN.md ("Durability and process lifecycle") and lifecycle.py.
+
+    @staticmethod
+    def _validate_lifecycle_options(durability_s) -> None:
+        if durability_s is None:
+            return
+        if isinstance(durability_s, bool) or not isinstance(durability_s, (int, float)) or \
+                not 0 < durability_s < float("inf"):
+            raise errors.TfdumpUsageError(
+                f"durability_s={durability_s!r} must be a positive number of seconds (every run that "
+                "ended longer ago is written to disk), or None to leave it to the workers' schedule")
+
+    def _start_durability(self, durability_s: Optional[float]) -> None:
+        self._durability_s = durability_s
+        self._durability_cv = threading.Condition(threading.Lock())
+        self._oldest_unwritten_end: Optional[float] = None  # time.monotonic() of that run's end
+        self._durability_stop = False
+        self._durability_thread: Optional[threading.Thread] = None
+        if durability_s is None or self.options["sink"] == "null":
+            return
+        self._durability_thread = threading.Thread(target=self._durability_main, name="tfdump-durability",
+                                                   daemon=True)
+        self._durability_thread.start()
+
+    def _note_run_ended(self) -> None:
+        # Called by end_run: the first run to end after a write-out starts
+        # the clock of the next one.
+        if self._durability_thread is None:
+            return
+        with self._durability_cv:
+            if self._oldest_unwritten_end is None:
+                self._oldest_unwritten_end = time.monotonic()
+                self._durability_cv.notify()
+
+    def _stop_durability(self) -> None:
+        thread = getattr(self, "_durability_thread", None)
+        if thread is None:
+            return
+        with self._durability_cv:
+            self._durability_stop = True
+            self._durability_cv.notify()
+        if thread is not threading.current_thread():
+            thread.join(timeout=5)
+        self._durability_thread = None
+
+    def _durability_main(self) -> None:
+        batch_s = self._durability_s * _DURABILITY_BATCH_FRACTION
+        cv = self._durability_cv
+        while True:
+            with cv:
+                while not self._durability_stop and self._oldest_unwritten_end is None:
+                    cv.wait()
+                if self._durability_stop:
+                    return
+                due = self._oldest_unwritten_end + batch_s
+                while not self._durability_stop:
+                    now = time.monotonic()
+                    if now >= due:
+                        break
+                    cv.wait(due - now)
+                if self._durability_stop:
+                    return
+                # Runs that end from now on wait for the next write-out.
+                self._oldest_unwritten_end = None
+            try:
+                self._write_out_ended_runs()
+            except Exception as exc:  # noqa: BLE001 - never let this thread die silently
+                log.error("tfdump-fast: writing ended runs of %s failed: %s", self.session_root, exc)
+
+    def _write_out_ended_runs(self) -> None:
+        """Make the workers write every record queued now (the ended runs').
+
+        Every record accepted so far is either written or in the queue; the
+        write-out is done when the queue is empty, or when as many records
+        were written or dropped since as were queued at the start (records
+        of a run still executing may be among them: they are written too).
+        """
+        s = self._engine.stats()
+        queued = s["records_outstanding"]
+        if queued == 0:
+            return
+        settled0 = s["tensors_written"] + s["tensors_dropped"]
+
+        def done() -> bool:
+            now = self._engine.stats()
+            return now["tensors_written"] + now["tensors_dropped"] - settled0 >= queued
+
+        self._write_out(None, done)
+
+    def _write_out(self, deadline: Optional[float], done: Optional[Callable[[], bool]] = None) -> bool:
+        """Have the workers write what is queued, deferral aside, until the
+        queue is empty (True), ``done()`` (True), ``deadline`` or the writer
+        stops (False). While ``wait_idle`` waits, the engine raises workers of
+        a background scheduling class to the normal one (a busy CPU cannot
+        postpone the write-out) and lets them back down once the queue is
+        written (docs/DESIGN.md, "Scheduling")."""
+        while True:
+            # wait_idle also suspends deferral while it waits.
+            if self._engine.wait_idle(50):
+                return True
+            if done is not None and done():
+                return True
+            if self._durability_stop and done is not None:
+                return False
+            if not any(t.is_alive() for t in self._threads):
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+
+    def _check_accepting_runs(self) -> None:
+        if not self._accepting_runs:
+            raise errors.TfdumpClosedError(
+                f"this DumpWriter ({self.session_root}) is closing because the process is exiting; "
+                "no new runs are recorded")
+
+    def stop_accepting_runs(self) -> None:
+        """Refuse new runs from now on (package-internal: interpreter exit).
+
+        Threads still training then run undebugged, so closing the writer
+        cannot be kept going by new runs.
+        """
+        self._accepting_runs = False
+
+    def flush_at_signal(self, timeout: float) -> bool:
+        """Write the queued tensors within ``timeout`` s (package-internal:
+        the SIGTERM/SIGINT handler). Takes no lock: the interrupted thread may
+        hold any. Returns whether everything queued was written."""
+        if self._closed or not lifecycle.owned(self):
+            return True
+        return self._write_out(time.monotonic() + timeout)
+
+    def close_at_exit(self, timeout: float) -> None:
+        """Close within ``timeout`` s (package-internal: interpreter exit, fatal signals).
+
+        Runs still open (threads still training) are ended as failed; what
+        ended before is written. If the queue does not drain in time, the
+        writer is left as it is (its shards read as an unfinished session)
+        rather than holding up the exit.
+        """
+        if self._closed or not lifecycle.owned(self):
+            return
+        deadline = time.monotonic() + timeout
+        self._accepting_runs = False
+        self._stop_durability()
+        with self._lock:
+            implicit, self._implicit_run = self._implicit_run, None
+            open_runs = [r for r in self._open_runs.values() if r is not implicit]
+        try:
+            if implicit is not None:
+                self.end_run(implicit)
+            for run in open_runs:
+                if not run.ended:
+                    self.end_run(run, status="failed",
+                                 error="the process exited while this run was executing")
+        except errors.TfdumpError as exc:
+            log.error("tfdump-fast: ending runs of %s at exit failed: %s", self.session_root, exc)
+        if not self._write_out(deadline):
+            left = self._engine.stats()["records_outstanding"]
+            log.error("tfdump-fast: %d tensors of %s were not written before the process exited "
+                      "(the writer could not keep up); the runs holding them read as incomplete",
+                      left, self.session_root)
+            return
         self.close()
 
     # --------------------------------------------------------------- internals

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from tfdump_fast import _native, lifecycle
 from tfdump_fast.bridge import get_bridge
 from tfdump_fast.errors import TfdumpError, TfdumpUsageError
+from tfdump_fast.tfdbg_limit import TfdbgByteLimit
 from tfdump_fast.published import CORE_METADATA_KEYS, PublishDirectory
 from tfdump_fast.run_names import IoNames, NamesCache
 from tfdump_fast.sampling import StepSampler, as_sampler
@@ -151,6 +152,8 @@ class Dumper:
         # and before the writer puts files into the root.
         prepare_session_root(self.session_root, bool(self.engine_options.get("allow_existing")))
         get_bridge()
+        # Read before the writer exists: a bad TFDBG_DISK_BYTES_LIMIT leaves nothing behind.
+        self.byte_limit = TfdbgByteLimit(owner)
         self.writer = DumpWriter(self.session_root, **self.engine_options)
         self._lock = threading.RLock()
         self._pending: Dict[int, PendingRun] = {}
@@ -257,11 +260,13 @@ class Dumper:
         return pending, debug_options
 
     def stats(self) -> Dict[str, Any]:
-        """The writer's counters plus ``session_run_calls`` and ``runs_debugged``."""
+        """The writer's counters plus ``session_run_calls``, ``runs_debugged`` and
+        ``runs_over_tfdbg_byte_limit`` (runs left undebugged by ``TFDBG_DISK_BYTES_LIMIT``)."""
         out = dict(self.writer.stats())
         with self._lock:
             out["session_run_calls"] = self.run_call_count
             out["runs_debugged"] = self.runs_debugged
+        out["runs_over_tfdbg_byte_limit"] = self.byte_limit.runs_skipped
         return out
 
     def _executor(self, session, io_names, key_tail, create=True) -> Optional[Executor]:

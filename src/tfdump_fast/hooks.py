@@ -131,7 +131,7 @@ from tfdump_fast.errors import TfdumpError
 from tfdump_fast.run_names import feed_keys_repr
 from tfdump_fast.sampling import SampleSpec, step_of_run
 from tfdump_fast.watches import WatchOptions
-from tfdump_fast.wrapper import DumpingDebugWrapperSession, TfdbgByteLimit
+from tfdump_fast.wrapper import DumpingDebugWrapperSession
 from tfdump_fast.writer import DumpWriter, check_session_root
 
 __all__ = ["DumpingDebugHook", "DumpingDebugWrapperSession", "WatchOptions"]
@@ -216,7 +216,7 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
     ``TFDBG_DISK_BYTES_LIMIT`` (environment, read here) counts tensor bytes
     since the hook's first run, as tfdbg does, but a run that would pass it
     is left undebugged instead of failing with ``ResourceExhaustedError``
-    (details: :class:`tfdump_fast.wrapper.TfdbgByteLimit`);
+    (details: :class:`tfdump_fast.tfdbg_limit.TfdbgByteLimit`);
     ``stats()["runs_over_tfdbg_byte_limit"]`` counts those runs. A value
     that is not a byte count raises :class:`~tfdump_fast.errors.TfdumpUsageError`.
 
@@ -232,7 +232,6 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
         check_session_root(session_root)
         self._dumper = Dumper("DumpingDebugHook", session_root, watch_fn, thread_name_filter,
                               sample, engine_options)
-        self._byte_limit = TfdbgByteLimit("DumpingDebugHook")
         # The TFDBG_DISK_BYTES_LIMIT signature of each thread's debugged run.
         self._signatures = threading.local()
         self._global_step_tensor = None
@@ -282,7 +281,7 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
         if sampled_at is not None:
             metadata["step"], metadata["global_step"] = sampled_at
         signature = (metadata["fetches"], metadata["feed_keys"])
-        if not self._byte_limit.allows(signature):
+        if not self._dumper.byte_limit.allows(signature):
             return None
         spec = d.watch_spec(fetches, feed_dict)
         graph = session.graph
@@ -317,7 +316,7 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
             if actual is not None:
                 full = d.names.names(pending.graph, actual[0], actual[1])
         d.finish_run(pending, run_values.run_metadata, full_io_names=full, core_global_step=gstep)
-        self._byte_limit.record(getattr(self._signatures, "value", None), pending.run)
+        self._dumper.byte_limit.record(getattr(self._signatures, "value", None), pending.run)
 
     def end(self, session):
         """End open runs, flush and close the writer.
@@ -349,9 +348,7 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
         """The writer's counters (see ``DumpWriter.stats``) plus
         ``session_run_calls`` (Session.run calls seen), ``runs_debugged`` and
         ``runs_over_tfdbg_byte_limit`` (runs left undebugged by ``TFDBG_DISK_BYTES_LIMIT``)."""
-        stats = self._dumper.stats()
-        stats["runs_over_tfdbg_byte_limit"] = self._byte_limit.runs_skipped
-        return stats
+        return self._dumper.stats()
 
     def _current_step(self, session, call: int) -> Tuple[int, Optional[int]]:
         return step_of_run(session, self._global_step_tensor, call)

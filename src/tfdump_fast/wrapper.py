@@ -8,7 +8,6 @@ the state it shares with the hook is a :class:`~tfdump_fast.dumper.Dumper`.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Mapping
 from typing import Any, Dict, Optional, Tuple
@@ -22,77 +21,9 @@ from tfdump_fast.run_names import feed_keys_repr
 from tfdump_fast.sampling import SampleSpec, step_of_run
 from tfdump_fast.writer import DumpWriter, check_session_root
 
-__all__ = ["DumpingDebugWrapperSession", "TfdbgByteLimit"]
+__all__ = ["DumpingDebugWrapperSession"]
 
 log = logging.getLogger("tfdump_fast")
-
-TFDBG_DISK_BYTES_LIMIT_ENV = "TFDBG_DISK_BYTES_LIMIT"
-
-
-class TfdbgByteLimit:
-    """tfdbg's ``TFDBG_DISK_BYTES_LIMIT``, counted as tfdbg counts it: tensor bytes.
-
-    Package-internal (the hook and the wrapper each hold one). tfdbg's debug
-    ops add each dumped tensor's size (``Tensor::TotalBytes()``; 0 for an
-    uninitialized tensor) to a counter that the first run of a wrapper or
-    hook resets, and refuse a tensor unless ``used + size < limit``; the
-    refused tensor fails its run with ``ResourceExhaustedError``. Here a run
-    is never failed: a run is debugged unless the bytes the last debugged run
-    of the same signature (fetches and feed keys) dumped would not fit, in
-    which case it goes to TensorFlow undebugged, and the limit is logged
-    once. A run of a new signature is debugged while ``used < limit``, so
-    the count can overshoot by that one run. Tensor bytes are the engine's
-    accepted bytes of the run (a numeric tensor's elements times item size,
-    the encoded size of strings). Independent of ``disk_limit_bytes``, which
-    counts compressed bytes on disk; the environment variable is read when
-    the hook or wrapper is made; unset or empty means no limit (tfdbg's
-    100 GB default is not applied).
-    """
-
-    def __init__(self, owner: str, environ=None):
-        raw = (os.environ if environ is None else environ).get(TFDBG_DISK_BYTES_LIMIT_ENV, "")
-        self.limit: Optional[int] = None
-        if raw.strip():
-            if not raw.strip().isdigit():
-                raise TfdumpUsageError(
-                    f"{owner}: {TFDBG_DISK_BYTES_LIMIT_ENV}={raw!r} is not a byte count; set it to a "
-                    "non-negative integer (tensor bytes to dump at most) or unset it")
-            self.limit = int(raw.strip())
-        self.used = 0
-        self.runs_skipped = 0
-        self._owner = owner
-        self._last: Dict[Any, int] = {}
-        self._lock = threading.Lock()
-
-    def allows(self, signature) -> bool:
-        """Whether a run of ``signature`` may be debugged without passing the limit."""
-        if self.limit is None:
-            return True
-        with self._lock:
-            estimate = self._last.get(signature)
-            if estimate is None:
-                ok = self.used < self.limit
-            else:
-                ok = estimate == 0 or self.used + estimate < self.limit
-            if not ok:
-                self.runs_skipped += 1
-                if self.runs_skipped == 1:
-                    log.warning(
-                        "tfdump-fast: %s: %s=%d reached (%d tensor bytes dumped); later runs that "
-                        "would pass it are not debugged (tfdbg would fail them with "
-                        "ResourceExhaustedError). Raise or unset %s to keep dumping.", self._owner,
-                        TFDBG_DISK_BYTES_LIMIT_ENV, self.limit, self.used, TFDBG_DISK_BYTES_LIMIT_ENV)
-            return ok
-
-    def record(self, signature, run) -> None:
-        """Count the tensor bytes of a debugged run that has ended."""
-        if self.limit is None:
-            return
-        nbytes = int(run.counters.get("bytes", 0)) if run is not None else 0
-        with self._lock:
-            self.used += nbytes
-            self._last[signature] = nbytes
-
 
 class DumpingDebugWrapperSession(_tf_private.SessionInterface):
     """tfdbg's ``DumpingDebugWrapperSession`` on the tfdump-fast engine.
@@ -120,7 +51,7 @@ class DumpingDebugWrapperSession(_tf_private.SessionInterface):
     variable ``TFDBG_DISK_BYTES_LIMIT`` is honoured as tfdbg counts it,
     tensor bytes since the wrapper's first run, but runs that would pass it
     go undebugged instead of failing with ``ResourceExhaustedError`` (see
-    :class:`TfdbgByteLimit`). ``stats()["runs_over_tfdbg_byte_limit"]``
+    :class:`~tfdump_fast.tfdbg_limit.TfdbgByteLimit`). ``stats()["runs_over_tfdbg_byte_limit"]``
     counts them.
 
     The wrapper is a ``tensorflow.python.client.session.SessionInterface``
@@ -151,7 +82,6 @@ class DumpingDebugWrapperSession(_tf_private.SessionInterface):
                 f"pass_through_operrors={pass_through_operrors!r} must be True, False or None")
         self._dumper = Dumper("DumpingDebugWrapperSession", session_root, watch_fn,
                               thread_name_filter, sample, engine_options)
-        self._byte_limit = TfdbgByteLimit("DumpingDebugWrapperSession")
         self._default_session_context_manager = None
         self._callables: Dict[tuple, Any] = {}
         self._global_step_tensor = None
@@ -246,7 +176,7 @@ class DumpingDebugWrapperSession(_tf_private.SessionInterface):
             metadata["step"], metadata["global_step"] = step, global_step
         signature = (metadata["fetches"], metadata["feed_keys"], metadata.get("callable_fetches"),
                      id(callable_options) if callable_options else None)
-        if not self._byte_limit.allows(signature):
+        if not self._dumper.byte_limit.allows(signature):
             return plain()
         spec = d.watch_spec(fetches, feed_dict)
         graph = self._sess.graph
@@ -291,16 +221,16 @@ class DumpingDebugWrapperSession(_tf_private.SessionInterface):
                                              run_metadata=run_metadata)
         except tf.errors.OpError as op_error:
             d.finish_run(pending, run_metadata, error=op_error)
-            self._byte_limit.record(signature, pending.run)
+            self._dumper.byte_limit.record(signature, pending.run)
             if self._pass_through_operrors:
                 raise
             return op_error  # tfdbg returns the error object
         except BaseException as exc:
             d.finish_run(pending, run_metadata, error=exc)
-            self._byte_limit.record(signature, pending.run)
+            self._dumper.byte_limit.record(signature, pending.run)
             raise
         d.finish_run(pending, run_metadata)
-        self._byte_limit.record(signature, pending.run)
+        self._dumper.byte_limit.record(signature, pending.run)
         return retvals
 
     def _run_callable_from_options(self, callable_options, debug_options, pending, runner_args,
@@ -410,9 +340,7 @@ class DumpingDebugWrapperSession(_tf_private.SessionInterface):
         """The writer's counters (see ``DumpWriter.stats``) plus
         ``session_run_calls`` (Session.run calls seen), ``runs_debugged`` and
         ``runs_over_tfdbg_byte_limit`` (runs left undebugged by ``TFDBG_DISK_BYTES_LIMIT``)."""
-        stats = self._dumper.stats()
-        stats["runs_over_tfdbg_byte_limit"] = self._byte_limit.runs_skipped
-        return stats
+        return self._dumper.stats()
 
     def close(self):
         """Close the wrapped session (as tfdbg does), then flush and close the writer."""

@@ -39,7 +39,7 @@ from tfdump_fast.errors import (
 )
 from tfdump_fast._native import (
     FLAG_RESOURCE, FLAG_STRING, FLAG_UNINITIALIZED, FLAG_VARIANT, STORAGE_BLOB, STORAGE_INLINE)
-from tfdump_fast.progress import progress_reporter
+from tfdump_fast.progress import progress_reporter, reported
 from tfdump_fast.reader import DumpReader, Run
 from tfdump_fast.store.payloads import parse_list_blob, parse_variant_structure
 
@@ -218,10 +218,9 @@ def _write_run_files(reader: DumpReader, run: Run, run_dir: str, report) -> None
     # were tried: GIL hand-offs cost more than the overlap gains on 2 cores.)
     enc = _EventEncoder(reader)
     key_fields: Dict[int, tuple] = {}
-    done = 0
     cols = reader.index.columns(run.tensor_ids)
     dims_all = reader.index.dims_list()
-    for i, (g, kid, folder, name, wall) in enumerate(dump_file_names(reader, run)):
+    for i, (g, kid, folder, name, wall) in reported(enumerate(dump_file_names(reader, run)), report):
         kf = key_fields.get(kid)
         if kf is None:
             key = reader.index.keys[kid]
@@ -235,12 +234,6 @@ def _write_run_files(reader: DumpReader, run: Run, run_dir: str, report) -> None
         prefix, chunks = enc.tensor_proto(cols, i, shape)
         _write_file_parts(os.path.join(run_dir, folder, name),
                           P.debug_tensor_event_parts(wall, kf[0], kf[1], prefix, chunks))
-        done += 1
-        if done == 256:
-            report(done)
-            done = 0
-    if done:
-        report(done)
 
 
 def _string_list_chunks(items: list) -> list:

@@ -25,7 +25,7 @@ import zstandard
 from tfdump_fast import _native, _tfproto as P, dtypes
 from tfdump_fast.store.payloads import encode_strings
 from tfdump_fast.errors import TfdumpFormatError, TfdumpIOError, TfdumpUsageError
-from tfdump_fast.progress import progress_reporter
+from tfdump_fast.progress import progress_reporter, reported
 from tfdump_fast.store import frames
 from tfdump_fast.store.naming import writer_name
 from tfdump_fast.store.payloads import (
@@ -202,9 +202,8 @@ def _import_run(writer: "_StoreWriter", run_id: int, scan: dict, report) -> None
     writer.meta(begin)
     cache: dict = {}
     nbytes = 0
-    done = 0
     last_wall = begin_us
-    for seq, (ts, _k, device, node, slot, op, path) in enumerate(scan["dumps"]):
+    for seq, (ts, _k, device, node, slot, op, path) in reported(enumerate(scan["dumps"]), report):
         ev = P.decode_event(_read(path))
         if ev["tensor"] is None:
             raise TfdumpFormatError("%s is not a tfdbg tensor dump (its Event holds no tensor)" % path)
@@ -212,12 +211,6 @@ def _import_run(writer: "_StoreWriter", run_id: int, scan: dict, report) -> None
         writer.tensor(run_id, seq, ts, (device, node, slot, op), *rec)
         nbytes += len(rec[3] or b"")
         last_wall = max(last_wall, ts)
-        done += 1
-        if done == 256:
-            report(done)
-            done = 0
-    if done:
-        report(done)
     writer.flush()
     writer.meta({"event": "run_end", "run_id": run_id, "run_name": name, "wall_us": last_wall,
                  "status": "ok", "tensors": len(scan["dumps"]), "bytes": nbytes,

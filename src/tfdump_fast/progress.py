@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Iterable, Iterator, Optional, Tuple, TypeVar, Union
 
-__all__ = ["progress_reporter"]
+__all__ = ["progress_reporter", "reported"]
 
 Progress = Union[bool, Callable[[int, int], None]]
+T = TypeVar("T")
 
 
 def progress_reporter(progress: Progress, total: int, what: str) -> Tuple[Optional[object], Callable[[int], None]]:
@@ -31,3 +32,18 @@ def progress_reporter(progress: Progress, total: int, what: str) -> Tuple[Option
 
         return None, report
     return None, lambda n: None
+
+
+def reported(items: Iterable[T], report: Callable[[int], None], every: int = 256) -> Iterator[T]:
+    """Yield ``items``, calling ``report(n)`` after every ``every`` of them
+    and once more for the rest when they run out (a callback per item would
+    cost more than the work it reports on)."""
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        if done == every:
+            report(done)
+            done = 0
+    if done:
+        report(done)

@@ -226,6 +226,7 @@ void Engine::BeginRun(uint32_t run_id) {
   run.bytes = 0;
   run.dropped_tensors = 0;
   run.dropped_bytes = 0;
+  run.committed = 0;
   run.run_id.store(run_id, std::memory_order_release);
   run.open.store(true, std::memory_order_release);
 }
@@ -241,6 +242,23 @@ RunCounters Engine::EndRun(uint32_t run_id) {
   c.dropped_bytes = run.dropped_bytes.load();
   Kick();  // the run's last partial frame goes out now
   return c;
+}
+
+bool Engine::RunProgress(uint32_t run_id, uint64_t* accepted, uint64_t* committed) const {
+  const RunState& run = runs_[run_id % kRunRing];
+  if (run.run_id.load(std::memory_order_acquire) != run_id) return false;
+  // Exact once the run has ended (no submit in flight: the bridge slot was
+  // released); while it executes, `committed` may briefly lead `accepted`
+  // (a record is queued before it is counted).
+  *committed = run.committed.load(std::memory_order_acquire);
+  *accepted = run.tensors.load(std::memory_order_acquire);
+  return run.run_id.load(std::memory_order_acquire) == run_id;
+}
+
+void Engine::CountCommitted(uint32_t run_id, uint64_t n) {
+  if (n == 0) return;
+  RunState& run = runs_[run_id % kRunRing];
+  if (run.run_id.load(std::memory_order_relaxed) == run_id) run.committed.fetch_add(n, std::memory_order_release);
 }
 
 bool Engine::ReserveBudget(uint64_t charge) {

@@ -160,6 +160,11 @@ class Engine {
 
   void BeginRun(uint32_t run_id);
   RunCounters EndRun(uint32_t run_id);
+  // How far a run's accepted records are settled: `accepted` records were
+  // queued for it, `committed` of them were written or dropped after
+  // acceptance (CommitFrame). False when the run's slot of the ring was
+  // reused by a run kRunRing later (its counts are gone).
+  bool RunProgress(uint32_t run_id, uint64_t* accepted, uint64_t* committed) const;
 
   // Worker side. Returns nullptr on timeout, or when shut down and drained
   // (then *finished is set).
@@ -200,7 +205,12 @@ class Engine {
     std::atomic<uint32_t> run_id{0};
     std::atomic<bool> open{false};
     std::atomic<uint64_t> seq{0}, tensors{0}, bytes{0}, dropped_tensors{0}, dropped_bytes{0};
+    // Accepted records settled by CommitFrame (written, or lost after
+    // acceptance): the exact durability check compares it with `tensors`.
+    std::atomic<uint64_t> committed{0};
   };
+  // Adds `n` settled records to run `run_id` (one atomic add per run per frame).
+  void CountCommitted(uint32_t run_id, uint64_t n);
   struct Chunk;
   struct Stripe {
     std::mutex mu;

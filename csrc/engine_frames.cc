@@ -352,7 +352,20 @@ void Engine::CommitFrame(std::unique_ptr<Frame> frame, int status) {
       st_dropped_bytes_.fetch_add(d.bytes, std::memory_order_relaxed);
     }
   }
-  for (Record& r : frame->records) ReleaseRecord(r);
+  // Settled per run (written, or lost and counted above): one atomic add
+  // per run of consecutive records, after the frame reached the disk.
+  uint32_t settled_run = 0;
+  uint64_t settled = 0;
+  for (Record& r : frame->records) {
+    if (r.run_id != settled_run) {
+      CountCommitted(settled_run, settled);
+      settled_run = r.run_id;
+      settled = 0;
+    }
+    ++settled;
+    ReleaseRecord(r);
+  }
+  CountCommitted(settled_run, settled);
   ReleaseBudget(frame->charge);
   const uint64_t n = frame->records.size();
   // Reused with its buffers, unless a large tensor made them large: idle

@@ -130,6 +130,14 @@ def writer_stores(tmp_path):
                 w.flush()
     roots.append(root)
 
+    # Events recorded through the public API, with the names and fields the
+    # hooks record (tests/test_record_event.py has them from real runs).
+    root = str(tmp_path / "recorded")
+    with DumpWriter(root) as w:
+        w.record_event("tfdbg_byte_limit_reached", limit_bytes=10, tensor_bytes=8)
+        w.record_event("tf_publish_degraded", reason="TensorFlow's ram:// file system is unusable (...)")
+    roots.append(root)
+
     # A full disk: writer_error, then the lost frame as drops.
     root = str(tmp_path / "full")
     w = DumpWriter(root, frame_sink=full_disk)

@@ -397,6 +397,18 @@ cdef class NativeEngine:
         return {"tensors": c.tensors, "bytes": c.bytes,
                 "dropped_tensors": c.dropped_tensors, "dropped_bytes": c.dropped_bytes}
 
+    def run_progress(self, uint32_t run_id):
+        """(accepted, committed) records of a run: committed ones were
+        written or dropped after acceptance. None when the run's slot was
+        reused (4096 runs later) and its counts are gone."""
+        cdef uint64_t accepted = 0, committed = 0
+        cdef cbool known
+        with nogil:
+            known = self.engine.RunProgress(run_id, &accepted, &committed)
+        if not known:
+            return None
+        return (accepted, committed)
+
     def submit(self, uint32_t run_id, uint32_t key_id, int32_t dtype, uint32_t flags, shape, data,
                uint32_t elem_size, int64_t wall_us=0):
         """Copy ``data`` (bytes-like) into the engine as one tensor record."""

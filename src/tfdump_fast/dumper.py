@@ -153,7 +153,7 @@ class Dumper:
         prepare_session_root(self.session_root, bool(self.engine_options.get("allow_existing")))
         get_bridge()
         # Read before the writer exists: a bad TFDBG_DISK_BYTES_LIMIT leaves nothing behind.
-        self.byte_limit = TfdbgByteLimit(owner)
+        self.byte_limit = TfdbgByteLimit(owner, on_reached=self._record_byte_limit_reached)
         self.writer = DumpWriter(self.session_root, **self.engine_options)
         self._lock = threading.RLock()
         self._pending: Dict[int, PendingRun] = {}
@@ -354,6 +354,9 @@ class Dumper:
                     record = self._degraded_recorded_in is not self.writer
                     self._degraded_recorded_in = self.writer
                 if record:
+                    # An event of its own (DumpReader.events), and, as before,
+                    # in the run_end of the first run it concerns.
+                    self._record_event("tf_publish_degraded", reason=self.published.unavailable)
                     end_meta["degraded"] = {"tf_publish": self.published.unavailable}
         status, text = "ok", None
         if error is not None or error_text is not None:
@@ -365,6 +368,16 @@ class Dumper:
         except TfdumpError as exc:
             self._log_once("end", "tfdump-fast: %s could not finish run %s: %s", self.owner,
                            pending.run.run_name, exc)
+
+    def _record_byte_limit_reached(self, limit: int, used: int) -> None:
+        self._record_event("tfdbg_byte_limit_reached", limit_bytes=int(limit), tensor_bytes=int(used))
+
+    def _record_event(self, name: str, **fields) -> None:
+        # Never fails a step: a store that cannot take the event is logged.
+        try:
+            self.writer.record_event(name, **fields)
+        except TfdumpError as exc:
+            self._log_once("event:" + name, "tfdump-fast: %s could not record %s: %s", self.owner, name, exc)
 
     def take_dangling(self, thread_id: Optional[int] = None) -> List[PendingRun]:
         """Remove and return the open run of ``thread_id`` (or of every thread)."""

@@ -62,6 +62,7 @@ cdef extern from "engine.h" namespace "tfdump" nogil:
         int Submit(const tfdump_tensor_in& inp)
         void BeginRun(uint32_t run_id)
         RunCounters EndRun(uint32_t run_id)
+        bool RunProgress(uint32_t run_id, uint64_t* accepted, uint64_t* committed)
         unique_ptr[Frame] NextFrame(int worker, int timeout_ms, bool* finished)
         void CommitFrame(unique_ptr[Frame] frame, int status)
         void Kick()

@@ -61,6 +61,10 @@ class TfdumpNotFoundError(TfdumpError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class TfdumpIndexError(TfdumpNotFoundError, IndexError):
+    """A position past the end of a sequence of the dump (``run.records[i]``)."""
+
+
 class TfdumpBridgeError(TfdumpError, ImportError):
     """The TensorFlow capture bridge could not be built or loaded."""
 

@@ -27,7 +27,7 @@ from tfdump_fast.store.payloads import encode_strings
 from tfdump_fast.errors import TfdumpFormatError, TfdumpIOError, TfdumpUsageError
 from tfdump_fast.progress import progress_reporter, reported
 from tfdump_fast.store import frames
-from tfdump_fast.store.naming import writer_name
+from tfdump_fast.store.naming import shard_file_name, writer_name
 from tfdump_fast.store.payloads import (
     NO_STORAGE, encode_blob_storage, encode_descriptor, encode_element_count, encode_element_head,
     encode_inline_storage)
@@ -350,6 +350,7 @@ class _StoreWriter:
         self._frame_bytes = frame_bytes
         self._comp = zstandard.ZstdCompressor(level=level, write_content_size=True)
         created = time.time_ns() // 1000
+        self._shards: Dict[int, frames.ShardFile] = {}  # by fd: where each file's last frame ends
         self._data_fd = self._create(root, 0, created)
         self._meta_fd = self._create(root, _native.META_SHARD_INDEX, created)
         self._stored: set = set()
@@ -362,7 +363,9 @@ class _StoreWriter:
 
     def _create(self, root: str, index: int, created: int) -> int:
         try:
-            return frames.create_shard(root, self.writer_id, index, created)
+            fd = frames.create_shard(root, self.writer_id, index, created)
+            self._shards[fd] = frames.ShardFile(fd, shard_file_name(self.writer_id, index))
+            return fd
         except OSError as exc:
             raise TfdumpIOError(exc.errno, "cannot create %s: %s" % (exc.filename or root, exc.strerror)) from None
 
@@ -396,7 +399,7 @@ class _StoreWriter:
         self._data = bytearray()
 
     def _write(self, fd, kind, raw_table, raw_data, n):
-        frames.write_all(fd, frames.encode_frame(kind, raw_table, raw_data, n, self._comp, self._level))
+        self._shards[fd].append(frames.encode_frame(kind, raw_table, raw_data, n, self._comp, self._level))
 
     def meta(self, event: dict, attachments: Sequence[bytes] = ()):
         hashes = [_native.hash128(a) for a in attachments]
@@ -411,7 +414,10 @@ class _StoreWriter:
     def close(self):
         try:
             self.flush()
-            self.meta({"event": "writer_close", "wall_us": time.time_ns() // 1000, "stats": {}})
+            # The clean-close trailer, as a DumpWriter leaves it: later damage
+            # to the store reads as corruption, not as a torn tail.
+            self.meta({"event": "writer_close", "wall_us": time.time_ns() // 1000, "stats": {},
+                       "shards": frames.close_trailer(self._shards.values())})
         finally:
             os.close(self._data_fd)
             os.close(self._meta_fd)

@@ -43,8 +43,10 @@ from tfdump_fast.dtypes import dtype_name
 from tfdump_fast.errors import (
     TfdumpClosedError,
     TfdumpFormatError,
+    TfdumpIndexError,
     TfdumpIOError,
     TfdumpNotFoundError,
+    TfdumpTypeError,
     TfdumpUsageError,
 )
 from tfdump_fast.store.blocks import BlockCache, PayloadReader
@@ -174,6 +176,28 @@ class TensorRecord:
 
 # --------------------------------------------------------------------------- runs
 
+class _RecordList(list):
+    """A run's records: a list whose out-of-range index is a TfdumpError
+    (still an ``IndexError``) naming the run and its length."""
+
+    def __init__(self, run: "Run", items):
+        super().__init__(items)
+        self._run_name = run.name
+
+    def __getitem__(self, index):
+        try:
+            return super().__getitem__(index)
+        except IndexError:
+            raise TfdumpIndexError(
+                f"run {self._run_name} has {len(self)} records; index {index!r} is out of range "
+                f"(use 0..{len(self) - 1} or negative positions from the end; iterate the run for all)"
+            ) from None
+        except TypeError:
+            raise TfdumpTypeError(
+                f"run records are indexed by int or slice, not {type(index).__name__} ({index!r}); "
+                "use Run.value(i) / Run.find(...) to look tensors up by name") from None
+
+
 class Run:
     """One run (one ``Session.run``) of one writer.
 
@@ -278,9 +302,10 @@ class Run:
 
     @property
     def records(self) -> List[TensorRecord]:
-        """Every dumped tensor of the run, in execution order."""
+        """Every dumped tensor of the run, in execution order (a list; a
+        position past its end raises :class:`TfdumpIndexError`)."""
         if self._records is None:
-            self._records = [TensorRecord(self, i) for i in range(len(self.tensor_ids))]
+            self._records = _RecordList(self, [TensorRecord(self, i) for i in range(len(self.tensor_ids))])
         return self._records
 
     def __iter__(self):
@@ -856,6 +881,35 @@ class DumpReader:
             })
         return out
 
+    def events(self, name: Optional[str] = None) -> List[dict]:
+        """The store's recorded events: META events other than the run and
+        writer bookkeeping (``run_begin``, ``run_end``, ``writer_open``,
+        ``writer_close``), in the order of their ``wall_us``.
+
+        Parameters
+        ----------
+        name : str, optional
+            Only events of this type (e.g. ``"tfdbg_byte_limit_reached"``,
+            ``"tf_publish_degraded"``, ``"disk_budget_exceeded"``,
+            ``"writer_error"``, or a name given to
+            ``DumpWriter.record_event``).
+
+        Returns
+        -------
+        list of dict
+            Each event's fields (``event`` its type, ``wall_us`` when it
+            has one), plus ``writer_id``: the writer that recorded it.
+        """
+        if name is not None and not isinstance(name, str):
+            raise TfdumpUsageError(f"events(name={name!r}): pass an event type (str) or None for all")
+        out = []
+        for w in self.writers:
+            for ev in w["events"]:
+                if name is None or ev.get("event") == name:
+                    out.append(dict(ev, writer_id=w["name"]))
+        out.sort(key=lambda e: e.get("wall_us") if isinstance(e.get("wall_us"), int) else 0)
+        return out
+
     def keys(self) -> List[WatchKey]:
         """Every watch key of the store (all runs, all writers)."""
         return list(self.index.keys)
@@ -930,5 +984,9 @@ class DumpReader:
             tensors a writer lost to an error. A torn tail alone (a writer
             killed mid-frame) is not a problem; see :attr:`torn_tails`.
         """
+        if progress is not None and not callable(progress):
+            raise TfdumpTypeError(
+                f"verify(progress={progress!r}): progress must be a callable taking (done_bytes, "
+                "total_bytes), e.g. lambda done, total: print(done, total), or None")
         return verify_store(self.index, self.blocks, self.payloads, self.decoder, self.problems, progress,
                             runs=self._runs)

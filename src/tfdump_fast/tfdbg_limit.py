@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from tfdump_fast.errors import TfdumpUsageError
 
@@ -36,10 +36,13 @@ class TfdbgByteLimit:
     the encoded size of strings). Independent of ``disk_limit_bytes``, which
     counts compressed bytes on disk; the environment variable is read when
     the hook or wrapper is made; unset or empty means no limit (tfdbg's
-    100 GB default is not applied).
+    100 GB default is not applied). ``on_reached(limit, used)`` is called
+    once, the first time a run is left undebugged (the owner records it in
+    the store as a ``tfdbg_byte_limit_reached`` event).
     """
 
-    def __init__(self, owner: str, environ=None):
+    def __init__(self, owner: str, environ=None,
+                 on_reached: Optional[Callable[[int, int], None]] = None):
         raw = (os.environ if environ is None else environ).get(TFDBG_DISK_BYTES_LIMIT_ENV, "")
         self.limit: Optional[int] = None
         if raw.strip():
@@ -51,6 +54,7 @@ class TfdbgByteLimit:
         self.used = 0
         self.runs_skipped = 0
         self._owner = owner
+        self._on_reached = on_reached
         self._last: Dict[Any, int] = {}
         self._lock = threading.Lock()
 
@@ -64,15 +68,20 @@ class TfdbgByteLimit:
                 ok = self.used < self.limit
             else:
                 ok = estimate == 0 or self.used + estimate < self.limit
+            first = False
             if not ok:
                 self.runs_skipped += 1
-                if self.runs_skipped == 1:
+                first = self.runs_skipped == 1
+                if first:
                     log.warning(
                         "tfdump-fast: %s: %s=%d reached (%d tensor bytes dumped); later runs that "
                         "would pass it are not debugged (tfdbg would fail them with "
                         "ResourceExhaustedError). Raise or unset %s to keep dumping.", self._owner,
                         TFDBG_DISK_BYTES_LIMIT_ENV, self.limit, self.used, TFDBG_DISK_BYTES_LIMIT_ENV)
-            return ok
+            used = self.used
+        if first and self._on_reached is not None:
+            self._on_reached(self.limit, used)  # outside the lock: it writes to the store
+        return ok
 
     def record(self, signature, run) -> None:
         """Count the tensor bytes of a debugged run that has ended."""

@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import threading
@@ -71,6 +72,9 @@ class Run:
     # The writer that began the run (its writer_name): end_run and write
     # refuse another writer's run, also after the run ended.
     writer_name: str = field(default="", repr=False, compare=False)
+    # Set under the writer's lock by the one end_run call that ends the run:
+    # a training thread and the exit path may race to end it.
+    end_claimed: bool = field(default=False, repr=False, compare=False)
 
 
 # A run's tensors are written within durability_s of its end: the oldest
@@ -364,14 +368,19 @@ class DumpWriter:
                 raise errors.TfdumpUsageError(
                     "end_run(attachments=...) must be a sequence of bytes objects (e.g. serialized "
                     "partition GraphDefs), not a single value or non-bytes items")
-        if run.ended:
+        if not self._claim_end(run):
             raise errors.TfdumpUsageError(f"run {run.run_name} was already ended")
-        if run.slot >= 0:
-            from tfdump_fast.bridge import get_bridge
+        try:
+            if run.slot >= 0:
+                from tfdump_fast.bridge import get_bridge
 
-            # Waits for callbacks still in flight on this slot, then frees it.
-            get_bridge().release_slot(run.slot)
-            run.slot = -1
+                # Waits for callbacks still in flight on this slot, then frees it.
+                get_bridge().release_slot(run.slot)
+                run.slot = -1
+        except BaseException:
+            with self._lock:
+                run.end_claimed = False  # not ended: a later end_run may try again
+            raise
         counters = self._engine.end_run(run.run_id)
         run.ended, run.counters, run.writer = True, counters, None
         with self._lock:
@@ -387,9 +396,28 @@ class DumpWriter:
             event["attachment_hashes"] = [h.hex() for h in hashes]
         self._write_meta(event, attachments or (), hashes)
         self._detect_root_gone()
-        self._note_run_ended()
+        self._note_run_ended(run.run_id)
         self._raise_pending_error()
         return counters
+
+    def _claim_end(self, run: Run) -> bool:
+        """Whether this call ends ``run`` (exactly one call does, whichever
+        thread gets here first: a training thread or the exit path)."""
+        with self._lock:
+            if run.ended or run.end_claimed:
+                return False
+            run.end_claimed = True
+            return True
+
+    def _end_if_open(self, run: Run, **kwargs) -> None:
+        """end_run, unless another thread ended ``run`` first (exit paths)."""
+        if run.ended or run.end_claimed:
+            return
+        try:
+            self.end_run(run, **kwargs)
+        except errors.TfdumpUsageError:
+            if not (run.ended or run.end_claimed):
+                raise  # not the race: a real usage error
 
     def write(self, array, node_name: str, output_slot: int = 0, debug_op: str = "DebugIdentity",
               device: str = DEFAULT_DEVICE, run: Optional[Run] = None, wall_us: int = 0) -> bool:
@@ -446,6 +474,59 @@ class DumpWriter:
             raise errors.TfdumpUsageError(f"run {run.run_name} is not open in this writer")
         return rc == _native.SUBMIT_OK
 
+    def record_event(self, name: str, **fields) -> None:
+        """Record an event in the store (a META event of the metadata shard).
+
+        For what happened to a dump that is neither a tensor nor a run: a
+        limit reached, a part of TensorFlow's output that could not be had.
+        The event is written at once (``os.write``: it survives kill -9) as
+        ``{"event": name, "wall_us": <now>, **fields}``; readers list it in
+        :meth:`DumpReader.events <tfdump_fast.reader.DumpReader.events>`.
+        The names tfdump-fast itself records are documented in
+        docs/FORMAT.md ("META events").
+
+        Parameters
+        ----------
+        name : str
+            The event type: lower-case letters, digits and ``_``, starting
+            with a letter, at most 64 characters; not one of the writer's own
+            events (``run_begin``, ``run_end``, ...).
+        **fields
+            JSON-serialisable values (str, int, finite float, bool, None,
+            lists and dicts of them); not ``event``, ``wall_us`` or
+            ``writer_id``.
+
+        Raises
+        ------
+        TfdumpUsageError
+            A bad or reserved name or field name.
+        TfdumpTypeError
+            A field value that JSON cannot hold.
+        TfdumpClosedError, TfdumpIOError
+            The writer is closed, or the metadata shard cannot be written.
+        """
+        if not isinstance(name, str) or not _EVENT_NAME.fullmatch(name):
+            raise errors.TfdumpUsageError(
+                f"record_event(name={name!r}): an event name is lower-case letters, digits and '_', "
+                "starting with a letter, at most 64 characters (e.g. 'lr_schedule_changed')")
+        if name in _WRITER_EVENTS:
+            raise errors.TfdumpUsageError(
+                f"record_event(name={name!r}): {name} is an event the writer records itself; choose "
+                f"another name (the writer's own: {', '.join(sorted(_WRITER_EVENTS))})")
+        clash = sorted(k for k in fields if k in _EVENT_FIELDS)
+        if clash:
+            raise errors.TfdumpUsageError(
+                f"record_event({name!r}, ...) sets {', '.join(clash)}, which the writer or the reader "
+                "sets itself; rename the field(s)")
+        try:
+            json.dumps(fields, allow_nan=False, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise errors.TfdumpTypeError(
+                f"record_event({name!r}, ...): the fields must be JSON values (str, int, finite "
+                f"float, bool, None, lists and str-keyed dicts of them): {exc}") from None
+        self._check_usable()
+        self._write_meta({"event": name, "wall_us": time.time_ns() // 1000, **fields})
+
     def flush(self, timeout: Optional[float] = None) -> None:
         """Block until every accepted tensor of finished runs is on disk.
 
@@ -483,9 +564,9 @@ class DumpWriter:
                 implicit, self._implicit_run = self._implicit_run, None
                 open_runs = [r for r in self._open_runs.values() if r is not implicit]
             if implicit is not None:
-                self.end_run(implicit)
+                self._end_if_open(implicit)
             for run in open_runs:  # runs the caller never ended: keep them, marked
-                self.end_run(run, status="failed", error="writer closed before the run ended")
+                self._end_if_open(run, status="failed", error="writer closed before the run ended")
         except errors.TfdumpError as exc:
             first_error = exc
         try:
@@ -517,7 +598,7 @@ class DumpWriter:
         shard file ends) when no worker can still append to its shard."""
         event = {"event": "writer_close", "wall_us": time.time_ns() // 1000, "stats": self.stats()}
         if not any(t.is_alive() for t in self._threads):
-            event["shards"] = {sf.name: sf.trailer() for sf in self._shard_files.values()}
+            event["shards"] = frames.close_trailer(self._shard_files.values())
         return event
 
     def stats(self) -> Dict[str, Any]:
@@ -530,7 +611,9 @@ class DumpWriter:
             ``tensors_dropped``, ``bytes_dropped``, ``bytes_written`` (on disk),
             ``payload_bytes_stored`` / ``payload_bytes_deduped``,
             ``queue_high_water``, ``queued_bytes``, ``frames_by_codec``,
-            ``codec_state``, ``codec_changes``, ``disk_budget_exceeded``, ``error``;
+            ``codec_state``, ``codec_changes``, ``disk_budget_exceeded``,
+            ``durability_late`` (durability write-outs that passed
+            ``durability_s``), ``error``;
             after the session root was deleted, ``tensors_written`` is 0 and
             ``tensors_lost`` counts what was written there.
         """
@@ -541,6 +624,7 @@ class DumpWriter:
             "codec_state": self._codec_state,
             "codec_changes": len(self._codec_changes),
             "disk_budget_exceeded": self._disk_budget_hit,
+            "durability_late": self._durability_late,
             "error": str(self._error) if self._error else None,
         })
         if self._root_gone:  # deleted with the session root: nothing is written any more
@@ -576,7 +660,11 @@ class DumpWriter:
         self._durability_s = durability_s
         self._durability_cv = threading.Condition(threading.Lock())
         self._oldest_unwritten_end: Optional[float] = None  # time.monotonic() of that run's end
+        # Ids of ended runs whose accepted records may not all be settled yet
+        # (written, or dropped after acceptance), oldest first.
+        self._ended_unsettled: List[int] = []
         self._durability_stop = False
+        self._durability_late = 0  # write-outs that passed the bound (logged once)
         self._durability_thread: Optional[threading.Thread] = None
         if durability_s is None or self.options["sink"] == "null":
             return
@@ -584,12 +672,13 @@ class DumpWriter:
                                                    daemon=True)
         self._durability_thread.start()
 
-    def _note_run_ended(self) -> None:
+    def _note_run_ended(self, run_id: int) -> None:
         # Called by end_run: the first run to end after a write-out starts
         # the clock of the next one.
         if self._durability_thread is None:
             return
         with self._durability_cv:
+            self._ended_unsettled.append(run_id)
             if self._oldest_unwritten_end is None:
                 self._oldest_unwritten_end = time.monotonic()
                 self._durability_cv.notify()
@@ -614,7 +703,8 @@ class DumpWriter:
                     cv.wait()
                 if self._durability_stop:
                     return
-                due = self._oldest_unwritten_end + batch_s
+                oldest_end = self._oldest_unwritten_end
+                due = oldest_end + batch_s
                 while not self._durability_stop:
                     now = time.monotonic()
                     if now >= due:
@@ -623,31 +713,48 @@ class DumpWriter:
                 if self._durability_stop:
                     return
                 # Runs that end from now on wait for the next write-out.
+                runs, self._ended_unsettled = self._ended_unsettled, []
                 self._oldest_unwritten_end = None
             try:
-                self._write_out_ended_runs()
+                left = self._write_out_ended_runs(runs, oldest_end + self._durability_s)
             except Exception as exc:  # noqa: BLE001 - never let this thread die silently
                 log.error("tfdump-fast: writing ended runs of %s failed: %s", self.session_root, exc)
+                left = []
+            if left:
+                # Past the bound, or the writer is stopping: what is left
+                # goes first into the next write-out, which starts at once.
+                with cv:
+                    self._ended_unsettled[:0] = left
+                    self._oldest_unwritten_end = oldest_end
+                if self._durability_late == 0 and not self._durability_stop:
+                    log.warning("tfdump-fast: %d ended run(s) of %s were not written within durability_s=%s s "
+                                "(the disk or the compressor is slower than the dumped bytes); the writer "
+                                "keeps writing them", len(left), self.session_root, self._durability_s)
+                self._durability_late += 1
 
-    def _write_out_ended_runs(self) -> None:
-        """Make the workers write every record queued now (the ended runs').
-
-        Every record accepted so far is either written or in the queue; the
-        write-out is done when the queue is empty, or when as many records
-        were written or dropped since as were queued at the start (records
-        of a run still executing may be among them: they are written too).
+    def _write_out_ended_runs(self, run_ids: List[int], deadline: float) -> List[int]:
+        """Make the workers write until every accepted record of ``run_ids``
+        (runs that ended before this write-out began) is settled: written, or
+        dropped after acceptance. Exact: the engine counts the settled records
+        of each run, so records of a run still executing cannot stand in for
+        an ended run's. Returns the runs still unsettled when ``deadline``
+        (time.monotonic()) passed or the writer stopped (empty when done).
         """
-        s = self._engine.stats()
-        queued = s["records_outstanding"]
-        if queued == 0:
-            return
-        settled0 = s["tensors_written"] + s["tensors_dropped"]
+        pending = list(run_ids)
+
+        def settled(run_id: int) -> bool:
+            progress = self._engine.run_progress(run_id)
+            # None: the run's engine slot was reused 4096 runs later (its
+            # records were queued long before: nothing to wait for).
+            return progress is None or progress[1] >= progress[0]
 
         def done() -> bool:
-            now = self._engine.stats()
-            return now["tensors_written"] + now["tensors_dropped"] - settled0 >= queued
+            pending[:] = [r for r in pending if not settled(r)]
+            return not pending
 
-        self._write_out(None, done)
+        if done() or self._write_out(deadline, done):
+            return []
+        return [r for r in pending if not settled(r)]
 
     def _write_out(self, deadline: Optional[float], done: Optional[Callable[[], bool]] = None) -> bool:
         """Have the workers write what is queued, deferral aside, until the
@@ -707,15 +814,16 @@ class DumpWriter:
         with self._lock:
             implicit, self._implicit_run = self._implicit_run, None
             open_runs = [r for r in self._open_runs.values() if r is not implicit]
-        try:
-            if implicit is not None:
-                self.end_run(implicit)
-            for run in open_runs:
-                if not run.ended:
-                    self.end_run(run, status="failed",
-                                 error="the process exited while this run was executing")
-        except errors.TfdumpError as exc:
-            log.error("tfdump-fast: ending runs of %s at exit failed: %s", self.session_root, exc)
+        for run in ([implicit] if implicit is not None else []) + open_runs:
+            try:
+                if run is implicit:
+                    self._end_if_open(run)
+                else:
+                    self._end_if_open(run, status="failed",
+                                      error="the process exited while this run was executing")
+            except errors.TfdumpError as exc:
+                log.error("tfdump-fast: ending run %s of %s at exit failed: %s", run.run_name,
+                          self.session_root, exc)
         if not self._write_out(deadline):
             left = self._engine.stats()["records_outstanding"]
             log.error("tfdump-fast: %d tensors of %s were not written before the process exited "
@@ -730,7 +838,7 @@ class DumpWriter:
         if not isinstance(run, Run):
             raise errors.TfdumpUsageError(
                 f"{method}(run={run!r}): pass the Run that this writer's begin_run() returned")
-        if not run.ended and self._open_runs.get(run.run_id) is not run:
+        if not (run.ended or run.end_claimed) and self._open_runs.get(run.run_id) is not run:
             raise errors.TfdumpUsageError(
                 f"{method}: run {run.run_name} does not belong to this writer ({self.session_root}); "
                 "pass it to the DumpWriter whose begin_run() returned it")
@@ -968,6 +1076,13 @@ class DumpWriter:
         except errors.TfdumpError:
             pass
 
+
+# Event types the writer writes itself (record_event refuses them), and the
+# fields it or the reader set on a recorded event.
+_WRITER_EVENTS = frozenset(("writer_open", "run_begin", "run_end", "drops", "codec_change",
+                            "disk_budget_exceeded", "writer_error", "writer_close"))
+_EVENT_FIELDS = ("event", "wall_us", "writer_id")
+_EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 # Fields of run_begin / run_end events that the writer sets itself; metadata
 # may not override them (a reader would attribute the run's tensors wrongly).

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence
 
 import zstandard
 
 from tfdump_fast import _native
 from tfdump_fast.store.naming import shard_file_name
 
-__all__ = ["ShardFile", "chain_frame_crc", "create_shard", "encode_frame", "write_all"]
+__all__ = ["ShardFile", "chain_frame_crc", "close_trailer", "create_shard", "encode_frame", "write_all"]
 
 # the frame header's own checksum is its last field
 _HEADER_CRC_AT = _native.FRAME_HEADER_SIZE - 4
@@ -155,3 +155,11 @@ class ShardFile:
         if self.dead:
             entry["tail_lost"] = True
         return entry
+
+
+def close_trailer(shard_files: Iterable["ShardFile"]) -> dict:
+    """The ``shards`` field of a ``writer_close`` event (the clean-close
+    trailer, docs/FORMAT.md): each shard's :meth:`ShardFile.trailer` by file
+    name. Call it once nothing more can be appended to the data shards; the
+    metadata shard's entry describes it before the ``writer_close`` frame."""
+    return {sf.name: sf.trailer() for sf in shard_files}

@@ -178,6 +178,31 @@ def test_run_value_index_out_of_range(store, index):
     np.testing.assert_array_equal(run.value(-1), [0, 1])
 
 
+@pytest.mark.parametrize("index", [10 ** 6, -10 ** 6, 2])
+def test_run_records_index_out_of_range(store, index):
+    run = DumpReader(store).runs[0]
+    for lookup in (lambda: run.records[index], lambda: run[index]):
+        with pytest.raises(TfdumpNotFoundError, match=r"has 2 records; index -?\d+ is out of range") as info:
+            lookup()
+        assert isinstance(info.value, IndexError)  # as a list's, for code that catches that
+    assert run.records[-1].node_name == "b" and [r.node_name for r in run.records[:5]] == ["a", "b"]
+
+
+@pytest.mark.parametrize("index", ["a", 1.5, None])
+def test_run_records_index_must_be_an_integer(store, index):
+    run = DumpReader(store).runs[0]
+    with pytest.raises(TfdumpTypeError, match="indexed by int or slice"):
+        run.records[index]
+
+
+@pytest.mark.parametrize("progress", [5, "yes", [print]])
+def test_verify_progress_must_be_callable(store, progress):
+    with pytest.raises(TfdumpTypeError, match=r"verify\(progress=.*\): progress must be a callable"):
+        DumpReader(store).verify(progress=progress)
+    seen = []
+    assert DumpReader(store).verify(progress=lambda done, total: seen.append((done, total))) == []
+
+
 @pytest.mark.parametrize("index", ["x", 1.5, None, True])
 def test_run_value_index_must_be_an_integer(store, index):
     with pytest.raises(TfdumpUsageError, match="takes an integer position"):

@@ -215,6 +215,10 @@ class DumpWriter:
         self.owner_pid = os.getpid()
         self._accepting_runs = True
         self._lock = threading.RLock()
+        # end_run calls between claiming their run and writing its run_end:
+        # close() waits for them, so no run_end follows writer_close.
+        self._ends_in_progress = 0
+        self._ends_done = threading.Condition(self._lock)
         self._meta_lock = threading.Lock()
         self._run_counter = 0
         self._open_runs: Dict[int, Run] = {}
@@ -371,6 +375,15 @@ class DumpWriter:
         if not self._claim_end(run):
             raise errors.TfdumpUsageError(f"run {run.run_name} was already ended")
         try:
+            return self._end_claimed_run(run, status, error, metadata, attachments)
+        finally:
+            with self._lock:
+                self._ends_in_progress -= 1
+                self._ends_done.notify_all()
+
+    def _end_claimed_run(self, run: Run, status: str, error: Optional[str], metadata, attachments
+                         ) -> Dict[str, int]:
+        try:
             if run.slot >= 0:
                 from tfdump_fast.bridge import get_bridge
 
@@ -407,7 +420,21 @@ class DumpWriter:
             if run.ended or run.end_claimed:
                 return False
             run.end_claimed = True
+            self._ends_in_progress += 1
             return True
+
+    def _wait_for_ends(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) for end_run calls of other threads
+        to write their run_end: close() must not write writer_close first."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._ends_in_progress > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("tfdump-fast: %d run(s) of %s were still being ended at close; their "
+                                "run_end may be missing", self._ends_in_progress, self.session_root)
+                    return
+                self._ends_done.wait(left)
 
     def _end_if_open(self, run: Run, **kwargs) -> None:
         """end_run, unless another thread ended ``run`` first (exit paths)."""
@@ -569,6 +596,7 @@ class DumpWriter:
                 self._end_if_open(run, status="failed", error="writer closed before the run ended")
         except errors.TfdumpError as exc:
             first_error = exc
+        self._wait_for_ends(10.0)  # runs another thread is ending: their run_end comes first
         try:
             self._drain(None)
         finally:
@@ -716,29 +744,19 @@ class DumpWriter:
                 runs, self._ended_unsettled = self._ended_unsettled, []
                 self._oldest_unwritten_end = None
             try:
-                left = self._write_out_ended_runs(runs, oldest_end + self._durability_s)
+                self._write_out_ended_runs(runs, oldest_end + self._durability_s)
             except Exception as exc:  # noqa: BLE001 - never let this thread die silently
                 log.error("tfdump-fast: writing ended runs of %s failed: %s", self.session_root, exc)
-                left = []
-            if left:
-                # Past the bound, or the writer is stopping: what is left
-                # goes first into the next write-out, which starts at once.
-                with cv:
-                    self._ended_unsettled[:0] = left
-                    self._oldest_unwritten_end = oldest_end
-                if self._durability_late == 0 and not self._durability_stop:
-                    log.warning("tfdump-fast: %d ended run(s) of %s were not written within durability_s=%s s "
-                                "(the disk or the compressor is slower than the dumped bytes); the writer "
-                                "keeps writing them", len(left), self.session_root, self._durability_s)
-                self._durability_late += 1
 
-    def _write_out_ended_runs(self, run_ids: List[int], deadline: float) -> List[int]:
+    def _write_out_ended_runs(self, run_ids: List[int], due: float) -> bool:
         """Make the workers write until every accepted record of ``run_ids``
         (runs that ended before this write-out began) is settled: written, or
         dropped after acceptance. Exact: the engine counts the settled records
         of each run, so records of a run still executing cannot stand in for
-        an ended run's. Returns the runs still unsettled when ``deadline``
-        (time.monotonic()) passed or the writer stopped (empty when done).
+        an ended run's. Past ``due`` (time.monotonic(): the oldest run's end
+        plus ``durability_s``) the write-out goes on, counted once in
+        ``stats()["durability_late"]`` and logged the first time. Returns
+        whether the runs were settled (False: the writer stopped first).
         """
         pending = list(run_ids)
 
@@ -752,9 +770,17 @@ class DumpWriter:
             pending[:] = [r for r in pending if not settled(r)]
             return not pending
 
-        if done() or self._write_out(deadline, done):
-            return []
-        return [r for r in pending if not settled(r)]
+        if done() or self._write_out(due, done):
+            return True
+        if not self._durability_stop and any(t.is_alive() for t in self._threads):
+            self._durability_late += 1
+            if self._durability_late == 1:
+                log.warning("tfdump-fast: %d ended run(s) of %s were not written within durability_s=%s s "
+                            "(the disk, the compressor or the CPU share of the writer threads is short of "
+                            "the dumped bytes); writing them goes on", len(pending), self.session_root,
+                            self._durability_s)
+            return self._write_out(None, done)
+        return False
 
     def _write_out(self, deadline: Optional[float], done: Optional[Callable[[], bool]] = None) -> bool:
         """Have the workers write what is queued, deferral aside, until the

@@ -298,7 +298,7 @@ def cmd_stats(args) -> int:
         sum(r.missing_tensors for r in runs)))
     for w in reader.writers:
         for ev in w["events"]:
-            if ev.get("event") in ("disk_budget_exceeded", "writer_error", "codec_change"):
+            if ev.get("event") not in ("run_begin", "run_end", "drops", "writer_open", "writer_close"):
                 print("writer %s: %s" % (w["name"], ", ".join("%s=%s" % kv for kv in sorted(ev.items()))))
     by_node = collections.Counter()
     by_op = collections.Counter()

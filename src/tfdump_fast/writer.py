@@ -850,6 +850,9 @@ class DumpWriter:
             except errors.TfdumpError as exc:
                 log.error("tfdump-fast: ending run %s of %s at exit failed: %s", run.run_name,
                           self.session_root, exc)
+        # Runs a training thread is ending right now: their run_end first,
+        # within the exit's time (close() would wait up to 10 s).
+        self._wait_for_ends(max(0.0, deadline - time.monotonic()))
         if not self._write_out(deadline):
             left = self._engine.stats()["records_outstanding"]
             log.error("tfdump-fast: %d tensors of %s were not written before the process exited "

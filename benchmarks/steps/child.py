@@ -99,6 +99,7 @@ class Unit:
         self.floor_hook = None
         self.inner = None
         self.urls: set = set()
+        self._tfdbg_hooks: List[Any] = []
         hooks = []
         if name == "floor":
             self.floor_hook = make_floor_hook(wl.graph)
@@ -116,7 +117,11 @@ class Unit:
         if self.name == "tfdbg":
             from tensorflow.python import debug as tf_debug
 
-            return tf_debug.DumpingDebugHook(root)
+            hook = tf_debug.DumpingDebugHook(root)
+            # tfdbg's hook wraps the session in a debug wrapper session whose
+            # __del__ closes the wrapped session: old hooks must outlive it.
+            self._tfdbg_hooks.append(hook)
+            return hook
         import tfdump_fast
 
         return tfdump_fast.DumpingDebugHook(root, log_usage=False, **HOOK_OPTIONS[self.name])

@@ -159,7 +159,10 @@ def main(argv=None) -> int:
         done_cost, spent = 0.0, 0.0
         for w in args.workloads:
             left = sum(cost[x] for x in args.workloads) - done_cost
-            eta = left * (spent / done_cost) if done_cost else left / 1e3 + 30 * (len(args.workloads))
+            eta = left * (spent / done_cost) if done_cost else left / 1e3 + sum(
+                CHILD_OVERHEAD_S.get(x, 30) for x in args.workloads)
+            # Repetitions past a workload's share are skipped: the run ends near its budget.
+            eta = min(eta, max(0.0, args.budget_min * 60 - (time.perf_counter() - t_start)))
             log(f"[{time.perf_counter() - t_start:5.0f} s] {w}: {plans[w]} (ETA of the run ~{eta / 60:.1f} min)")
             t0 = time.perf_counter()
             # This workload's share of what is left of the run's time.

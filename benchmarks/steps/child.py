@@ -8,7 +8,7 @@ repetitions and loads; the result holds every measurement.
 Every configuration has its own ``MonitoredSession`` on the one graph, built
 and warmed up (executor built, first-run costs paid) before anything is
 timed. The hook configurations get a fresh ``DumpingDebugHook`` for every
-measurement, through :class:`SwappableHook`, a SessionRunHook that forwards
+measurement, through :func:`make_swappable_hook`, a SessionRunHook that forwards
 ``before_run``/``after_run`` to the current hook: the session and its cached
 executors stay, the writer is new. A measurement times N steps back to back
 and then the hook's ``end()`` (which flushes and closes the writer), all in
@@ -46,41 +46,41 @@ WRITER_THREAD_PREFIXES = ("tfdump-",)
 WARMUP_STEPS = 2
 
 
-def _hook_base():
+def make_swappable_hook():
+    """A SessionRunHook that forwards a session's runs to its current inner hook.
+
+    ``swap(hook)`` replaces the inner hook (per measurement). Records the
+    ``DebugOptions`` the inner hook asks for on the first run after each swap
+    (to compare its watches with the floor's, and the URLs it used).
+    TensorFlow is imported here, not at module level: the parent process
+    imports this module for its constants and never loads TensorFlow.
+    """
     import tensorflow as tf
 
-    return tf.compat.v1.train.SessionRunHook
+    class SwappableHook(tf.compat.v1.train.SessionRunHook):
+        def __init__(self):
+            self.inner = None
+            self.first_options = None
 
+        def swap(self, inner) -> None:
+            self.inner = inner
+            self.first_options = None
+            if inner is not None:
+                inner.begin()
 
-class SwappableHook(_hook_base()):
-    """Forwards a session's runs to the current inner hook (replaced per measurement).
+        def before_run(self, run_context):
+            if self.inner is None:
+                return None
+            args = self.inner.before_run(run_context)
+            if self.first_options is None and args is not None and args.options is not None:
+                self.first_options = args.options.debug_options
+            return args
 
-    Records the ``DebugOptions`` the inner hook asks for on the first run
-    after each swap (to compare watches with the floor's and to notice a
-    changed URL, which would rebuild TF's executor inside a timed window).
-    """
+        def after_run(self, run_context, run_values):
+            if self.inner is not None:
+                self.inner.after_run(run_context, run_values)
 
-    def __init__(self):
-        self.inner = None
-        self.first_options = None
-
-    def swap(self, inner) -> None:
-        self.inner = inner
-        self.first_options = None
-        if inner is not None:
-            inner.begin()
-
-    def before_run(self, run_context):
-        if self.inner is None:
-            return None
-        args = self.inner.before_run(run_context)
-        if self.first_options is None and args is not None and args.options is not None:
-            self.first_options = args.options.debug_options
-        return args
-
-    def after_run(self, run_context, run_values):
-        if self.inner is not None:
-            self.inner.after_run(run_context, run_values)
+    return SwappableHook()
 
 
 class Unit:
@@ -106,7 +106,7 @@ class Unit:
             self._floor_calls = floor_calls
             hooks = [self.floor_hook]
         elif name != "none":
-            self.swap = SwappableHook()
+            self.swap = make_swappable_hook()
             hooks = [self.swap]
         with wl.graph.as_default():
             unfinalize(wl.graph)

@@ -238,3 +238,187 @@ def test_report_renders_errors_and_skips(tmp_path):
     md = open(paths["markdown"]).read()
     assert "error²" in md and "skipped¹" in md and "RuntimeError: boom" in md and "not available yet" in md
     assert json.load(open(paths["json"]))["regimes"]["burst"]["mlp"]["none"]["ratio"] == 1.0
+
+
+# ===========================================================================
+# benchmarks.steps: steps back to back against a no-op callback floor,
+# quiet and under a background load (issue #15).
+
+STEPS_CONFIGS = ["none", "floor", "tfdump", "tfdump-nodurability"]
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purpose (and ours are reaped: wait() in stop()).
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def steps_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("steps") / "out"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.steps", "--quick", "--out", str(out)],
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(out / "results.json") as f:
+        results = json.load(f)
+    return out, results, proc
+
+
+def test_steps_outputs(steps_run):
+    out, results, proc = steps_run
+    assert results["meta"]["quick"] is True
+    assert results["meta"]["configs"] == STEPS_CONFIGS
+    assert "ETA" in proc.stderr
+    md = (out / "results.md").read_text()
+    for heading in ("| workload | load | regime |", "## CPU per step", "## Engine counters"):
+        assert heading in md
+    assert "| rnn | quiet | short |" in md and "| rnn | loaded | sustained |" in md
+    with open(out / "ratio_to_floor.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob("work-*")), "the work directory is removed after the run"
+
+
+def test_steps_floor_sees_the_hooks_tensors(steps_run):
+    """The floor watches exactly what the hook watches and receives as many tensors."""
+    _, results, _ = steps_run
+    child = results["workloads"]["rnn"]
+    assert "error" not in child, child.get("traceback")
+    check = child["watch_check"]
+    assert check["equal"] is True and check["floor_watches"] > 0
+    assert check["tfdump_watches"] == check["floor_watches"] == check["tfdump-nodurability_watches"]
+    for load in ("quiet", "loaded"):
+        for regime in ("short", "long"):
+            figs = results["summary"]["rnn"][load][regime]
+            floor_tensors = figs["floor"]["tensors_per_step"]
+            assert floor_tensors > 0
+            for name in ("tfdump", "tfdump-nodurability"):
+                eng = figs[name]["engine"]
+                assert eng["tensors_per_step"] == pytest.approx(floor_tensors), (load, regime, name)
+                assert eng["tensors_dropped"] == 0 and not eng["errors"]
+                assert sum(eng["frames_by_codec"].values()) > 0
+
+
+def test_steps_figures(steps_run):
+    _, results, _ = steps_run
+    summary = results["summary"]["rnn"]
+    assert set(summary) == {"quiet", "loaded"}
+    for load, regimes in summary.items():
+        assert set(regimes) == {"short", "long", "sustained"}
+        for regime, figs in regimes.items():
+            assert set(figs) == set(STEPS_CONFIGS), (load, regime)
+            assert figs["floor"]["ratio_to_floor"] == pytest.approx(1.0)
+            for name, f in figs.items():
+                where = (load, regime, name)
+                assert _finite_pos(f["per_step_ms"]) and _finite_pos(f["ratio_to_floor"]), where
+                assert f["min_ms"] <= f["per_step_ms"] <= f["max_ms"], where
+                if regime != "sustained":
+                    assert f["cpu_total_ms"] >= 0 and f["cpu_tf_ms"] >= 0, where
+            for name in ("tfdump", "tfdump-nodurability"):
+                f = figs[name]
+                assert _finite_pos(f["bytes_per_step"]) and _finite_pos(f["disk_bound_ms"]), (load, regime, name)
+                assert f["limit_ms"] >= f["disk_bound_ms"] and isinstance(f["within_limit"], bool)
+    raw = results["workloads"]["rnn"]["loads"]
+    for rec in raw["quiet"]["regimes"]["long"]["tfdump"]:
+        assert len(rec["step_ms"]) == rec["n"] == 8
+        assert rec["total_s"] >= rec["steps_s"] > 0 and rec["writer_threads"] >= 1
+    assert raw["quiet"]["busy_processes"] == 0
+
+
+def test_steps_background_load_is_gone(steps_run):
+    _, results, _ = steps_run
+    loaded = results["workloads"]["rnn"]["loads"]["loaded"]
+    assert loaded["busy_processes"] == os.cpu_count() and len(loaded["busy_pids"]) == os.cpu_count()
+    assert not [p for p in loaded["busy_pids"] if _alive(p)]
+
+
+def test_background_load_dies_with_its_owner(tmp_path):
+    """A harness killed with SIGKILL (no finally, no atexit) leaves no busy process behind."""
+    import signal
+    import time
+
+    script = ("import sys, time\n"
+              f"sys.path.insert(0, {REPO!r})\n"
+              "from benchmarks.steps.load import BackgroundLoad\n"
+              "bg = BackgroundLoad(2).start()\n"
+              "print(' '.join(map(str, bg.pids())), flush=True)\n"
+              "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in pids if _alive(p)]
+
+
+def test_background_load_stop():
+    from benchmarks.steps.load import BackgroundLoad
+
+    with BackgroundLoad(1) as bg:
+        pids = bg.pids()
+        assert len(pids) == 1 and _alive(pids[0])
+    assert not _alive(pids[0]) and bg.pids() == []
+
+
+def test_cpu_split_attributes_exited_threads_to_ours():
+    from benchmarks.steps import cpu
+
+    import threading
+    main = threading.main_thread().native_id
+    before = {"process": 10.0, "threads": {main: 1.0, 101: 2.0, 102: 3.0}}
+    # 102 (a writer) exited in the window; 103 (a thread started in it) is not counted as TF.
+    after = {"process": 16.0, "threads": {main: 1.5, 101: 4.0, 103: 0.5}}
+    s = cpu.split(before, after, named=[102])
+    assert s == {"total": 6.0, "main": 0.5, "tf": 2.0, "named": 3.5}
+    snap = cpu.snapshot()
+    assert main in snap["threads"] and snap["process"] >= snap["threads"][main] >= 0
+
+
+def test_steps_summary_ratios_and_sustained():
+    from benchmarks.steps.summary import summarize
+
+    def rec(ms_steps, total_ms, nbytes=None, tensors=None):
+        n = len(ms_steps)
+        r = {"n": n, "step_ms": ms_steps, "per_step_ms": total_ms / n, "total_s": total_ms / 1e3,
+             "finish_s": 0.01, "first_step_ms": 50.0,
+             "cpu_s": {"total": 0.1 * n, "main": 0.01 * n, "tf": 0.05 * n, "named": 0.04 * n}}
+        if nbytes is not None:
+            r["bytes"] = nbytes
+            r["stats"] = {"frames_by_codec": {"zstd:1": 3}, "codec_changes": 1, "queue_high_water": 10,
+                          "tensors_dropped": 0, "tensors_accepted": tensors * (n + 1)}
+        else:
+            r["floor_tensors"] = tensors * n
+        return r
+
+    child = {"workload": "rnn", "loads": {"quiet": {"regimes": {
+        "long": {"floor": [rec([9, 9, 10, 10], 40, tensors=5), rec([9, 9, 12, 12], 44, tensors=5)],
+                 "tfdump": [rec([30, 30, 13, 13], 100, nbytes=5000, tensors=5),
+                            rec([30, 30, 15, 15], 120, nbytes=5000, tensors=5)]},
+    }}}}
+    s = summarize(child, disk_bytes_per_s=1e6)["quiet"]
+    long, sus = s["long"], s["sustained"]
+    assert long["floor"]["per_step_ms"] == pytest.approx(10.5)  # median of 10 and 11
+    assert long["tfdump"]["per_step_ms"] == pytest.approx(27.5)
+    assert long["tfdump"]["ratio_to_floor"] == pytest.approx(27.5 / 10.5)
+    assert long["tfdump"]["bytes_per_step"] == pytest.approx(1000)  # n + 1 steps in the directory
+    assert long["tfdump"]["disk_bound_ms"] == pytest.approx(1.0)
+    assert long["tfdump"]["limit_ms"] == pytest.approx(1.3 * 10.5)
+    assert long["tfdump"]["within_limit"] is False
+    assert long["tfdump"]["engine"]["tensors_per_step"] == pytest.approx(5)
+    assert long["tfdump"]["engine"]["frames_by_codec"] == {"zstd:1": 6}
+    # Sustained: the second half of each long measurement, median over repetitions.
+    assert sus["floor"]["per_step_ms"] == pytest.approx(11.0)  # medians 10 and 12
+    assert sus["tfdump"]["per_step_ms"] == pytest.approx(14.0)  # medians 13 and 15
+    assert sus["tfdump"]["ratio_to_floor"] == pytest.approx(14.0 / 11.0)
+    assert sus["tfdump"]["bytes_per_step"] == pytest.approx(1000)

@@ -159,6 +159,12 @@ class TensorRecord:
         return self.key.watch_key
 
     @property
+    def content_hash(self) -> bytes:
+        """The stored payload's 16-byte content hash: equal hashes (with
+        equal dtype and shape) mean equal values, without decoding either."""
+        return self.run._index.payload_hash(self.tensor_id)
+
+    @property
     def value(self):
         """The tensor's value (see :meth:`Run.value`)."""
         return self.run._decoder.value(self.tensor_id)
@@ -190,6 +196,8 @@ class Run:
         The error of a failed run.
     begin_us, end_us : int or None
     global_step : int or None
+        The graph's global step before the run (recorded by the hook and the
+        wrapper for every dumped run); None when the graph has none.
     fetches, feed_keys : str or None
         ``repr`` of the run's fetches and feed keys, as tfdbg stores them.
     core_metadata : dict or None
@@ -242,7 +250,11 @@ class Run:
             except ValueError:
                 pass
         gs = md.get("global_step")
-        if gs is None and isinstance(self.core_metadata, dict):
+        # The core metadata's global_step is the debug options' (0 under our
+        # hook, -1 under the wrapper: not a training step); it stands in only
+        # for runs of other writers (the low-level path) that set it.
+        if gs is None and "global_step" not in md and "session_run_call" not in md \
+                and isinstance(self.core_metadata, dict) and (self.core_metadata.get("global_step") or -1) >= 0:
             gs = self.core_metadata.get("global_step")
         self.global_step = gs
         self.fetches = _as_repr(md.get("fetches")) if "fetches" in md else None
@@ -335,6 +347,26 @@ class Run:
                 pass
         return out
 
+    def graph(self) -> "GraphInfo":
+        """The run's partition graphs parsed: op type, device, inputs and
+        consumers of every node (:class:`tfdump_fast.graph.GraphInfo`; no
+        TensorFlow needed). Parsed once per distinct set of graphs."""
+        return self._reader.graph_info(self.writer_index, self._graph_hashes, self.graph_items)
+
+    def node_info(self, name: str) -> "NodeInfo":
+        """Op type, device, inputs and consumers of a node of the run's
+        graphs (``node`` or ``node:slot``).
+
+        Raises
+        ------
+        TfdumpNotFoundError
+            The run's graphs have no such node (or none were stored).
+        """
+        graph = self.graph()
+        if not len(graph):
+            raise TfdumpNotFoundError("run %s stored no partition graphs" % self.name)
+        return graph.node(name)
+
     # ---- lookup
 
     def _key_rows(self) -> Dict[int, np.ndarray]:
@@ -417,8 +449,8 @@ class Run:
         return self._decoder.values(self.tensor_ids)
 
     def find(self, predicate: Optional[Callable] = None, *, first_n: int = 0,
-             exclude: Union[None, str, Sequence[str]] = None, device: Optional[str] = None
-             ) -> List[TensorRecord]:
+             exclude: Union[None, str, Sequence[str]] = None, device: Optional[str] = None,
+             include_scratch: bool = False) -> List[TensorRecord]:
         """Tensors for which ``predicate(record, value)`` is true, in execution order.
 
         Parameters
@@ -431,10 +463,17 @@ class Run:
         first_n : int, default 0
             Stop after this many matches (0: all).
         exclude : str or list of str, optional
-            Regular expressions; tensors of nodes whose name matches one (at
-            its start, like tfdbg's ``exclude_node_names``) are skipped.
+            Regular expressions; a tensor is skipped when one matches its
+            node name or its ``node:slot`` name at the start (like tfdbg's
+            ``exclude_node_names``), or its node's op type in full
+            (``FusedBatchNormV3``; op types come from the stored graphs).
         device : str, optional
             Only tensors of this device.
+        include_scratch : bool, default False
+            With :func:`has_inf_or_nan`: also search outputs that hold
+            scratch space rather than values (``FusedBatchNormV3:5``, oneDNN's
+            workspace; see :data:`tfdump_fast.graph.SCRATCH_OUTPUTS`). They
+            are skipped by default: their contents are undefined.
 
         Returns
         -------
@@ -451,7 +490,8 @@ class Run:
                                    "them" % (exclude,))
         if device is not None and not isinstance(device, str):
             raise TfdumpUsageError("find(device=%r) must be a device name (str) or None" % (device,))
-        rows = self._filter_rows(exclude, device)
+        skip_scratch = not include_scratch and predicate is not None and is_inf_nan_predicate(predicate)
+        rows = self._filter_rows(exclude, device, skip_scratch)
         if predicate is None:
             idx = rows if first_n <= 0 else rows[:first_n]
             return [self.records[i] for i in idx]
@@ -467,19 +507,31 @@ class Run:
                     break
         return out
 
-    def _filter_rows(self, exclude, device) -> np.ndarray:
+    def _filter_rows(self, exclude, device, skip_scratch: bool = False) -> np.ndarray:
         keys_of_rows = self._index.key_of[self.tensor_ids]
         mask = np.ones(len(self.tensor_ids), dtype=bool)
+        bad = []
         if exclude:
             patterns = [exclude] if isinstance(exclude, str) else list(exclude)
             try:
                 regexes = [re.compile(p) for p in patterns]
             except re.error as exc:
                 raise TfdumpUsageError("bad exclude pattern %r: %s" % (exc.pattern, exc)) from None
-            bad = [kid for kid in np.unique(keys_of_rows).tolist()
-                   if any(r.match(self._index.keys[kid].node) for r in regexes)]
-            if bad:
-                mask &= ~np.isin(keys_of_rows, bad)
+            graph = self.graph()
+            for kid in np.unique(keys_of_rows).tolist():
+                k = self._index.keys[kid]
+                op = graph.op_type(k.node)
+                if any(r.match(k.node) or r.match("%s:%d" % (k.node, k.output_slot))
+                       or (op is not None and r.fullmatch(op)) for r in regexes):
+                    bad.append(kid)
+        if skip_scratch:
+            # scratch outputs are slots >= 3: parse the graphs only if such a key exists
+            slots = [(kid, self._index.keys[kid]) for kid in np.unique(keys_of_rows).tolist()]
+            if any(k.output_slot >= 3 for _, k in slots):
+                graph = self.graph()
+                bad += [kid for kid, k in slots if graph.is_scratch(k.node, k.output_slot)]
+        if bad:
+            mask &= ~np.isin(keys_of_rows, bad)
         if device is not None:
             good = [kid for kid in np.unique(keys_of_rows).tolist() if self._index.keys[kid].device == device]
             mask &= np.isin(keys_of_rows, good)
@@ -625,6 +677,7 @@ class DumpReader:
         self.blocks = BlockCache(self._shards, self._frames, self.cache_bytes)
         self.payloads = PayloadReader(self.index, self.blocks)
         self.decoder = ValueDecoder(self.index, self.payloads)
+        self._graph_infos: Dict[tuple, "GraphInfo"] = {}
         self._check_root()
         self.refresh()
 
@@ -833,6 +886,26 @@ class DumpReader:
                 which, self.session_root, (" (did you mean %s?)" % ", ".join(close)) if close else
                 (" (it holds %d runs; list them with `tfdump-fast ls`)" % len(runs))))
         raise TfdumpUsageError("a run is selected by index, name or (writer_id, run_id), not %r" % (which,))
+
+    def runs_at_step(self, step: int) -> List[Run]:
+        """The runs whose :attr:`Run.global_step` is ``step``, in :attr:`runs`
+        order (a training step may have several: evaluation, several writers)."""
+        self._check_open()
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool):
+            raise TfdumpUsageError("runs_at_step(step=%r) takes an integer global step" % (step,))
+        return [r for r in self._runs if r.global_step is not None and int(r.global_step) == step]
+
+    def graph_info(self, writer_index: int, hashes: Sequence[bytes], load: Callable) -> "GraphInfo":
+        """Package-internal: the parsed graphs of a run, cached by their hashes
+        (runs of one executor share them). ``load()`` returns ``(hash, bytes)`` pairs."""
+        from tfdump_fast.graph import GraphInfo
+
+        key = (writer_index, tuple(hashes))
+        with self._lock:
+            info = self._graph_infos.get(key)
+            if info is None:
+                info = self._graph_infos[key] = GraphInfo(g for _, g in load())
+        return info
 
     @property
     def torn_tails(self) -> Dict[str, int]:

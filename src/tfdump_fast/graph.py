@@ -8,6 +8,12 @@ nodes that consume it. Edges that cross devices (``_Send`` on one partition,
 followed, so :meth:`GraphInfo.data_inputs` of a node fed through a ``_Recv``
 names the tensor that was sent.
 
+The graphs are those TensorFlow ran: the debugger's own nodes
+(``__copy_<node>_<slot>`` copies, ``__dbg_...`` debug ops) are looked
+through, and oneDNN's rewritten op types (``_MklMatMul``) are reported as
+the op the user created (``MatMul``; :attr:`NodeInfo.kernel_op` keeps the
+rewritten name).
+
 Fed tensors are replaced in partition graphs by ``_Arg`` nodes named
 ``_arg_<node>_<slot>_<index>`` (TensorFlow's ``subgraph.cc``); the dump knows
 them only by that name. :meth:`GraphInfo.feed_of` and
@@ -21,7 +27,7 @@ import re
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from tfdump_fast._tfproto import iter_fields
-from tfdump_fast.errors import TfdumpNotFoundError
+from tfdump_fast.errors import TfdumpCorruptionError, TfdumpNotFoundError
 
 __all__ = ["GraphInfo", "NodeInfo", "SCRATCH_OUTPUTS", "split_tensor"]
 
@@ -39,6 +45,9 @@ SCRATCH_OUTPUTS: Dict[str, frozenset] = {
     "_MklNativeFusedBatchNormGradV3": frozenset({3, 4}),
 }
 
+_DEBUGGER_COPY = re.compile(r"^__copy_")
+_DEBUGGER_OP = re.compile(r"^__dbg_")
+_KERNEL_PREFIXES = ("_MklNative", "_Mkl")
 _ARG_NAME = re.compile(r"^_arg_(.+)_(\d+)_(\d+)$")
 _RECV_OPS = ("_Recv", "_HostRecv")
 _SEND_OPS = ("_Send", "_HostSend")
@@ -60,11 +69,14 @@ class NodeInfo:
     ----------
     name, op, device : str
     inputs : list of str
-        Data inputs as written in the ``NodeDef`` (``node`` or ``node:slot``).
+        Data inputs as ``node:slot``, through the debugger's copies and
+        across devices (a ``_Recv``'s input is what its ``_Send`` sent).
     control_inputs : list of str
         Nodes this one waits for (``^node`` inputs, without the ``^``).
     consumers : list of str
         Nodes that take one of this node's outputs as a data input.
+    kernel_op : str
+        The op type as stored (``_MklMatMul`` where ``op`` says ``MatMul``).
     """
 
     name: str
@@ -74,9 +86,11 @@ class NodeInfo:
     control_inputs: List[str] = dataclasses.field(default_factory=list)
     consumers: List[str] = dataclasses.field(default_factory=list)
     send_tensor: Optional[str] = None   # _Send/_Recv: the rendezvous tensor_name attr
+    kernel_op: str = ""
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "op": self.op, "device": self.device, "inputs": list(self.inputs),
+        return {"name": self.name, "op": self.op, "kernel_op": self.kernel_op, "device": self.device,
+                "inputs": list(self.inputs),
                 "control_inputs": list(self.control_inputs), "consumers": list(self.consumers)}
 
 
@@ -91,18 +105,27 @@ class GraphInfo:
 
     def __init__(self, graphs: Iterable[bytes]):
         self.nodes: Dict[str, NodeInfo] = {}
+        #: stored attachments that are not GraphDefs (low-level writers may attach anything)
+        self.unreadable = 0
         sends: Dict[str, str] = {}
         for g in graphs:
-            for field, wire, raw in iter_fields(g):
-                if field == 1 and wire == 2:
-                    node = _parse_node(raw)
-                    if node.name:
-                        self.nodes[node.name] = node
-                        if node.op in _SEND_OPS and node.send_tensor and node.inputs:
-                            sends[node.send_tensor] = node.inputs[0]
+            try:
+                parsed = [_parse_node(raw) for field, wire, raw in iter_fields(g) if field == 1 and wire == 2]
+            except TfdumpCorruptionError:
+                self.unreadable += 1
+                continue
+            for node in parsed:
+                if node.name and not _DEBUGGER_OP.match(node.name):
+                    self.nodes[node.name] = node
+                    if node.op in _SEND_OPS and node.send_tensor and node.inputs:
+                        sends[node.send_tensor] = node.inputs[0]
         self._sent = sends
-        for node in self.nodes.values():
-            for inp in self.data_inputs(node.name):
+        resolved = {name: self.data_inputs(name) for name in self.nodes}
+        for name, node in self.nodes.items():
+            if _DEBUGGER_COPY.match(name):
+                continue
+            node.inputs = resolved[name]
+            for inp in node.inputs:
                 src = self.nodes.get(split_tensor(inp)[0])
                 if src is not None and node.name not in src.consumers:
                     src.consumers.append(node.name)
@@ -129,8 +152,17 @@ class GraphInfo:
         tensor its ``_Send`` sent (another partition's)."""
         node = self.node(name)
         if node.op in _RECV_OPS and node.send_tensor in self._sent:
-            return [_with_slot(self._sent[node.send_tensor])]
-        return [_with_slot(i) for i in node.inputs]
+            return [self._through_copies(_with_slot(self._sent[node.send_tensor]))]
+        return [self._through_copies(_with_slot(i)) for i in node.inputs]
+
+    def _through_copies(self, tensor: str) -> str:
+        """The tensor a debugger-inserted ``__copy_`` node copies."""
+        for _ in range(8):
+            node = self.nodes.get(split_tensor(tensor)[0])
+            if node is None or not _DEBUGGER_COPY.match(node.name) or not node.inputs:
+                return tensor
+            tensor = _with_slot(node.inputs[0])
+        return tensor
 
     def feed_of(self, name: str) -> Optional[str]:
         """The fed tensor (``x:0``) an ``_Arg`` node named ``_arg_x_0_1`` stands for."""
@@ -179,7 +211,12 @@ def _parse_node(raw) -> NodeInfo:
             key, value = _attr_entry(v)
             if key == "tensor_name":
                 send_tensor = value
-    return NodeInfo(name, op, device, inputs, control, [], send_tensor)
+    kernel_op = op
+    for prefix in _KERNEL_PREFIXES:
+        if op.startswith(prefix) and len(op) > len(prefix):
+            op = op[len(prefix):]
+            break
+    return NodeInfo(name, op, device, inputs, control, [], send_tensor, kernel_op)
 
 
 def _attr_entry(raw) -> Tuple[str, Optional[str]]:

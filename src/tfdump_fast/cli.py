@@ -434,10 +434,14 @@ def cmd_trace(args) -> int:
             else:
                 state = ("BAD " if inp["bad"] else "") + _stats_text(inp["stats"])
             print("%s     input %s (%s): %s" % ("  " * depth, inp["tensor"], what, state))
-    print("origin: %s (op %s): its inputs are finite, its output is not" % (origin["tensor"], origin["op"] or "?")
-          if all(i["bad"] is False for i in origin["inputs"]) else
-          "origin: %s (op %s): the first op on the path without a bad dumped input" % (
-              origin["tensor"], origin["op"] or "?"))
+    if origin["fed_as"]:
+        print("origin: the fed input %s (stored as %s) holds inf or nan: it came in with the feed" % (
+            origin["fed_as"], origin["tensor"]))
+    elif all(i["bad"] is False for i in origin["inputs"]):
+        print("origin: %s (op %s): its inputs are finite, its output is not" % (origin["tensor"], origin["op"] or "?"))
+    else:
+        print("origin: %s (op %s): the first op on the path without a bad dumped input (inputs not dumped "
+              "cannot be checked)" % (origin["tensor"], origin["op"] or "?"))
     return EXIT_PROBLEM
 
 

@@ -215,6 +215,9 @@ def _parse_node(raw) -> NodeInfo:
     for prefix in _KERNEL_PREFIXES:
         if op.startswith(prefix) and len(op) > len(prefix):
             op = op[len(prefix):]
+            # oneDNN's versions of grappler's internal fused ops: _MklFusedMatMul is _FusedMatMul
+            if op.startswith("Fused") and not re.match(r"^FusedBatchNorm(V2|V3|Grad|GradV2|GradV3)?$", op):
+                op = "_" + op
             break
     return NodeInfo(name, op, device, inputs, control, [], send_tensor, kernel_op)
 

@@ -422,8 +422,8 @@ def cmd_trace(args) -> int:
     for depth, step in enumerate(result["path"]):
         rec = step["record"]
         fed = " (feed %s)" % step["fed_as"] if step["fed_as"] else ""
-        print("%s%s  %s  %s%s  %s" % ("  " * depth, "<- " if depth else "", step["tensor"], step["op"] or "?",
-                                      fed, _shape(rec["shape"])))
+        print("%s%s%s  %s%s  %s" % ("  " * (depth + 1), "<- " if depth else "", step["tensor"], step["op"] or "?",
+                                    fed, _shape(rec["shape"])))
         print("%s     output: %s" % ("  " * depth, _stats_text(rec["stats"])))
         for inp in step["inputs"]:
             what = inp["op"] or "?"

@@ -98,6 +98,32 @@ def test_global_step_is_recorded_for_every_dumped_run(log_dump, capsys, tmp_path
     assert steps == [[0], [1], [2]]
 
 
+def test_wrapper_records_the_global_step_and_no_step_is_unknown_not_0(tmp_path, capsys):
+    from tfdump_fast.hooks import DumpingDebugWrapperSession
+
+    g, x, loss, train = log_model()
+    feed = {x: np.full((2, 3), 3.0, np.float32)}
+    with g.as_default(), tf1.Session(graph=g) as sess:
+        sess.run(tf1.global_variables_initializer())
+        sess.run(train)   # global step 1 before the first dumped run
+        wrapped = DumpingDebugWrapperSession(sess, str(tmp_path / "w"))
+        for _ in range(2):
+            wrapped.run([loss, train], feed_dict=feed)
+        wrapped.close()
+    assert [r.global_step for r in DumpReader(str(tmp_path / "w")).runs] == [1, 2]
+    # a graph without a global step: unknown (the core metadata's 0 is the debug options', not a step)
+    g = tf.Graph()
+    with g.as_default():
+        y = tf.constant([1.0, 2.0], name="y")
+        hook = DumpingDebugHook(str(tmp_path / "h"))
+        with tf1.train.MonitoredSession(hooks=[hook]) as sess:
+            sess.run(y)
+    (run,) = DumpReader(str(tmp_path / "h")).runs
+    assert run.global_step is None and run.core_metadata["global_step"] == 0
+    code, out, _ = run_cli(capsys, "ls", tmp_path / "h")
+    assert code == 0 and out.splitlines()[1].split()[-3] == "-"
+
+
 def test_trace_names_log_as_the_origin(log_dump, capsys):
     code, doc = run_json(capsys, "trace", "trace", log_dump)
     assert code == 1

@@ -51,17 +51,9 @@ def resolve_tensor(run, text: str, *, regex: bool = False, device: Optional[str]
         Several tensors match (the message lists them), or a bad regex.
     """
     if not regex:
-        try:
-            return run.select(text, device=device), text
-        except TfdumpNotFoundError:
-            pass
-        graph = run.graph()
-        node, slot = split_tensor(text)
-        for arg in graph.arg_nodes_of("%s:%d" % (node, slot)):
-            try:
-                return run.select(arg, 0, device=device), "%s (fed as %s)" % (text, arg)
-            except TfdumpNotFoundError:
-                continue
+        found = _exact_or_fed(run, text, device)
+        if found is not None:
+            return found
     names = sorted({k.watch_key for k in run.watch_keys if device is None or k.device == device})
     if regex:
         try:
@@ -83,6 +75,22 @@ def resolve_tensor(run, text: str, *, regex: bool = False, device: Optional[str]
     raise TfdumpNotFoundError("run %s has no dumped tensor matching %r%s" % (
         run.name, text, (" (did you mean %s?)" % ", ".join(close)) if close else
         " (list the run's tensors with `tfdump-fast show ROOT RUN`)"))
+
+
+def _exact_or_fed(run, text: str, device: Optional[str]):
+    """(records, resolved name) of the exact tensor ``text``, or of the fed
+    input it names by its graph name; None when neither was dumped."""
+    try:
+        return run.select(text, device=device), text
+    except TfdumpNotFoundError:
+        pass
+    node, slot = split_tensor(text)
+    for arg in run.graph().arg_nodes_of("%s:%d" % (node, slot)):
+        try:
+            return run.select(arg, 0, device=device), "%s (fed as %s)" % (text, arg)
+        except TfdumpNotFoundError:
+            continue
+    return None
 
 
 def _contains_scopes(watch_key: str, text: str) -> bool:
@@ -249,15 +257,15 @@ def history(runs, tensor: str, *, execution: int = 0, device: Optional[str] = No
     rows = []
     cache: Dict[tuple, Optional[dict]] = {}
     for run in runs:
-        try:
-            recs, _ = _exact(run, tensor, device)
-        except TfdumpNotFoundError:
+        found = _exact_or_fed(run, tensor, device)
+        if found is None:
             continue
+        recs = found[0]
         recs = [r for r in recs if r.debug_op == _VALUE_OP] or recs
         if not -len(recs) <= execution < len(recs):
             continue
         rec = recs[execution]
-        key = _content_key(run, rec)
+        key = _content_key(rec)
         if key not in cache:
             cache[key] = tensor_stats(rec.value)
         rows.append({"run": run.name, "global_step": run.global_step, "executions": len(recs),
@@ -267,23 +275,8 @@ def history(runs, tensor: str, *, execution: int = 0, device: Optional[str] = No
     return {"tensor": tensor, "rows": rows}
 
 
-def _exact(run, tensor, device):
-    try:
-        return run.select(tensor, device=device), tensor
-    except TfdumpNotFoundError:
-        graph = run.graph()
-        node, slot = split_tensor(tensor)
-        for arg in graph.arg_nodes_of("%s:%d" % (node, slot)):
-            try:
-                return run.select(arg, 0, device=device), arg
-            except TfdumpNotFoundError:
-                continue
-        raise
-
-
-def _content_key(run, rec) -> tuple:
+def _content_key(rec) -> tuple:
     """Equal for two records with the same stored payload (content hash)."""
-    del run
     return (rec.dtype, rec.shape, rec.flags, rec.nbytes, rec.content_hash)
 
 
@@ -318,7 +311,7 @@ def diff(run_a, run_b, *, atol: float = 0.0) -> dict:
         n_changed = 0
         note = None
         for x, y in zip(ra, rb):
-            if _content_key(run_a, x) == _content_key(run_b, y):
+            if _content_key(x) == _content_key(y):
                 continue
             n_changed += 1
             d = max_abs_diff(x.value, y.value)
@@ -337,6 +330,8 @@ def diff(run_a, run_b, *, atol: float = 0.0) -> dict:
         else:
             unchanged += 1
     changed.sort(key=lambda c: -(np.inf if c["max_abs_diff"] is None else c["max_abs_diff"]))
-    only = lambda x, y: sorted("%s:%d:%s" % k[:3] for k in x if k not in y)  # noqa: E731
+    def only(x, y):
+        return sorted("%s:%d:%s" % k[:3] for k in x if k not in y)
+
     return {"run_a": run_a.name, "run_b": run_b.name, "changed": changed, "unchanged": unchanged,
             "only_a": only(a, b), "only_b": only(b, a)}

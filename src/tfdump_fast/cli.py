@@ -265,7 +265,7 @@ def _run_overview(run, args) -> int:
 
 def cmd_show(args) -> int:
     from tfdump_fast.analysis import record_summary, resolve_tensor
-    from tfdump_fast.tensor_stats import apply_slice, parse_slice, split_slice
+    from tfdump_fast.tensor_stats import apply_slice, nonfinite_elements, parse_slice, split_slice, tensor_stats
 
     reader = _open(args.root)
     run_text, tensor = args.run, args.tensor
@@ -305,8 +305,6 @@ def cmd_show(args) -> int:
                 value = np.asarray(value)
         summary = record_summary(rec, run)
         if index is not None:   # statistics of the slice
-            from tfdump_fast.tensor_stats import nonfinite_elements, tensor_stats
-
             summary["stats"] = tensor_stats(value)
             n, where = nonfinite_elements(value)
             summary["nonfinite"] = {"count": n, "first": [{"index": list(ix), "value": v} for ix, v in where]}

@@ -40,6 +40,7 @@ import numpy as np
 
 from tfdump_fast import _native
 from tfdump_fast.dtypes import dtype_name
+from tfdump_fast.graph import GraphInfo, NodeInfo
 from tfdump_fast.errors import (
     TfdumpClosedError,
     TfdumpFormatError,
@@ -347,13 +348,13 @@ class Run:
                 pass
         return out
 
-    def graph(self) -> "GraphInfo":
+    def graph(self) -> GraphInfo:
         """The run's partition graphs parsed: op type, device, inputs and
         consumers of every node (:class:`tfdump_fast.graph.GraphInfo`; no
         TensorFlow needed). Parsed once per distinct set of graphs."""
         return self._reader.graph_info(self.writer_index, self._graph_hashes, self.graph_items)
 
-    def node_info(self, name: str) -> "NodeInfo":
+    def node_info(self, name: str) -> NodeInfo:
         """Op type, device, inputs and consumers of a node of the run's
         graphs (``node`` or ``node:slot``).
 
@@ -677,7 +678,7 @@ class DumpReader:
         self.blocks = BlockCache(self._shards, self._frames, self.cache_bytes)
         self.payloads = PayloadReader(self.index, self.blocks)
         self.decoder = ValueDecoder(self.index, self.payloads)
-        self._graph_infos: Dict[tuple, "GraphInfo"] = {}
+        self._graph_infos: Dict[tuple, GraphInfo] = {}
         self._check_root()
         self.refresh()
 
@@ -895,11 +896,9 @@ class DumpReader:
             raise TfdumpUsageError("runs_at_step(step=%r) takes an integer global step" % (step,))
         return [r for r in self._runs if r.global_step is not None and int(r.global_step) == step]
 
-    def graph_info(self, writer_index: int, hashes: Sequence[bytes], load: Callable) -> "GraphInfo":
+    def graph_info(self, writer_index: int, hashes: Sequence[bytes], load: Callable) -> GraphInfo:
         """Package-internal: the parsed graphs of a run, cached by their hashes
         (runs of one executor share them). ``load()`` returns ``(hash, bytes)`` pairs."""
-        from tfdump_fast.graph import GraphInfo
-
         key = (writer_index, tuple(hashes))
         with self._lock:
             info = self._graph_infos.get(key)

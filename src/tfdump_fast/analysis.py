@@ -29,6 +29,8 @@ __all__ = ["resolve_tensor", "trace", "history", "diff", "record_summary"]
 
 _MAX_PASS_THROUGH = 8   # undumped nodes a trace looks through to reach dumped inputs
 _VALUE_OP = "DebugIdentity"
+#: what the command line's --exclude matches: node, node:slot and op type
+EXCLUDE_BY = ("node", "tensor", "op")
 
 
 # ---------------------------------------------------------------- lookup
@@ -154,7 +156,8 @@ def trace(run, *, start: Optional[str] = None, exclude: Optional[Sequence[str]] 
         first execution holding inf or nan. Default: the run's first tensor
         holding inf or nan (:meth:`Run.find`).
     exclude, include_scratch
-        As for :meth:`Run.find` (used when ``start`` is not given).
+        As for :meth:`Run.find` (used when ``start`` is not given);
+        ``exclude`` matches node, ``node:slot`` and op type (:data:`EXCLUDE_BY`).
 
     Returns
     -------
@@ -174,7 +177,8 @@ def trace(run, *, start: Optional[str] = None, exclude: Optional[Sequence[str]] 
             raise TfdumpNotFoundError("%s holds no inf or nan in run %s" % (start, run.name))
         rec = bad[0]
     else:
-        hits = run.find(has_inf_or_nan, first_n=1, exclude=exclude, include_scratch=include_scratch)
+        hits = run.find(has_inf_or_nan, first_n=1, exclude=exclude, include_scratch=include_scratch,
+                        exclude_by=EXCLUDE_BY)
         if not hits:
             return None
         rec = hits[0]

@@ -351,6 +351,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_find(args) -> int:
+    from tfdump_fast.analysis import EXCLUDE_BY
     from tfdump_fast.reader import has_inf_or_nan
 
     reader = _open(args.root)
@@ -362,7 +363,7 @@ def cmd_find(args) -> int:
     found = []
     for run in runs:
         hits = run.find(has_inf_or_nan, first_n=args.first, exclude=args.exclude,
-                        include_scratch=args.include_scratch)
+                        include_scratch=args.include_scratch, exclude_by=EXCLUDE_BY)
         if not hits:
             continue
         t0 = run.t0

@@ -451,7 +451,7 @@ class Run:
 
     def find(self, predicate: Optional[Callable] = None, *, first_n: int = 0,
              exclude: Union[None, str, Sequence[str]] = None, device: Optional[str] = None,
-             include_scratch: bool = False) -> List[TensorRecord]:
+             include_scratch: bool = False, exclude_by: Sequence[str] = ("node",)) -> List[TensorRecord]:
         """Tensors for which ``predicate(record, value)`` is true, in execution order.
 
         Parameters
@@ -464,10 +464,13 @@ class Run:
         first_n : int, default 0
             Stop after this many matches (0: all).
         exclude : str or list of str, optional
-            Regular expressions; a tensor is skipped when one matches its
-            node name or its ``node:slot`` name at the start (like tfdbg's
-            ``exclude_node_names``), or its node's op type in full
-            (``FusedBatchNormV3``; op types come from the stored graphs).
+            Regular expressions; a tensor is skipped when one matches what
+            ``exclude_by`` names.
+        exclude_by : sequence of {"node", "tensor", "op"}, default ("node",)
+            What ``exclude`` is matched against: the node name at its start
+            (``"node"``, tfdbg's ``exclude_node_names``), the ``node:slot``
+            name at its start (``"tensor"``), the node's op type in full
+            (``"op"``, e.g. ``FusedBatchNormV3``; from the stored graphs).
         device : str, optional
             Only tensors of this device.
         include_scratch : bool, default False
@@ -491,8 +494,10 @@ class Run:
                                    "them" % (exclude,))
         if device is not None and not isinstance(device, str):
             raise TfdumpUsageError("find(device=%r) must be a device name (str) or None" % (device,))
+        if isinstance(exclude_by, str) or not set(exclude_by) <= {"node", "tensor", "op"} or not exclude_by:
+            raise TfdumpUsageError("find(exclude_by=%r) must name some of 'node', 'tensor', 'op'" % (exclude_by,))
         skip_scratch = not include_scratch and predicate is not None and is_inf_nan_predicate(predicate)
-        rows = self._filter_rows(exclude, device, skip_scratch)
+        rows = self._filter_rows(exclude, device, skip_scratch, frozenset(exclude_by))
         if predicate is None:
             idx = rows if first_n <= 0 else rows[:first_n]
             return [self.records[i] for i in idx]
@@ -508,7 +513,8 @@ class Run:
                     break
         return out
 
-    def _filter_rows(self, exclude, device, skip_scratch: bool = False) -> np.ndarray:
+    def _filter_rows(self, exclude, device, skip_scratch: bool = False,
+                     exclude_by: frozenset = frozenset({"node"})) -> np.ndarray:
         keys_of_rows = self._index.key_of[self.tensor_ids]
         mask = np.ones(len(self.tensor_ids), dtype=bool)
         bad = []
@@ -518,12 +524,14 @@ class Run:
                 regexes = [re.compile(p) for p in patterns]
             except re.error as exc:
                 raise TfdumpUsageError("bad exclude pattern %r: %s" % (exc.pattern, exc)) from None
-            graph = self.graph()
+            graph = self.graph() if "op" in exclude_by else None
             for kid in np.unique(keys_of_rows).tolist():
                 k = self._index.keys[kid]
-                op = graph.op_type(k.node)
-                if any(r.match(k.node) or r.match("%s:%d" % (k.node, k.output_slot))
-                       or (op is not None and r.fullmatch(op)) for r in regexes):
+                names = [k.node] if "node" in exclude_by else []
+                if "tensor" in exclude_by:
+                    names.append("%s:%d" % (k.node, k.output_slot))
+                op = graph.op_type(k.node) if graph is not None else None
+                if any(any(r.match(n) for n in names) or (op is not None and r.fullmatch(op)) for r in regexes):
                     bad.append(kid)
         if skip_scratch:
             # scratch outputs are slots >= 3: parse the graphs only if such a key exists

@@ -324,3 +324,16 @@ def test_cli_conventions(store, capsys, tmp_path):
                           text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     jsonschema.validate(json.loads(proc.stdout), SCHEMAS["ls"])
+
+
+def test_low_level_runs_take_the_step_of_their_core_metadata(tmp_path):
+    """A run written through the low-level path (no hook metadata) takes the
+    global step its core metadata names, 0 included; -1 (unset) is unknown."""
+    with DumpWriter(str(tmp_path / "d")) as w:
+        for step in (0, 5, -1):
+            run = w.begin_run(capture=False)
+            w.write(np.zeros(2, np.float32), "t", run=run)
+            w.end_run(run, metadata={"core_metadata": {"global_step": step, "session_run_index": 0,
+                                                       "executor_step_index": 0, "input_names": [],
+                                                       "output_names": [], "target_nodes": []}})
+    assert [r.global_step for r in DumpReader(str(tmp_path / "d")).runs] == [0, 5, None]

@@ -255,8 +255,10 @@ class Run:
         # hook, -1 under the wrapper: not a training step); it stands in only
         # for runs of other writers (the low-level path) that set it.
         if gs is None and "global_step" not in md and "session_run_call" not in md \
-                and isinstance(self.core_metadata, dict) and (self.core_metadata.get("global_step") or -1) >= 0:
-            gs = self.core_metadata.get("global_step")
+                and isinstance(self.core_metadata, dict):
+            core_step = self.core_metadata.get("global_step")
+            if isinstance(core_step, int) and not isinstance(core_step, bool) and core_step >= 0:
+                gs = core_step
         self.global_step = gs
         self.fetches = _as_repr(md.get("fetches")) if "fetches" in md else None
         self.feed_keys = _as_repr(md.get("feed_keys")) if "feed_keys" in md else None

@@ -757,7 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(quote it: 'dense/MatMul:0[2:4, 0]'); a fed input by its graph name (x for "
                             "_arg_x_0_1); or a substring (--regex: a regular expression) matching one tensor.",
                 epilog="examples:\n  %(prog)s /tmp/dump\n  %(prog)s /tmp/dump -1 dense/MatMul:0\n"
-                       "  %(prog)s /tmp/dump 'mlp/hidden:0[5]'\n  %(prog)s /tmp/dump --step 40 sigma\n"
+                       "  %(prog)s /tmp/dump 'mlp/hidden:0[5]'\n  %(prog)s /tmp/dump sigma_estimate/Sqrt --step 40\n"
                        "  %(prog)s /tmp/dump run_1700000000000000_3 loop/add:0 --all")
     p.add_argument("root", help="session root")
     p.add_argument("run", nargs="?", help=run_help)

@@ -16,7 +16,7 @@ from tfdump_fast.cli import build_parser, main
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN = os.path.join(HERE, "data", "golden_v1")
 from conftest import PKG_PARENT as SRC  # noqa: E402  (the package under test)
-COMMANDS = ["ls", "show", "find", "convert", "import", "stats", "verify"]
+COMMANDS = ["ls", "show", "find", "trace", "history", "diff", "plot", "convert", "import", "stats", "verify"]
 
 
 def run(capsys, *argv):
@@ -105,8 +105,9 @@ def test_find_inf_nan(store, capsys):
     assert code == 0 and "no tensor with inf or nan in 2 run(s)" in out
     code, out, _ = run(capsys, "find", store, "1", "--inf-nan")
     assert code == 0
-    code, _, err = run(capsys, "find", store)
-    assert code == 2 and "--inf-nan" in err
+    # --inf-nan is the default (issue 13): `find ROOT` searches for inf/nan
+    code, out, err = run(capsys, "find", store)
+    assert code == 1 and "loss/log:0:DebugIdentity" in out and err == ""
 
 
 def test_convert_and_import(store, tmp_path, capsys):

@@ -7,13 +7,16 @@ and ``tensorflow/python/debug/wrappers/dumping_wrapper.py``)::
     <dest>/run_<epoch_us>_<n>/
         _tfdbg_fetches_info_                 Event(log_message = repr(fetches))
         _tfdbg_feed_keys_info_               Event(log_message = repr(feed keys))
-        _tfdbg_core_metadata_sessionrun<14 digits>_<us>   Event(log_message = JSON)
+        _tfdbg_core_metadata_sessionrun<14 digits>_<us>   Event(log_message = JSON, step = global step)
         _tfdbg_device_,job_localhost,...,device_CPU_0/
             _tfdbg_graph_hash<Hash64>_<us>   Event(graph_def = partition GraphDef)
             <node path>_<slot>_<debug op>_<wall us>[-<k>]   one Event per dump
 
 so that ``tensorflow.python.debug.lib.debug_data.DebugDumpDir`` and the
-offline analyzer read it. Each dump file holds, byte for byte, the Event
+offline analyzer read it. The core metadata's ``global_step`` stays what
+TensorFlow recorded (the debug options' value, as in tfdbg); the training
+global step the hook recorded goes into that Event's ``step`` field, which
+tfdbg leaves unset (runs imported from tfdbg keep their files as they were). Each dump file holds, byte for byte, the Event
 tfdbg writes: ``tensor_content`` for numeric, resource and variant tensors
 (``Tensor::AsProtoTensorContent``), ``string_val`` for strings.
 
@@ -189,7 +192,8 @@ def _write_run_files(reader: DumpReader, run: Run, run_dir: str, report) -> None
     elif isinstance(run.core_metadata, dict):
         core = run.core_metadata
         name = "%ssessionrun%014d_%d" % (P.CORE_METADATA_PREFIX, int(core.get("session_run_index", -1)), begin_us)
-        _write_file(os.path.join(run_dir, name), P.log_message_event(P.core_metadata_json(core), begin_us))
+        _write_file(os.path.join(run_dir, name),
+                    _with_event_step(P.log_message_event(P.core_metadata_json(core), begin_us), run.global_step))
 
     made_dirs = set()
 
@@ -414,3 +418,12 @@ def dump_file_names(reader: DumpReader, run: Run):
             name = "%s-%d" % (name, k)
         used.add((folder, name))
         yield g, kid, folder, name, wall
+
+
+def _with_event_step(event: bytes, step) -> bytes:
+    """``event`` (an Event starting with its wall_time field) with ``step``
+    (Event field 2, int64) added after the wall time; unchanged for None."""
+    if step is None or not isinstance(step, (int, np.integer)) or isinstance(step, bool):
+        return event
+    head = 9 if event[:1] == b"\x09" else 0   # tag + fixed64 wall_time
+    return event[:head] + b"\x10" + P.varint(int(step) & 0xFFFFFFFFFFFFFFFF) + event[head:]

@@ -278,7 +278,8 @@ class StoreDumpDir(debug_data.DebugDumpDir):
             by_g = {d.tensor_id: d for dev in devices for d in self._dump_tensor_data[dev]}
             out = []
             for dev in devices:
-                hits = self._run.find(has_inf_or_nan, exclude=exclude_node_names, device=dev)
+                # tfdbg's find looks at every tensor, scratch outputs included
+                hits = self._run.find(has_inf_or_nan, exclude=exclude_node_names, device=dev, include_scratch=True)
                 data = sorted((by_g[r.tensor_id] for r in hits), key=lambda d: (d.timestamp, d._seq_index))
                 out.extend(data)
                 if first_n > 0 and len(out) >= first_n:

@@ -39,8 +39,9 @@ What each debugged run records
 ``watch_options``
     The normalised ``WatchOptions`` used.
 ``step``, ``global_step``
-    Only with ``sample=``: the step the sampler saw and, when the graph has
-    a global step, its value before the run.
+    The step (what the sampler sees) and, when the graph has a global step,
+    its value before the run (``None`` otherwise): recorded for every dumped
+    run, with or without ``sample=``.
 
 ``run_end`` (``DumpWriter.end_run`` metadata): ``status`` / ``error``,
 ``core_metadata`` (tfdbg's ``_tfdbg_core_metadata_``: ``global_step`` -- the
@@ -251,7 +252,12 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
         self._dumper.reopen_if_closed()
         if self._dumper.sampler is not None:
             self._dumper.sampler.reset()
+        # Every dumped run records the global step, sampled or not (one
+        # extra read of ~40 us per dumped run); a malformed collection means none.
+        try:
             self._global_step_tensor = tf.compat.v1.train.get_global_step()
+        except (TypeError, ValueError):
+            self._global_step_tensor = None
 
     def after_create_session(self, session, coord):  # noqa: D401 - SessionRunHook API
         """Called when a (new) session is created; nothing to prepare."""
@@ -278,8 +284,9 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
             "fetches": repr(fetches), "feed_keys": feed_keys_repr(feed_dict),
             "session_run_call": call, "thread": threading.current_thread().name,
         }
-        if sampled_at is not None:
-            metadata["step"], metadata["global_step"] = sampled_at
+        if sampled_at is None:  # no sampler: read it now, for the record
+            sampled_at = self._current_step(session, call)
+        metadata["step"], metadata["global_step"] = sampled_at
         signature = (metadata["fetches"], metadata["feed_keys"])
         if not self._dumper.byte_limit.allows(signature):
             return None

@@ -40,6 +40,7 @@ import numpy as np
 
 from tfdump_fast import _native
 from tfdump_fast.dtypes import dtype_name
+from tfdump_fast.graph import GraphInfo, NodeInfo
 from tfdump_fast.errors import (
     TfdumpClosedError,
     TfdumpFormatError,
@@ -161,6 +162,12 @@ class TensorRecord:
         return self.key.watch_key
 
     @property
+    def content_hash(self) -> bytes:
+        """The stored payload's 16-byte content hash: equal hashes (with
+        equal dtype and shape) mean equal values, without decoding either."""
+        return self.run._index.payload_hash(self.tensor_id)
+
+    @property
     def value(self):
         """The tensor's value (see :meth:`Run.value`)."""
         return self.run._decoder.value(self.tensor_id)
@@ -214,6 +221,8 @@ class Run:
         The error of a failed run.
     begin_us, end_us : int or None
     global_step : int or None
+        The graph's global step before the run (recorded by the hook and the
+        wrapper for every dumped run); None when the graph has none.
     fetches, feed_keys : str or None
         ``repr`` of the run's fetches and feed keys, as tfdbg stores them.
     core_metadata : dict or None
@@ -266,8 +275,14 @@ class Run:
             except ValueError:
                 pass
         gs = md.get("global_step")
-        if gs is None and isinstance(self.core_metadata, dict):
-            gs = self.core_metadata.get("global_step")
+        # The core metadata's global_step is the debug options' (0 under our
+        # hook, -1 under the wrapper: not a training step); it stands in only
+        # for runs of other writers (the low-level path) that set it.
+        if gs is None and "global_step" not in md and "session_run_call" not in md \
+                and isinstance(self.core_metadata, dict):
+            core_step = self.core_metadata.get("global_step")
+            if isinstance(core_step, int) and not isinstance(core_step, bool) and core_step >= 0:
+                gs = core_step
         self.global_step = gs
         self.fetches = _as_repr(md.get("fetches")) if "fetches" in md else None
         self.feed_keys = _as_repr(md.get("feed_keys")) if "feed_keys" in md else None
@@ -360,6 +375,26 @@ class Run:
                 pass
         return out
 
+    def graph(self) -> GraphInfo:
+        """The run's partition graphs parsed: op type, device, inputs and
+        consumers of every node (:class:`tfdump_fast.graph.GraphInfo`; no
+        TensorFlow needed). Parsed once per distinct set of graphs."""
+        return self._reader.graph_info(self.writer_index, self._graph_hashes, self.graph_items)
+
+    def node_info(self, name: str) -> NodeInfo:
+        """Op type, device, inputs and consumers of a node of the run's
+        graphs (``node`` or ``node:slot``).
+
+        Raises
+        ------
+        TfdumpNotFoundError
+            The run's graphs have no such node (or none were stored).
+        """
+        graph = self.graph()
+        if not len(graph):
+            raise TfdumpNotFoundError("run %s stored no partition graphs" % self.name)
+        return graph.node(name)
+
     # ---- lookup
 
     def _key_rows(self) -> Dict[int, np.ndarray]:
@@ -442,8 +477,8 @@ class Run:
         return self._decoder.values(self.tensor_ids)
 
     def find(self, predicate: Optional[Callable] = None, *, first_n: int = 0,
-             exclude: Union[None, str, Sequence[str]] = None, device: Optional[str] = None
-             ) -> List[TensorRecord]:
+             exclude: Union[None, str, Sequence[str]] = None, device: Optional[str] = None,
+             include_scratch: bool = False, exclude_by: Sequence[str] = ("node",)) -> List[TensorRecord]:
         """Tensors for which ``predicate(record, value)`` is true, in execution order.
 
         Parameters
@@ -456,10 +491,20 @@ class Run:
         first_n : int, default 0
             Stop after this many matches (0: all).
         exclude : str or list of str, optional
-            Regular expressions; tensors of nodes whose name matches one (at
-            its start, like tfdbg's ``exclude_node_names``) are skipped.
+            Regular expressions; a tensor is skipped when one matches what
+            ``exclude_by`` names.
+        exclude_by : sequence of {"node", "tensor", "op"}, default ("node",)
+            What ``exclude`` is matched against: the node name at its start
+            (``"node"``, tfdbg's ``exclude_node_names``), the ``node:slot``
+            name at its start (``"tensor"``), the node's op type in full
+            (``"op"``, e.g. ``FusedBatchNormV3``; from the stored graphs).
         device : str, optional
             Only tensors of this device.
+        include_scratch : bool, default False
+            With :func:`has_inf_or_nan`: also search outputs that hold
+            scratch space rather than values (``FusedBatchNormV3:5``, oneDNN's
+            workspace; see :data:`tfdump_fast.graph.SCRATCH_OUTPUTS`). They
+            are skipped by default: their contents are undefined.
 
         Returns
         -------
@@ -476,7 +521,10 @@ class Run:
                                    "them" % (exclude,))
         if device is not None and not isinstance(device, str):
             raise TfdumpUsageError("find(device=%r) must be a device name (str) or None" % (device,))
-        rows = self._filter_rows(exclude, device)
+        if isinstance(exclude_by, str) or not set(exclude_by) <= {"node", "tensor", "op"} or not exclude_by:
+            raise TfdumpUsageError("find(exclude_by=%r) must name some of 'node', 'tensor', 'op'" % (exclude_by,))
+        skip_scratch = not include_scratch and predicate is not None and is_inf_nan_predicate(predicate)
+        rows = self._filter_rows(exclude, device, skip_scratch, frozenset(exclude_by))
         if predicate is None:
             idx = rows if first_n <= 0 else rows[:first_n]
             return [self.records[i] for i in idx]
@@ -492,19 +540,34 @@ class Run:
                     break
         return out
 
-    def _filter_rows(self, exclude, device) -> np.ndarray:
+    def _filter_rows(self, exclude, device, skip_scratch: bool = False,
+                     exclude_by: frozenset = frozenset({"node"})) -> np.ndarray:
         keys_of_rows = self._index.key_of[self.tensor_ids]
         mask = np.ones(len(self.tensor_ids), dtype=bool)
+        bad = []
         if exclude:
             patterns = [exclude] if isinstance(exclude, str) else list(exclude)
             try:
                 regexes = [re.compile(p) for p in patterns]
             except re.error as exc:
                 raise TfdumpUsageError("bad exclude pattern %r: %s" % (exc.pattern, exc)) from None
-            bad = [kid for kid in np.unique(keys_of_rows).tolist()
-                   if any(r.match(self._index.keys[kid].node) for r in regexes)]
-            if bad:
-                mask &= ~np.isin(keys_of_rows, bad)
+            graph = self.graph() if "op" in exclude_by else None
+            for kid in np.unique(keys_of_rows).tolist():
+                k = self._index.keys[kid]
+                names = [k.node] if "node" in exclude_by else []
+                if "tensor" in exclude_by:
+                    names.append("%s:%d" % (k.node, k.output_slot))
+                op = graph.op_type(k.node) if graph is not None else None
+                if any(any(r.match(n) for n in names) or (op is not None and r.fullmatch(op)) for r in regexes):
+                    bad.append(kid)
+        if skip_scratch:
+            # scratch outputs are slots >= 3: parse the graphs only if such a key exists
+            slots = [(kid, self._index.keys[kid]) for kid in np.unique(keys_of_rows).tolist()]
+            if any(k.output_slot >= 3 for _, k in slots):
+                graph = self.graph()
+                bad += [kid for kid, k in slots if graph.is_scratch(k.node, k.output_slot)]
+        if bad:
+            mask &= ~np.isin(keys_of_rows, bad)
         if device is not None:
             good = [kid for kid in np.unique(keys_of_rows).tolist() if self._index.keys[kid].device == device]
             mask &= np.isin(keys_of_rows, good)
@@ -650,6 +713,7 @@ class DumpReader:
         self.blocks = BlockCache(self._shards, self._frames, self.cache_bytes)
         self.payloads = PayloadReader(self.index, self.blocks)
         self.decoder = ValueDecoder(self.index, self.payloads)
+        self._graph_infos: Dict[tuple, GraphInfo] = {}
         self._check_root()
         self.refresh()
 
@@ -858,6 +922,24 @@ class DumpReader:
                 which, self.session_root, (" (did you mean %s?)" % ", ".join(close)) if close else
                 (" (it holds %d runs; list them with `tfdump-fast ls`)" % len(runs))))
         raise TfdumpUsageError("a run is selected by index, name or (writer_id, run_id), not %r" % (which,))
+
+    def runs_at_step(self, step: int) -> List[Run]:
+        """The runs whose :attr:`Run.global_step` is ``step``, in :attr:`runs`
+        order (a training step may have several: evaluation, several writers)."""
+        self._check_open()
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool):
+            raise TfdumpUsageError("runs_at_step(step=%r) takes an integer global step" % (step,))
+        return [r for r in self._runs if r.global_step is not None and int(r.global_step) == step]
+
+    def graph_info(self, writer_index: int, hashes: Sequence[bytes], load: Callable) -> GraphInfo:
+        """Package-internal: the parsed graphs of a run, cached by their hashes
+        (runs of one executor share them). ``load()`` returns ``(hash, bytes)`` pairs."""
+        key = (writer_index, tuple(hashes))
+        with self._lock:
+            info = self._graph_infos.get(key)
+            if info is None:
+                info = self._graph_infos[key] = GraphInfo(g for _, g in load())
+        return info
 
     @property
     def torn_tails(self) -> Dict[str, int]:

@@ -222,18 +222,23 @@ class WatchCache:
         self._lock = threading.Lock()
         self._by_graph: "weakref.WeakKeyDictionary[Any, Dict]" = weakref.WeakKeyDictionary()
 
-    def debug_options(self, graph, spec: WatchSpec, url: Optional[str], publish_dir: Optional[str] = None):
+    def debug_options(self, graph, spec: WatchSpec, url: Optional[str], publish_dir: Optional[str] = None,
+                      placement=None):
         """Return (DebugOptions or None, number of watches) for this run.
 
         ``url=None`` only counts the watches. ``publish_dir``: where TF is
         to publish graphs and core metadata (see :mod:`tfdump_fast.published`).
+        ``placement``: for a session on a cluster, the
+        :class:`~tfdump_fast.cluster.Placement` whose nodes alone may be
+        watched (a capture URL must never reach a process without our
+        callbacks); None for a local session (every node).
         """
         version = graph.version
         with self._lock:
             per = self._by_graph.get(graph)
             if per is None or per["version"] != version:
                 # The graph grew: watches computed for the old version are stale.
-                per = {"version": version, "templates": {}, "by_url": {}}
+                per = {"version": version, "templates": {}, "by_url": {}, "placed": {}}
                 self._by_graph[graph] = per
             template = per["templates"].get(spec)
         if template is None:
@@ -241,9 +246,17 @@ class WatchCache:
             with self._lock:
                 per["templates"][spec] = template
         opts, n = template
+        if placement is not None:
+            with self._lock:
+                narrowed = per["placed"].get((spec, placement.key))
+            if narrowed is None:
+                narrowed = _narrow(opts, placement)
+                with self._lock:
+                    per["placed"][(spec, placement.key)] = narrowed
+            opts, n = narrowed
         if url is None or n == 0:
             return None, n
-        key = (spec, url, publish_dir)
+        key = (spec, url, publish_dir, placement.key if placement is not None else None)
         with self._lock:
             cached = per["by_url"].get(key)
         if cached is None:
@@ -276,3 +289,17 @@ class WatchCache:
         opts = run_options.debug_options
         return opts, len(opts.debug_tensor_watch_opts)
 
+
+
+def _narrow(opts, placement):
+    """``opts`` with only the watches of nodes ``placement`` allows; (options, count)."""
+    narrowed = type(opts)()
+    narrowed.CopyFrom(opts)
+    keep = [w for w in narrowed.debug_tensor_watch_opts if placement.watches(w.node_name)]
+    if len(keep) != len(narrowed.debug_tensor_watch_opts):
+        kept = [type(w)() for w in keep]
+        for dst, src in zip(kept, keep):
+            dst.CopyFrom(src)
+        del narrowed.debug_tensor_watch_opts[:]
+        narrowed.debug_tensor_watch_opts.extend(kept)
+    return narrowed, len(narrowed.debug_tensor_watch_opts)

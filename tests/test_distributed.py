@@ -1,0 +1,243 @@
+"""Distributed TF1: clusters of tf.distribute.Server processes on localhost.
+
+Every task is a real process (real TensorFlow, real gRPC); every process a
+test starts is killed by the ``cluster`` fixture. Before tfdump-fast knew
+about clusters, a debugged run sent ``memcbk://tfdump_slot_<i>`` URLs to
+every task: a task without our callbacks CHECK-failed ("No callback
+registered for: tfdump_slot_0", SIGABRT) and the client's Session.run hung.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import tfdump_fast
+from conftest import PKG_PARENT
+
+# How long one client program may take (TF import, cluster start-up, a few
+# steps) on a loaded 2-core machine. Not a timing assertion: a client that
+# hangs (the old behaviour) is killed and reported.
+CLIENT_TIMEOUT_S = 150
+SERVER_READY_TIMEOUT_S = 90
+
+SERVER = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    cluster, job, task, serve_root = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    server = tf.distribute.Server(tf.train.ClusterSpec(cluster), job_name=job, task_index=task)
+    if serve_root:
+        import tfdump_fast
+        tfdump_fast.serve(serve_root, server=server)
+    print("ready", flush=True)
+    server.join()
+""")
+
+# A deterministic between-graph-replicated model: variables on the ps (by
+# replica_device_setter), the rest on the worker. argv: cluster, mode
+# (hook|wrapper), session root, local job, local task ("" "" for a client
+# without a server of its own, on the first worker's target), steps.
+CLIENT = textwrap.dedent("""
+    import json, logging, sys
+    import numpy as np
+    import tensorflow as tf
+    tf.compat.v1.disable_eager_execution()
+    logging.basicConfig(level=logging.WARNING, format="LOG %(levelname)s %(message)s")
+    import tfdump_fast
+    cluster, mode, root, job, task, steps = (json.loads(sys.argv[1]), sys.argv[2], sys.argv[3],
+                                             sys.argv[4], sys.argv[5], int(sys.argv[6]))
+    spec = tf.train.ClusterSpec(cluster)
+    if job:
+        server = tf.distribute.Server(spec, job_name=job, task_index=int(task))
+        target = server.target
+        worker_device = f"/job:{job}/task:{task}"
+    else:
+        target = "grpc://" + cluster["worker"][0]
+        worker_device = "/job:worker/task:0"
+    setter = (tf.compat.v1.train.replica_device_setter(cluster=spec, worker_device=worker_device)
+              if "ps" in cluster else None)
+    with tf.compat.v1.device(setter):
+        w = tf.compat.v1.get_variable("w", initializer=tf.constant([1.0, 2.0, 3.0]))
+        x = tf.compat.v1.placeholder(tf.float32, [3], name="x")
+        y = tf.identity(w * x, name="y")
+        loss = tf.reduce_sum(tf.square(y), name="loss")
+        step = tf.compat.v1.train.get_or_create_global_step()
+        train = tf.compat.v1.train.GradientDescentOptimizer(0.01).minimize(loss, global_step=step)
+    outputs = []
+    if mode == "hook":
+        hook = tfdump_fast.DumpingDebugHook(root)
+        with tf.compat.v1.train.MonitoredTrainingSession(master=target, is_chief=True,
+                                                         hooks=[hook]) as sess:
+            for i in range(steps):
+                out = sess.run({"y": y, "loss": loss, "train": train},
+                               feed_dict={x: np.full(3, i + 1, np.float32)})
+                outputs.append([out["y"].tolist(), float(out["loss"])])
+    else:
+        raw = tf.compat.v1.Session(target)
+        raw.run(tf.compat.v1.global_variables_initializer())
+        sess = tfdump_fast.DumpingDebugWrapperSession(raw, root)
+        for i in range(steps):
+            out = sess.run({"y": y, "loss": loss, "train": train},
+                           feed_dict={x: np.full(3, i + 1, np.float32)})
+            outputs.append([out["y"].tolist(), float(out["loss"])])
+        sess.close()
+    print("OUTPUTS " + json.dumps(outputs), flush=True)
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=PKG_PARENT, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+class Cluster:
+    """Processes of one test; every one is killed at teardown."""
+
+    def __init__(self, tmp_path):
+        self.tmp_path = tmp_path
+        self.procs = []
+        (tmp_path / "server.py").write_text(SERVER)
+        (tmp_path / "client.py").write_text(CLIENT)
+
+    def spec(self, **jobs):
+        return {job: [f"localhost:{_free_port()}" for _ in range(n)] for job, n in jobs.items()}
+
+    def start_server(self, spec, job, task, serve_root=""):
+        proc = subprocess.Popen([sys.executable, str(self.tmp_path / "server.py"), json.dumps(spec), job,
+                                 str(task), str(serve_root)], env=_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        self.procs.append(proc)
+        deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if line.strip() == "ready":
+                return proc
+        proc.kill()
+        pytest.fail(f"server {job}:{task} did not start: {proc.stdout.read()}")
+
+    def run_client(self, spec, mode, root, job="", task="", steps=3):
+        proc = subprocess.Popen([sys.executable, str(self.tmp_path / "client.py"), json.dumps(spec), mode,
+                                 str(root), job, str(task), str(steps)], env=_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.procs.append(proc)
+        try:
+            out, _ = proc.communicate(timeout=CLIENT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            pytest.fail(f"the {mode} client hung (killed after {CLIENT_TIMEOUT_S} s):\n{out[-3000:]}")
+        return proc.returncode, out
+
+    def close(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            try:
+                proc.communicate(timeout=10)
+            except (subprocess.TimeoutExpired, ValueError):
+                pass
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def _outputs(out):
+    lines = [ln for ln in out.splitlines() if ln.startswith("OUTPUTS ")]
+    assert lines, out[-3000:]
+    return json.loads(lines[-1][len("OUTPUTS "):])
+
+
+def _expected_outputs(steps):
+    """The same model, in this process, without a cluster or a debugger."""
+    w = np.array([1.0, 2.0, 3.0], np.float32)
+    out = []
+    for i in range(steps):
+        x = np.full(3, i + 1, np.float32)
+        y = w * x
+        out.append([y.tolist(), float(np.sum(y * y))])
+        w = w - np.float32(0.01) * (2 * y * x)
+    return out
+
+
+def _warnings(out):
+    return [ln for ln in out.splitlines() if ln.startswith("LOG WARNING") and "not covered" in ln]
+
+
+@pytest.mark.parametrize("mode", ["hook", "wrapper"])
+def test_remote_worker_without_tfdump_is_never_sent_a_capture_url(cluster, tmp_path, mode):
+    # The client has no server; its session's master is a worker in another
+    # process that has no tfdump-fast. Before: that worker aborted and the
+    # client hung.
+    spec = cluster.spec(worker=1)
+    worker = cluster.start_server(spec, "worker", 0)
+    root = tmp_path / "dump"
+    rc, out = cluster.run_client(spec, mode, root)
+    assert rc == 0, out[-3000:]
+    assert worker.poll() is None, "the worker died"
+    np.testing.assert_allclose(np.array(_outputs(out), dtype=object)[:, 1].astype(float),
+                               [o[1] for o in _expected_outputs(3)], rtol=1e-5)
+    warnings = _warnings(out)
+    assert len(warnings) == 1, out[-3000:]
+    assert "tfdump_fast.serve(" in warnings[0] and "master" in warnings[0]
+    reader = tfdump_fast.DumpReader(root)
+    assert len(reader.runs) == 3
+    for run in reader.runs:
+        assert run.status == "complete"
+        assert len(run.records) == 0  # nothing ran in a process that can take our URLs
+
+
+@pytest.mark.parametrize("mode", ["hook", "wrapper"])
+def test_ps_without_serve_keeps_running_and_worker_tensors_are_captured(cluster, tmp_path, mode):
+    # replica_device_setter puts the variables on a ps in another process
+    # without tfdump-fast; the worker's server lives in the client process.
+    # Before: the ps aborted; the wrapper got UnavailableError, the hook hung.
+    spec = cluster.spec(ps=1, worker=1)
+    ps = cluster.start_server(spec, "ps", 0)
+    root = tmp_path / "dump"
+    rc, out = cluster.run_client(spec, mode, root, "worker", 0)
+    assert rc == 0, out[-3000:]
+    assert ps.poll() is None, "the ps died"
+    expected = _expected_outputs(3)
+    got = _outputs(out)
+    for (gy, gl), (ey, el) in zip(got, expected):
+        np.testing.assert_allclose(gy, ey, rtol=1e-5)
+        np.testing.assert_allclose(gl, el, rtol=1e-5)
+    warnings = _warnings(out)
+    assert len(warnings) == 1 and "/job:ps/replica:0/task:0" in warnings[0], out[-3000:]
+    assert "/job:worker" not in warnings[0]
+    reader = tfdump_fast.DumpReader(root)
+    runs = [r for r in reader.runs if r.metadata.get("cluster_tasks")]
+    assert len(runs) >= 3
+    train_runs = [r for r in runs if any(rec.node_name == "y" for rec in r.records)]
+    assert len(train_runs) == 3
+    for i, run in enumerate(train_runs):
+        assert run.metadata["cluster_tasks"] == {"/job:ps/replica:0/task:0": "uncovered",
+                                                 "/job:worker/replica:0/task:0": "local"}
+        devices = {rec.device for rec in run.records}
+        assert devices == {"/job:worker/replica:0/task:0/device:CPU:0"}, devices
+        np.testing.assert_allclose(run.get("y")[0], expected[i][0], rtol=1e-5)
+        np.testing.assert_allclose(run.get("loss")[0], expected[i][1], rtol=1e-5)
+        # Nodes on the ps, and those tied to its variable, are not watched.
+        names = {rec.node_name for rec in run.records}
+        assert "w" not in names and "w/Read/ReadVariableOp" not in names

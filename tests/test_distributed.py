@@ -241,3 +241,47 @@ def test_ps_without_serve_keeps_running_and_worker_tensors_are_captured(cluster,
         # Nodes on the ps, and those tied to its variable, are not watched.
         names = {rec.node_name for rec in run.records}
         assert "w" not in names and "w/Read/ReadVariableOp" not in names
+
+
+def _wait_for_served_runs(root, count, timeout_s=60):
+    """Served runs end once their step is idle (serve's idle_s); poll the store until
+    ``count`` of them are readable (or give up and return what is there)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reader = tfdump_fast.DumpReader(root)
+        served = [r for r in reader.runs if r.metadata.get("master_step_id") and r.metadata.get("served")]
+        if len(served) >= count or time.monotonic() > deadline:
+            return reader, served
+        time.sleep(0.5)
+
+
+def test_served_ps_captures_its_tensors_under_the_clients_step(cluster, tmp_path):
+    # The ps calls serve(): the variable's tensors are captured there, each
+    # served run carries the master step id the client's run records too.
+    spec = cluster.spec(ps=1, worker=1)
+    root, ps_root = tmp_path / "dump", tmp_path / "ps_dump"
+    ps = cluster.start_server(spec, "ps", 0, serve_root=ps_root)
+    rc, out = cluster.run_client(spec, "hook", root, "worker", 0)
+    assert rc == 0, out[-3000:]
+    assert ps.poll() is None
+    assert not _warnings(out), out[-3000:]
+    expected = _expected_outputs(3)
+    _, served = _wait_for_served_runs(ps_root, 3)
+    reader = tfdump_fast.DumpReader(root)
+    client_runs = [r for r in reader.runs if not r.metadata.get("served")
+                   and any(rec.node_name == "y" for rec in r.records)]
+    assert len(client_runs) == 3
+    by_step = {r.metadata["master_step_id"]: r for r in served}
+    for i, run in enumerate(client_runs):
+        assert run.metadata["cluster_tasks"]["/job:ps/replica:0/task:0"] == "served"
+        step_id = run.metadata["master_step_id"]
+        assert step_id in by_step, (step_id, sorted(by_step))
+        ps_run = by_step[step_id]
+        assert ps_run.metadata["served_task"] == "/job:ps/replica:0/task:0"
+        assert {rec.device for rec in ps_run.records} == {"/job:ps/replica:0/task:0/device:CPU:0"}
+        # The variable's value read on the ps in this step: w before this step's update.
+        w_before = np.array(expected[i][0], np.float32) / np.float32(i + 1)
+        names = sorted({rec.node_name for rec in ps_run.records})
+        assert "ReadVariableOp" in names, names
+        np.testing.assert_allclose(ps_run.get("ReadVariableOp")[0], w_before, rtol=1e-5)
+        np.testing.assert_allclose(run.get("y")[0], expected[i][0], rtol=1e-5)

@@ -38,13 +38,17 @@ from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 import tensorflow as tf
 
-__all__ = ["ClusterCoverage", "Placement", "PROBE_OP", "TaskState", "is_cluster_target",
+__all__ = ["ClusterCoverage", "Placement", "PROBE_OP", "SERVED_URL", "STEP_DEBUG_OP", "TaskState", "is_cluster_target",
            "local_token", "probe_task", "session_target", "task_of"]
 
 log = logging.getLogger("tfdump_fast")
 
 #: The op type of the bridge's cluster probe (csrc/bridge/probe.cc).
 PROBE_OP = "TfdumpProbe"
+#: The debug op that captures on served tasks and records the master step id
+#: (csrc/bridge/served.cc), and the URL that selects served capture.
+STEP_DEBUG_OP = "TfdumpIdentity"
+SERVED_URL = "memcbk://tfdump_served_1"
 _PROBE_PREFIX = "tfdump-probe/1"
 # How long one probe may take: a task that does not answer (down, or still
 # starting) is not covered for this session.
@@ -211,7 +215,7 @@ class Placement:
     covered. ``key`` identifies the decision for caches of debug options.
     """
 
-    def __init__(self, view: ClusterView, graph, allow_served: bool = False):
+    def __init__(self, view: ClusterView, graph, allow_served: bool = True):
         self.view = view
         self.allow_served = allow_served
         self.key = (view.serial, graph.version, allow_served)
@@ -259,12 +263,26 @@ class Placement:
                     final[name] |= base[consumer.name]
             for ctrl in op.control_inputs:
                 final[name] |= base[ctrl.name]
-        self.covered_nodes: FrozenSet[str] = frozenset(
-            name for name, cands in final.items()
-            if all(c != unknown and view.covered(c, allow_served) for c in cands))
+        local, served = set(), set()
+        for name, cands in final.items():
+            states = {view.tasks.get(c) for c in cands}
+            if states == {TaskState.LOCAL}:
+                local.add(name)
+            elif allow_served and states <= {TaskState.LOCAL, TaskState.SERVED}:
+                # Every candidate process has the bridge, so its TfdumpIdentity
+                # op exists there; where serve() was not called (e.g. the
+                # placer put the node here after all) it only forwards.
+                served.add(name)
+        self.local_nodes: FrozenSet[str] = frozenset(local)
+        self.served_nodes: FrozenSet[str] = frozenset(served)
+        self.covered_nodes: FrozenSet[str] = self.local_nodes | self.served_nodes
 
     def watches(self, node_name: str) -> bool:
         return node_name in self.covered_nodes
+
+    def served(self, node_name: str) -> bool:
+        """Whether the node runs in a served process (captured there, not here)."""
+        return node_name in self.served_nodes
 
 
 def _colocated_with(op) -> List[str]:
@@ -297,7 +315,7 @@ class ClusterCoverage:
             self._views.clear()
             self._placements.clear()
 
-    def placement(self, session, graph, allow_served: bool = False) -> Optional[Placement]:
+    def placement(self, session, graph, allow_served: bool = True) -> Optional[Placement]:
         """None for a local (DirectSession) target; else the run's :class:`Placement`."""
         target = session_target(session)
         if not is_cluster_target(target):

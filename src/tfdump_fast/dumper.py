@@ -68,6 +68,9 @@ class PendingRun:
     call_index: int
     core_global_step: int
     publish_dir: Optional[str] = None
+    # The capture slot whose master step id joins this run to served runs
+    # (a run on a cluster with served tasks); None otherwise.
+    step_slot: Optional[int] = None
 
 
 _live_dumpers: "weakref.WeakSet[Dumper]" = weakref.WeakSet()
@@ -268,6 +271,9 @@ class Dumper:
                     want = executor.graph_hashes is None
             pending = PendingRun(run, thread_id, session, graph, io_names, key_tail, identity_ok, True,
                                  want, call_index, core_global_step, publish_dir)
+            if placement and placement.served_nodes:
+                pending.step_slot = run.slot
+                get_bridge().take_slot_step(run.slot)  # forget a step of the slot's last run
         with self._lock:
             self._pending[thread_id] = pending
             self.runs_debugged += 1
@@ -375,6 +381,10 @@ class Dumper:
                     "target_nodes": list(names[2]),
                 }
             end_meta["graph_hashes"] = hashes
+            if pending.step_slot is not None:
+                step_id = get_bridge().take_slot_step(pending.step_slot)
+                if step_id:
+                    end_meta["master_step_id"] = step_id
             if pending.publish_dir is None and self.published.unavailable is not None:
                 with self._lock:
                     # Once per writer: the store says why its runs lack

@@ -21,6 +21,7 @@ from tensorflow.python.debug.lib import debug_utils
 from tensorflow.python.debug.wrappers import framework as tfdbg_framework
 
 from tfdump_fast import _tf_private
+from tfdump_fast.cluster import SERVED_URL, STEP_DEBUG_OP
 from tfdump_fast.errors import TfdumpUsageError
 from tfdump_fast.published import add_publish_watch
 
@@ -263,6 +264,8 @@ class WatchCache:
             cached = type(opts)()
             cached.CopyFrom(opts)
             for watch in cached.debug_tensor_watch_opts:
+                if list(watch.debug_urls) == [SERVED_URL]:
+                    continue  # captured by the served process, not by our slot
                 del watch.debug_urls[:]
                 watch.debug_urls.append(url)
             if publish_dir is not None:
@@ -292,14 +295,35 @@ class WatchCache:
 
 
 def _narrow(opts, placement):
-    """``opts`` with only the watches of nodes ``placement`` allows; (options, count)."""
+    """``opts`` with only the watches ``placement`` allows; (options, count).
+
+    Watches of nodes on served tasks use the bridge's ``TfdumpIdentity``
+    with the served URL (only ``DebugIdentity`` is served); when a run has
+    any, every local watch also gets ``TfdumpIdentity``, which records the
+    master step id that joins this run to the served ones.
+    """
     narrowed = type(opts)()
     narrowed.CopyFrom(opts)
-    keep = [w for w in narrowed.debug_tensor_watch_opts if placement.watches(w.node_name)]
-    if len(keep) != len(narrowed.debug_tensor_watch_opts):
-        kept = [type(w)() for w in keep]
-        for dst, src in zip(kept, keep):
-            dst.CopyFrom(src)
-        del narrowed.debug_tensor_watch_opts[:]
-        narrowed.debug_tensor_watch_opts.extend(kept)
-    return narrowed, len(narrowed.debug_tensor_watch_opts)
+    any_served = False
+    kept = []
+    for src in narrowed.debug_tensor_watch_opts:
+        if not placement.watches(src.node_name):
+            continue
+        w = type(src)()
+        w.CopyFrom(src)
+        if placement.served(src.node_name):
+            if "DebugIdentity" not in w.debug_ops:
+                continue
+            del w.debug_ops[:]
+            w.debug_ops.append(STEP_DEBUG_OP)
+            del w.debug_urls[:]
+            w.debug_urls.append(SERVED_URL)
+            any_served = True
+        kept.append(w)
+    if any_served:
+        for w in kept:
+            if list(w.debug_urls) != [SERVED_URL]:
+                w.debug_ops.append(STEP_DEBUG_OP)
+    del narrowed.debug_tensor_watch_opts[:]
+    narrowed.debug_tensor_watch_opts.extend(kept)
+    return narrowed, len(kept)

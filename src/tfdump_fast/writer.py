@@ -446,6 +446,12 @@ class DumpWriter:
             raise errors.TfdumpUsageError(f"run {run.run_name} is not open in this writer")
         return rc == _native.SUBMIT_OK
 
+    def engine_api_address(self) -> int:
+        """Address of the engine's C API (package-internal: :func:`tfdump_fast.serve`
+        binds the bridge's served capture to it; valid until :meth:`close`)."""
+        self._check_usable()
+        return self._engine.api_address()
+
     def flush(self, timeout: Optional[float] = None) -> None:
         """Block until every accepted tensor of finished runs is on disk.
 

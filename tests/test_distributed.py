@@ -54,6 +54,8 @@ CLIENT = textwrap.dedent("""
     import tfdump_fast
     cluster, mode, root, job, task, steps = (json.loads(sys.argv[1]), sys.argv[2], sys.argv[3],
                                              sys.argv[4], sys.argv[5], int(sys.argv[6]))
+    go_file = sys.argv[7] if len(sys.argv) > 7 else ""
+    is_chief = task in ("", "0")
     spec = tf.train.ClusterSpec(cluster)
     if job:
         server = tf.distribute.Server(spec, job_name=job, task_index=int(task))
@@ -74,8 +76,13 @@ CLIENT = textwrap.dedent("""
     outputs = []
     if mode == "hook":
         hook = tfdump_fast.DumpingDebugHook(root)
-        with tf.compat.v1.train.MonitoredTrainingSession(master=target, is_chief=True,
+        with tf.compat.v1.train.MonitoredTrainingSession(master=target, is_chief=is_chief,
                                                          hooks=[hook]) as sess:
+            if go_file:  # wait until every worker has its session: steps run concurrently
+                print("SESSION", flush=True)
+                import os, time
+                while not os.path.exists(go_file):
+                    time.sleep(0.05)
             for i in range(steps):
                 out = sess.run({"y": y, "loss": loss, "train": train},
                                feed_dict={x: np.full(3, i + 1, np.float32)})
@@ -130,11 +137,38 @@ class Cluster:
         proc.kill()
         pytest.fail(f"server {job}:{task} did not start: {proc.stdout.read()}")
 
-    def run_client(self, spec, mode, root, job="", task="", steps=3):
+    def start_client(self, spec, mode, root, job="", task="", steps=3, go_file=""):
         proc = subprocess.Popen([sys.executable, str(self.tmp_path / "client.py"), json.dumps(spec), mode,
-                                 str(root), job, str(task), str(steps)], env=_env(),
+                                 str(root), job, str(task), str(steps), str(go_file)], env=_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.procs.append(proc)
+        return proc
+
+    def wait_for_line(self, proc, text):
+        """Read ``proc``'s output up to a line ``text``; returns what was read."""
+        seen = []
+        deadline = time.monotonic() + CLIENT_TIMEOUT_S
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if line.strip() == text:
+                return "".join(seen)
+        proc.kill()
+        pytest.fail(f"no {text!r} line:\n{''.join(seen)[-3000:]}")
+
+    def finish(self, proc, before=""):
+        try:
+            out, _ = proc.communicate(timeout=CLIENT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            pytest.fail(f"a client hung (killed after {CLIENT_TIMEOUT_S} s):\n{out[-3000:]}")
+        return proc.returncode, before + out
+
+    def run_client(self, spec, mode, root, job="", task="", steps=3):
+        proc = self.start_client(spec, mode, root, job, task, steps)
         try:
             out, _ = proc.communicate(timeout=CLIENT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -285,3 +319,61 @@ def test_served_ps_captures_its_tensors_under_the_clients_step(cluster, tmp_path
         assert "ReadVariableOp" in names, names
         np.testing.assert_allclose(ps_run.get("ReadVariableOp")[0], w_before, rtol=1e-5)
         np.testing.assert_allclose(run.get("y")[0], expected[i][0], rtol=1e-5)
+
+
+def _gather(roots, dest):
+    """What README "Distributed" says to do with the stores of N hosts: copy
+    every shard into one folder (shard names are unique per writer)."""
+    import shutil
+    dest.mkdir()
+    for root in roots:
+        for name in os.listdir(root):
+            if name.endswith(".tfds"):
+                shutil.copy2(os.path.join(root, name), dest / name)
+    return dest
+
+
+def test_two_workers_concurrent_steps_on_a_served_ps_are_never_mixed(cluster, tmp_path):
+    # 1 ps (serve()) + 2 workers, between-graph replication with
+    # MonitoredTrainingSession, steps of both workers running at the same
+    # time against the one ps. Each ps run must hold exactly the tensors of
+    # the one worker step it is joined to.
+    steps = 12
+    spec = cluster.spec(ps=1, worker=2)
+    ps_root = tmp_path / "ps_dump"
+    ps = cluster.start_server(spec, "ps", 0, serve_root=ps_root)
+    go = tmp_path / "go"
+    roots = [tmp_path / "w0_dump", tmp_path / "w1_dump"]
+    chief = cluster.start_client(spec, "hook", roots[0], "worker", 0, steps, go)
+    before0 = cluster.wait_for_line(chief, "SESSION")
+    other = cluster.start_client(spec, "hook", roots[1], "worker", 1, steps, go)
+    before1 = cluster.wait_for_line(other, "SESSION")
+    go.write_text("go")
+    for proc, before in ((chief, before0), (other, before1)):
+        rc, out = cluster.finish(proc, before)
+        assert rc == 0, out[-3000:]
+        assert not _warnings(out), out[-3000:]
+    assert ps.poll() is None
+    _wait_for_served_runs(ps_root, 2 * steps)
+    reader = tfdump_fast.DumpReader(_gather([ps_root, *roots], tmp_path / "all"))
+    assert set(reader.tasks()) == {"/job:ps/replica:0/task:0", "/job:worker/replica:0/task:0",
+                                   "/job:worker/replica:0/task:1"}
+    joined = 0
+    for task, root in enumerate(roots):
+        device = f"/job:worker/replica:0/task:{task}/device:CPU:0"
+        worker_runs = [r for r in reader.runs
+                       if any(rec.node_name == "y" and rec.device == device for rec in r.records)]
+        assert len(worker_runs) == steps
+        for i, run in enumerate(worker_runs):
+            group = reader.step_runs(run)
+            ps_runs = [r for r in group if r.served_task == "/job:ps/replica:0/task:0"]
+            assert len(ps_runs) == 1, [(r.name, r.served_task) for r in group]
+            ps_run = ps_runs[0]
+            names = [rec.node_name for rec in ps_run.records]
+            assert len(names) == len(set(names)), names  # one step's tensors, once each
+            assert {rec.device for rec in ps_run.records} == {"/job:ps/replica:0/task:0/device:CPU:0"}
+            # The w this worker multiplied by x = i + 1 is the w read on the ps in this step.
+            w_worker = np.asarray(run.get("mul")[0]) / np.float32(i + 1)
+            np.testing.assert_allclose(ps_run.get("ReadVariableOp")[0], w_worker, rtol=1e-5)
+            joined += 1
+    assert joined == 2 * steps

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -76,8 +78,12 @@ CLIENT = textwrap.dedent("""
     outputs = []
     if mode == "hook":
         hook = tfdump_fast.DumpingDebugHook(root)
+        # Between-graph replication: a worker talks to the ps and itself
+        # only (so it does not wait for the other workers to start).
+        config = (tf.compat.v1.ConfigProto(device_filters=["/job:ps", worker_device])
+                  if "ps" in cluster else None)
         with tf.compat.v1.train.MonitoredTrainingSession(master=target, is_chief=is_chief,
-                                                         hooks=[hook]) as sess:
+                                                         hooks=[hook], config=config) as sess:
             if go_file:  # wait until every worker has its session: steps run concurrently
                 print("SESSION", flush=True)
                 import os, time
@@ -87,6 +93,8 @@ CLIENT = textwrap.dedent("""
                 out = sess.run({"y": y, "loss": loss, "train": train},
                                feed_dict={x: np.full(3, i + 1, np.float32)})
                 outputs.append([out["y"].tolist(), float(out["loss"])])
+                if go_file:
+                    print(f"STEP {i}", flush=True)
     else:
         raw = tf.compat.v1.Session(target)
         raw.run(tf.compat.v1.global_variables_initializer())
@@ -142,49 +150,57 @@ class Cluster:
                                  str(root), job, str(task), str(steps), str(go_file)], env=_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.procs.append(proc)
+        # A thread reads the output, so waiting for a line never blocks past its deadline.
+        proc.lines = queue.Queue()
+        proc.seen = []
+        proc.reader = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        proc.reader.start()
         return proc
 
-    def wait_for_line(self, proc, text):
-        """Read ``proc``'s output up to a line ``text``; returns what was read."""
-        seen = []
-        deadline = time.monotonic() + CLIENT_TIMEOUT_S
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            if line.strip() == text:
-                return "".join(seen)
-        proc.kill()
-        pytest.fail(f"no {text!r} line:\n{''.join(seen)[-3000:]}")
+    @staticmethod
+    def _read(proc):
+        for line in proc.stdout:
+            proc.seen.append(line)
+            proc.lines.put(line)
+        proc.lines.put(None)
 
-    def finish(self, proc, before=""):
+    def wait_for_line(self, proc, text):
+        """Wait until ``proc`` printed a line ``text`` (fails the test if it never does)."""
+        deadline = time.monotonic() + CLIENT_TIMEOUT_S
+        while True:
+            try:
+                line = proc.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None:
+                proc.kill()
+                pytest.fail(f"no {text!r} line:\n{''.join(proc.seen)[-3000:]}")
+            if line.strip() == text:
+                return
+
+    def finish(self, proc):
         try:
-            out, _ = proc.communicate(timeout=CLIENT_TIMEOUT_S)
+            proc.wait(timeout=CLIENT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, _ = proc.communicate()
-            pytest.fail(f"a client hung (killed after {CLIENT_TIMEOUT_S} s):\n{out[-3000:]}")
-        return proc.returncode, before + out
+            proc.reader.join(timeout=10)
+            pytest.fail(f"a client hung (killed after {CLIENT_TIMEOUT_S} s):\n{''.join(proc.seen)[-3000:]}")
+        proc.reader.join(timeout=10)
+        return proc.returncode, "".join(proc.seen)
 
     def run_client(self, spec, mode, root, job="", task="", steps=3):
-        proc = self.start_client(spec, mode, root, job, task, steps)
-        try:
-            out, _ = proc.communicate(timeout=CLIENT_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-            pytest.fail(f"the {mode} client hung (killed after {CLIENT_TIMEOUT_S} s):\n{out[-3000:]}")
-        return proc.returncode, out
+        return self.finish(self.start_client(spec, mode, root, job, task, steps))
 
     def close(self):
         for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
             try:
-                proc.communicate(timeout=10)
-            except (subprocess.TimeoutExpired, ValueError):
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
                 pass
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 @pytest.fixture
@@ -345,12 +361,12 @@ def test_two_workers_concurrent_steps_on_a_served_ps_are_never_mixed(cluster, tm
     go = tmp_path / "go"
     roots = [tmp_path / "w0_dump", tmp_path / "w1_dump"]
     chief = cluster.start_client(spec, "hook", roots[0], "worker", 0, steps, go)
-    before0 = cluster.wait_for_line(chief, "SESSION")
+    cluster.wait_for_line(chief, "SESSION")
     other = cluster.start_client(spec, "hook", roots[1], "worker", 1, steps, go)
-    before1 = cluster.wait_for_line(other, "SESSION")
+    cluster.wait_for_line(other, "SESSION")
     go.write_text("go")
-    for proc, before in ((chief, before0), (other, before1)):
-        rc, out = cluster.finish(proc, before)
+    for proc in (chief, other):
+        rc, out = cluster.finish(proc)
         assert rc == 0, out[-3000:]
         assert not _warnings(out), out[-3000:]
     assert ps.poll() is None
@@ -367,13 +383,47 @@ def test_two_workers_concurrent_steps_on_a_served_ps_are_never_mixed(cluster, tm
         for i, run in enumerate(worker_runs):
             group = reader.step_runs(run)
             ps_runs = [r for r in group if r.served_task == "/job:ps/replica:0/task:0"]
-            assert len(ps_runs) == 1, [(r.name, r.served_task) for r in group]
-            ps_run = ps_runs[0]
-            names = [rec.node_name for rec in ps_run.records]
+            # A step's tensors on the ps may be in more than one served run
+            # (a pause longer than serve's idle_s), never in another step's.
+            assert ps_runs, (task, i, run.master_step_id)
+            ps_records = [rec for r in ps_runs for rec in r.records]
+            names = [rec.node_name for rec in ps_records]
             assert len(names) == len(set(names)), names  # one step's tensors, once each
-            assert {rec.device for rec in ps_run.records} == {"/job:ps/replica:0/task:0/device:CPU:0"}
+            assert {rec.device for rec in ps_records} == {"/job:ps/replica:0/task:0/device:CPU:0"}
+            ps_run = next(r for r in ps_runs if any(rec.node_name == "ReadVariableOp" for rec in r.records))
             # The w this worker multiplied by x = i + 1 is the w read on the ps in this step.
             w_worker = np.asarray(run.get("mul")[0]) / np.float32(i + 1)
             np.testing.assert_allclose(ps_run.get("ReadVariableOp")[0], w_worker, rtol=1e-5)
             joined += 1
     assert joined == 2 * steps
+
+
+def test_worker_killed_mid_run_others_go_on_and_stores_read(cluster, tmp_path):
+    # Worker 1 is SIGKILLed while it is running steps; worker 0 (the chief)
+    # and the served ps go on; every store opens.
+    spec = cluster.spec(ps=1, worker=2)
+    ps_root = tmp_path / "ps_dump"
+    ps = cluster.start_server(spec, "ps", 0, serve_root=ps_root)
+    go = tmp_path / "go"
+    roots = [tmp_path / "w0_dump", tmp_path / "w1_dump"]
+    chief = cluster.start_client(spec, "hook", roots[0], "worker", 0, 30, go)
+    cluster.wait_for_line(chief, "SESSION")
+    victim = cluster.start_client(spec, "hook", roots[1], "worker", 1, 100000, go)
+    cluster.wait_for_line(victim, "SESSION")
+    go.write_text("go")
+    cluster.wait_for_line(victim, "STEP 3")
+    victim.kill()
+    victim.wait(timeout=30)
+    rc, out = cluster.finish(chief)
+    assert rc == 0, out[-3000:]
+    assert ps.poll() is None
+    _wait_for_served_runs(ps_root, 30)
+    reader = tfdump_fast.DumpReader(_gather([ps_root, *roots], tmp_path / "all"))
+    device0 = "/job:worker/replica:0/task:0/device:CPU:0"
+    chief_runs = [r for r in reader.runs
+                  if any(rec.node_name == "y" and rec.device == device0 for rec in r.records)]
+    assert len(chief_runs) == 30 and all(r.status == "complete" for r in chief_runs)
+    for run in chief_runs:
+        assert any(r.served_task == "/job:ps/replica:0/task:0" for r in reader.step_runs(run))
+    device1 = "/job:worker/replica:0/task:1/device:CPU:0"
+    assert any(rec.device == device1 for r in reader.runs for rec in r.records)

@@ -63,6 +63,7 @@ class ServedCapture:
         self._stop = threading.Event()
         self.steps_ended = 0
         self._added = 0
+        self._warned_no_run = False
         if not self._bridge.served_start(self.writer.engine_api_address()):
             self.writer.close()
             raise TfdumpUsageError("tfdump_fast.serve() was already called in this process")
@@ -101,11 +102,21 @@ class ServedCapture:
         return len(taken)
 
     def _main(self) -> None:
-        interval = max(0.01, self.idle_s / 2)
+        # Wakes often (a few µs of work when nothing happened): steps can
+        # come faster than idle_s, and a step that finds the pool empty is
+        # not captured.
+        interval = min(0.05, self.idle_s / 2)
         while not self._stop.wait(interval):
             try:
-                if self._end_steps(int(self.idle_s * 1e6)):
+                self._end_steps(int(self.idle_s * 1e6))
+                stats = self._bridge.served_stats()
+                if self._added - stats["steps_bound"] < self.pool_runs // 2 + 1:
                     self._fill_pool()
+                if stats["tensors_no_run"] and not self._warned_no_run:
+                    self._warned_no_run = True
+                    log.warning("tfdump-fast: serve: steps came faster than runs could be opened; "
+                                "their tensors on this task were not captured (stats()"
+                                "['served_tensors_no_run']); pass a larger pool_runs to serve()")
             except Exception as exc:  # noqa: BLE001 - never take the server down
                 log.error("tfdump-fast: serve: %s", exc)
 
@@ -151,7 +162,7 @@ def _task_of_server(server) -> Optional[str]:
     return f"/job:{sd.job_name}/replica:0/task:{sd.task_index}"
 
 
-def serve(session_root, *, server=None, pool_runs: int = 16, idle_s: float = 1.0,
+def serve(session_root, *, server=None, pool_runs: int = 64, idle_s: float = 0.5,
           **engine_options) -> ServedCapture:
     """Capture, in this process, the tensors that clients' debugged runs watch here.
 
@@ -170,12 +181,14 @@ def serve(session_root, *, server=None, pool_runs: int = 16, idle_s: float = 1.0
         later (README, "Distributed"). An existing directory is fine.
     server : tf.distribute.Server, optional
         This process's server; its job and task are recorded in every run.
-    pool_runs : int, default 16
-        Engine runs kept open for master steps to come (a step that finds
-        none free is not captured; counted in ``stats()``).
-    idle_s : float, default 1.0
+    pool_runs : int, default 64
+        Engine runs kept open for master steps to come, refilled when half
+        are taken (a step that finds none free is not captured; counted in
+        ``stats()`` and logged once).
+    idle_s : float, default 0.5
         A step's run is ended once no tensor of that step arrived for this
-        long.
+        long. A step with a longer pause on this task gets a second run with
+        the same ``master_step_id`` (the reader joins both).
     **engine_options
         Passed to :class:`~tfdump_fast.writer.DumpWriter`.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import socket
 import subprocess
 import sys
@@ -76,8 +77,12 @@ CLIENT = textwrap.dedent("""
         step = tf.compat.v1.train.get_or_create_global_step()
         train = tf.compat.v1.train.GradientDescentOptimizer(0.01).minimize(loss, global_step=step)
     outputs = []
-    if mode == "hook":
-        hook = tfdump_fast.DumpingDebugHook(root)
+    if mode in ("hook", "tfdbg"):
+        if mode == "hook":
+            hook = tfdump_fast.DumpingDebugHook(root)
+        else:  # tfdbg's own hook: file:// dumps written by every task
+            from tensorflow.python import debug as tf_debug
+            hook = tf_debug.DumpingDebugHook(root)
         # Between-graph replication: a worker talks to the ps and itself
         # only (so it does not wait for the other workers to start).
         config = (tf.compat.v1.ConfigProto(device_filters=["/job:ps", worker_device])
@@ -427,3 +432,57 @@ def test_worker_killed_mid_run_others_go_on_and_stores_read(cluster, tmp_path):
         assert any(r.served_task == "/job:ps/replica:0/task:0" for r in reader.step_runs(run))
     device1 = "/job:worker/replica:0/task:1/device:CPU:0"
     assert any(rec.device == device1 for r in reader.runs for rec in r.records)
+
+
+def test_keys_and_values_match_tfdbgs_per_task_dumps(cluster, tmp_path):
+    # The same deterministic job twice, each on a fresh 1 ps + 1 worker
+    # cluster: once with tfdbg's DumpingDebugHook (file:// dumps written by
+    # each task), once with ours and a served ps. Per step and device, the
+    # watch keys and values must agree.
+    from tensorflow.python.debug.lib import debug_data
+
+    def run_job(mode):
+        spec = cluster.spec(ps=1, worker=1)
+        root = tmp_path / f"{mode}_dump"
+        ps_root = tmp_path / f"{mode}_ps"
+        ps = cluster.start_server(spec, "ps", 0, serve_root=ps_root if mode == "hook" else "")
+        rc, out = cluster.run_client(spec, mode, root, "worker", 0)
+        assert rc == 0, out[-3000:]
+        assert ps.poll() is None
+        return root, ps_root
+
+    tfdbg_root, _ = run_job("tfdbg")
+    ours_root, ours_ps = run_job("hook")
+    _wait_for_served_runs(ours_ps, 3)
+    reader = tfdump_fast.DumpReader(_gather([ours_root, ours_ps], tmp_path / "all"))
+    ours = [r for r in reader.runs if any(rec.node_name == "y" for rec in r.records)]
+    theirs = []
+    for name in sorted(os.listdir(tfdbg_root)):
+        dump = debug_data.DebugDumpDir(os.path.join(tfdbg_root, name))
+        if any(d.node_name == "y" for d in dump.dumped_tensor_data):
+            theirs.append(dump)
+    assert len(ours) == len(theirs) == 3
+
+    def short(device):  # tfdbg and TF spell devices alike; compare job/task/device
+        return device.replace("/replica:0", "")
+
+    for run, dump in zip(ours, theirs):
+        mine = {}
+        for r in reader.step_runs(run):
+            for rec, value in zip(r.records, r.values()):
+                mine[(short(rec.device), rec.node_name, rec.output_slot)] = value
+        # tfdbg also lists the Recv nodes TF's partitioning adds
+        # (`<tensor>_S<n>`, `_recv_<feed>_0`), which no client graph has
+        # and no watch names; they repeat values sent from another task.
+        want = {(short(d.device_name), d.node_name, d.output_slot): d.get_tensor()
+                for d in dump.dumped_tensor_data if d.debug_op == "DebugIdentity"
+                and not re.search(r"_S\d+$", d.node_name) and not d.node_name.startswith("_recv_")}
+        assert set(mine) == set(want), (sorted(set(want) - set(mine)), sorted(set(mine) - set(want)))
+        compared = 0
+        for key, value in want.items():
+            if isinstance(value, debug_data.InconvertibleTensorProto):  # resource handles
+                assert not isinstance(mine[key], np.ndarray), key
+                continue
+            np.testing.assert_array_equal(np.asarray(mine[key]), np.asarray(value), err_msg=str(key))
+            compared += 1
+        assert compared >= 10 and any(k[0].startswith("/job:ps") for k in want)

@@ -239,37 +239,43 @@ def _warnings(out):
     return [ln for ln in out.splitlines() if ln.startswith("LOG WARNING") and "not covered" in ln]
 
 
-@pytest.mark.parametrize("mode", ["hook", "wrapper"])
-def test_remote_worker_without_tfdump_is_never_sent_a_capture_url(cluster, tmp_path, mode):
+def test_remote_worker_without_tfdump_is_never_sent_a_capture_url(cluster, tmp_path):
     # The client has no server; its session's master is a worker in another
     # process that has no tfdump-fast. Before: that worker aborted and the
-    # client hung.
+    # client hung. The hook, then the wrapper, against the same worker.
     spec = cluster.spec(worker=1)
     worker = cluster.start_server(spec, "worker", 0)
-    root = tmp_path / "dump"
-    rc, out = cluster.run_client(spec, mode, root)
-    assert rc == 0, out[-3000:]
-    assert worker.poll() is None, "the worker died"
-    np.testing.assert_allclose(np.array(_outputs(out), dtype=object)[:, 1].astype(float),
-                               [o[1] for o in _expected_outputs(3)], rtol=1e-5)
-    warnings = _warnings(out)
-    assert len(warnings) == 1, out[-3000:]
-    assert "tfdump_fast.serve(" in warnings[0] and "master" in warnings[0]
-    reader = tfdump_fast.DumpReader(root)
-    assert len(reader.runs) == 3
-    for run in reader.runs:
-        assert run.status == "complete"
-        assert len(run.records) == 0  # nothing ran in a process that can take our URLs
+    for mode in ("hook", "wrapper"):
+        root = tmp_path / f"{mode}_dump"
+        rc, out = cluster.run_client(spec, mode, root)
+        assert rc == 0, out[-3000:]
+        assert worker.poll() is None, "the worker died"
+        np.testing.assert_allclose(np.array(_outputs(out), dtype=object)[:, 1].astype(float),
+                                   [o[1] for o in _expected_outputs(3)], rtol=1e-5)
+        warnings = _warnings(out)
+        assert len(warnings) == 1, out[-3000:]
+        assert "tfdump_fast.serve(" in warnings[0] and "master" in warnings[0]
+        reader = tfdump_fast.DumpReader(root)
+        assert len(reader.runs) == 3
+        for run in reader.runs:
+            assert run.status == "complete"
+            assert len(run.records) == 0  # nothing ran in a process that can take our URLs
 
 
-@pytest.mark.parametrize("mode", ["hook", "wrapper"])
-def test_ps_without_serve_keeps_running_and_worker_tensors_are_captured(cluster, tmp_path, mode):
+def test_ps_without_serve_keeps_running_and_worker_tensors_are_captured(cluster, tmp_path):
     # replica_device_setter puts the variables on a ps in another process
     # without tfdump-fast; the worker's server lives in the client process.
     # Before: the ps aborted; the wrapper got UnavailableError, the hook hung.
+    # The hook (whose chief initializes the variables), then the wrapper
+    # (which initializes them again), against the same ps.
     spec = cluster.spec(ps=1, worker=1)
     ps = cluster.start_server(spec, "ps", 0)
-    root = tmp_path / "dump"
+    for mode in ("hook", "wrapper"):
+        _check_ps_without_serve(cluster, tmp_path, spec, ps, mode)
+
+
+def _check_ps_without_serve(cluster, tmp_path, spec, ps, mode):
+    root = tmp_path / f"{mode}_dump"
     rc, out = cluster.run_client(spec, mode, root, "worker", 0)
     assert rc == 0, out[-3000:]
     assert ps.poll() is None, "the ps died"
@@ -298,48 +304,20 @@ def test_ps_without_serve_keeps_running_and_worker_tensors_are_captured(cluster,
         assert "w" not in names and "w/Read/ReadVariableOp" not in names
 
 
-def _wait_for_served_runs(root, count, timeout_s=60):
-    """Served runs end once their step is idle (serve's idle_s); poll the store until
-    ``count`` of them are readable (or give up and return what is there)."""
+def _wait_for_served_steps(ps_root, client_roots, timeout_s=60):
+    """A served step's run ends once the step is idle (serve's idle_s): poll
+    the served store until it holds a run of every master step the clients'
+    runs recorded (or give up; the test's assertions then say what is missing)."""
+    wanted = set()
+    for root in client_roots:
+        wanted |= {r.master_step_id for r in tfdump_fast.DumpReader(root).runs if r.master_step_id}
+    assert wanted
     deadline = time.monotonic() + timeout_s
     while True:
-        reader = tfdump_fast.DumpReader(root)
-        served = [r for r in reader.runs if r.metadata.get("master_step_id") and r.metadata.get("served")]
-        if len(served) >= count or time.monotonic() > deadline:
-            return reader, served
+        have = {r.master_step_id for r in tfdump_fast.DumpReader(ps_root).runs if r.served_task}
+        if wanted <= have or time.monotonic() > deadline:
+            return
         time.sleep(0.5)
-
-
-def test_served_ps_captures_its_tensors_under_the_clients_step(cluster, tmp_path):
-    # The ps calls serve(): the variable's tensors are captured there, each
-    # served run carries the master step id the client's run records too.
-    spec = cluster.spec(ps=1, worker=1)
-    root, ps_root = tmp_path / "dump", tmp_path / "ps_dump"
-    ps = cluster.start_server(spec, "ps", 0, serve_root=ps_root)
-    rc, out = cluster.run_client(spec, "hook", root, "worker", 0)
-    assert rc == 0, out[-3000:]
-    assert ps.poll() is None
-    assert not _warnings(out), out[-3000:]
-    expected = _expected_outputs(3)
-    _, served = _wait_for_served_runs(ps_root, 3)
-    reader = tfdump_fast.DumpReader(root)
-    client_runs = [r for r in reader.runs if not r.metadata.get("served")
-                   and any(rec.node_name == "y" for rec in r.records)]
-    assert len(client_runs) == 3
-    by_step = {r.metadata["master_step_id"]: r for r in served}
-    for i, run in enumerate(client_runs):
-        assert run.metadata["cluster_tasks"]["/job:ps/replica:0/task:0"] == "served"
-        step_id = run.metadata["master_step_id"]
-        assert step_id in by_step, (step_id, sorted(by_step))
-        ps_run = by_step[step_id]
-        assert ps_run.metadata["served_task"] == "/job:ps/replica:0/task:0"
-        assert {rec.device for rec in ps_run.records} == {"/job:ps/replica:0/task:0/device:CPU:0"}
-        # The variable's value read on the ps in this step: w before this step's update.
-        w_before = np.array(expected[i][0], np.float32) / np.float32(i + 1)
-        names = sorted({rec.node_name for rec in ps_run.records})
-        assert "ReadVariableOp" in names, names
-        np.testing.assert_allclose(ps_run.get("ReadVariableOp")[0], w_before, rtol=1e-5)
-        np.testing.assert_allclose(run.get("y")[0], expected[i][0], rtol=1e-5)
 
 
 def _gather(roots, dest):
@@ -375,7 +353,7 @@ def test_two_workers_concurrent_steps_on_a_served_ps_are_never_mixed(cluster, tm
         assert rc == 0, out[-3000:]
         assert not _warnings(out), out[-3000:]
     assert ps.poll() is None
-    _wait_for_served_runs(ps_root, 2 * steps)
+    _wait_for_served_steps(ps_root, roots)
     reader = tfdump_fast.DumpReader(_gather([ps_root, *roots], tmp_path / "all"))
     assert set(reader.tasks()) == {"/job:ps/replica:0/task:0", "/job:worker/replica:0/task:0",
                                    "/job:worker/replica:0/task:1"}
@@ -422,7 +400,7 @@ def test_worker_killed_mid_run_others_go_on_and_stores_read(cluster, tmp_path):
     rc, out = cluster.finish(chief)
     assert rc == 0, out[-3000:]
     assert ps.poll() is None
-    _wait_for_served_runs(ps_root, 30)
+    _wait_for_served_steps(ps_root, roots[:1])
     reader = tfdump_fast.DumpReader(_gather([ps_root, *roots], tmp_path / "all"))
     device0 = "/job:worker/replica:0/task:0/device:CPU:0"
     chief_runs = [r for r in reader.runs
@@ -430,8 +408,13 @@ def test_worker_killed_mid_run_others_go_on_and_stores_read(cluster, tmp_path):
     assert len(chief_runs) == 30 and all(r.status == "complete" for r in chief_runs)
     for run in chief_runs:
         assert any(r.served_task == "/job:ps/replica:0/task:0" for r in reader.step_runs(run))
-    device1 = "/job:worker/replica:0/task:1/device:CPU:0"
-    assert any(rec.device == device1 for r in reader.runs for rec in r.records)
+    # The killed worker's own store opens (what its writer had on disk: a
+    # SIGKILL within 2 s of its first steps may leave no run); the ps, still
+    # serving, captured that worker's steps too.
+    victim_reader = tfdump_fast.DumpReader(roots[1])
+    assert all(r.status in ("complete", "truncated", "failed") for r in victim_reader.runs)
+    chief_steps = {r.master_step_id for r in chief_runs}
+    assert any(r.served_task and r.master_step_id not in chief_steps for r in reader.runs)
 
 
 def test_keys_and_values_match_tfdbgs_per_task_dumps(cluster, tmp_path):
@@ -453,7 +436,7 @@ def test_keys_and_values_match_tfdbgs_per_task_dumps(cluster, tmp_path):
 
     tfdbg_root, _ = run_job("tfdbg")
     ours_root, ours_ps = run_job("hook")
-    _wait_for_served_runs(ours_ps, 3)
+    _wait_for_served_steps(ours_ps, [ours_root])
     reader = tfdump_fast.DumpReader(_gather([ours_root, ours_ps], tmp_path / "all"))
     ours = [r for r in reader.runs if any(rec.node_name == "y" for rec in r.records)]
     theirs = []

@@ -332,7 +332,7 @@ def _gather(roots, dest):
     return dest
 
 
-def test_two_workers_concurrent_steps_on_a_served_ps_are_never_mixed(cluster, tmp_path):
+def test_two_workers_concurrent_steps_on_a_served_ps_are_never_mixed(cluster, tmp_path, capsys):
     # 1 ps (serve()) + 2 workers, between-graph replication with
     # MonitoredTrainingSession, steps of both workers running at the same
     # time against the one ps. Each ps run must hold exactly the tensors of
@@ -357,6 +357,11 @@ def test_two_workers_concurrent_steps_on_a_served_ps_are_never_mixed(cluster, tm
     reader = tfdump_fast.DumpReader(_gather([ps_root, *roots], tmp_path / "all"))
     assert set(reader.tasks()) == {"/job:ps/replica:0/task:0", "/job:worker/replica:0/task:0",
                                    "/job:worker/replica:0/task:1"}
+    from tfdump_fast import cli
+    capsys.readouterr()
+    assert cli.main(["ls", str(tmp_path / "all")]) == 0
+    assert ("tasks: /job:ps/replica:0/task:0, /job:worker/replica:0/task:0, "
+            "/job:worker/replica:0/task:1") in capsys.readouterr().out
     joined = 0
     for task, root in enumerate(roots):
         device = f"/job:worker/replica:0/task:{task}/device:CPU:0"

@@ -100,6 +100,9 @@ def cmd_ls(args) -> int:
     logical = sum(r.payload_bytes for r in runs)
     print("%d run(s) from %d writer(s); %s on disk for %s of tensor payloads" % (
         len(runs), len(reader.writers), _human(st["files"]), _human(logical)))
+    tasks = reader.tasks()
+    if tasks:  # a distributed job's store (README, "Distributed")
+        print("tasks: %s" % ", ".join(tasks))
     for run in runs:
         if run.status == "failed" and run.error:
             print("run %s failed: %s" % (run.name, run.error.strip().splitlines()[0] if run.error.strip()

@@ -100,6 +100,21 @@ CLIENT = textwrap.dedent("""
                 outputs.append([out["y"].tolist(), float(out["loss"])])
                 if go_file:
                     print(f"STEP {i}", flush=True)
+    elif mode == "capture":  # the low-level path: our writer, the caller's watches
+        from tensorflow.python.debug.lib import debug_utils
+        raw = tf.compat.v1.Session(target)
+        raw.run(tf.compat.v1.global_variables_initializer())
+        writer = tfdump_fast.DumpWriter(root)
+        for i in range(steps):
+            run = writer.begin_run()
+            options = tf.compat.v1.RunOptions()
+            debug_utils.watch_graph(options, raw.graph, debug_urls=run.debug_urls)
+            with tfdump_fast.capture_run(writer, run, raw, options) as captured:
+                out = raw.run({"y": y, "loss": loss, "train": train},
+                              feed_dict={x: np.full(3, i + 1, np.float32)},
+                              options=captured.run_options, run_metadata=captured.run_metadata)
+            outputs.append([out["y"].tolist(), float(out["loss"])])
+        writer.close()
     else:
         raw = tf.compat.v1.Session(target)
         raw.run(tf.compat.v1.global_variables_initializer())
@@ -242,10 +257,10 @@ def _warnings(out):
 def test_remote_worker_without_tfdump_is_never_sent_a_capture_url(cluster, tmp_path):
     # The client has no server; its session's master is a worker in another
     # process that has no tfdump-fast. Before: that worker aborted and the
-    # client hung. The hook, then the wrapper, against the same worker.
+    # client hung. The hook, the wrapper and capture_run, against the same worker.
     spec = cluster.spec(worker=1)
     worker = cluster.start_server(spec, "worker", 0)
-    for mode in ("hook", "wrapper"):
+    for mode in ("hook", "wrapper", "capture"):
         root = tmp_path / f"{mode}_dump"
         rc, out = cluster.run_client(spec, mode, root)
         assert rc == 0, out[-3000:]
@@ -255,6 +270,7 @@ def test_remote_worker_without_tfdump_is_never_sent_a_capture_url(cluster, tmp_p
         warnings = _warnings(out)
         assert len(warnings) == 1, out[-3000:]
         assert "tfdump_fast.serve(" in warnings[0] and "master" in warnings[0]
+        assert "Check failed" not in out
         reader = tfdump_fast.DumpReader(root)
         assert len(reader.runs) == 3
         for run in reader.runs:

@@ -7,7 +7,8 @@ module only dlopen()s it and wraps its C ABI (``csrc/bridge_api.h``); it does
 not import TensorFlow and no Python runs per tensor.
 """
 
-from libc.stdint cimport uint32_t, uintptr_t
+from libc.stdint cimport int64_t, uint32_t, uintptr_t
+from libc.stdlib cimport free, malloc
 from posix.dlfcn cimport RTLD_LOCAL, RTLD_NOW, dlerror, dlopen, dlsym
 
 from tfdump_fast.bridge_api cimport (
@@ -17,6 +18,12 @@ from tfdump_fast.bridge_api cimport (
     tfdump_bridge_stats,
 )
 from tfdump_fast.engine_api cimport TFDUMP_ENGINE_API_VERSION, tfdump_engine_api
+from tfdump_fast.served_api cimport (
+    TFDUMP_SERVED_API_VERSION,
+    tfdump_served_api,
+    tfdump_served_get_api_fn,
+    tfdump_served_stats,
+)
 
 from tfdump_fast.errors import TfdumpBridgeError, TfdumpError, TfdumpUsageError
 
@@ -53,12 +60,100 @@ cdef class BridgeLibrary:
     """
 
     cdef const tfdump_bridge_api* _api
+    cdef const tfdump_served_api* _served
     cdef void* _handle
     cdef readonly str path
 
     def __cinit__(self):
         self._api = NULL
+        self._served = NULL
         self._handle = NULL
+
+    # -- served capture (csrc/served_api.h; tfdump_fast.serve)
+
+    cdef const tfdump_served_api* _served_api(self) except NULL:
+        if self._served == NULL:
+            raise TfdumpBridgeError(f"the TensorFlow bridge {self.path} has no served capture; "
+                                    "rebuild it with `python -m tfdump_fast.bridge --rebuild`")
+        return self._served
+
+    def served_start(self, engine_api_address):
+        """Bind served capture to an engine; False if another engine is bound."""
+        cdef const tfdump_served_api* sv = self._served_api()
+        cdef uintptr_t addr = <uintptr_t>int(engine_api_address)
+        if addr == 0:
+            raise TfdumpUsageError("engine_api_address is 0 (engine closed?)")
+        cdef int rc
+        with nogil:
+            rc = sv.start(<const tfdump_engine_api*>addr)
+        return rc == 0
+
+    def served_add_runs(self, run_ids):
+        """Hand pre-opened engine run ids to the served pool."""
+        cdef const tfdump_served_api* sv = self._served_api()
+        ids = [int(r) for r in run_ids]
+        cdef int n = len(ids)
+        if n == 0:
+            return
+        cdef uint32_t* buf = <uint32_t*>malloc(n * sizeof(uint32_t))
+        if buf == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                buf[i] = ids[i]
+            with nogil:
+                sv.add_runs(buf, n)
+        finally:
+            free(buf)
+
+    def served_take_idle(self, int64_t idle_us):
+        """[(step_id, run_id)] of master steps idle for idle_us (all when < 0), removed."""
+        cdef const tfdump_served_api* sv = self._served_api()
+        cdef int64_t steps[256]
+        cdef uint32_t runs[256]
+        cdef int n
+        out = []
+        while True:
+            with nogil:
+                n = sv.take_idle(idle_us, steps, runs, 256)
+            out.extend((steps[i], runs[i]) for i in range(n))
+            if n < 256:
+                return out
+
+    def served_take_unused(self):
+        """Run ids of the pool that no step took, removed."""
+        cdef const tfdump_served_api* sv = self._served_api()
+        cdef uint32_t runs[256]
+        cdef int n
+        out = []
+        while True:
+            with nogil:
+                n = sv.take_unused(runs, 256)
+            out.extend(runs[i] for i in range(n))
+            if n < 256:
+                return out
+
+    def served_stop(self):
+        """Unbind the engine once no TF thread submits to it."""
+        cdef const tfdump_served_api* sv = self._served_api()
+        with nogil:
+            sv.stop()
+
+    def served_stats(self):
+        cdef const tfdump_served_api* sv = self._served_api()
+        cdef tfdump_served_stats st
+        with nogil:
+            sv.get_stats(&st)
+        return {"tensors_submitted": st.tensors_submitted, "tensors_no_run": st.tensors_no_run,
+                "tensors_failed": st.tensors_failed, "steps_bound": st.steps_bound}
+
+    def take_slot_step(self, int slot):
+        """The master step id a TfdumpIdentity op saw on ``slot`` since the last call (0: none)."""
+        cdef const tfdump_served_api* sv = self._served_api()
+        cdef int64_t step
+        with nogil:
+            step = sv.take_slot_step(slot)
+        return step
 
     @property
     def tf_version(self):
@@ -202,5 +297,12 @@ def load(path):
     cdef BridgeLibrary lib = BridgeLibrary.__new__(BridgeLibrary)
     lib._handle = handle
     lib._api = api
+    cdef void* served_sym = dlsym(handle, b"tfdump_served_get_api")
+    cdef const tfdump_served_api* served = NULL
+    if served_sym != NULL:
+        served = (<tfdump_served_get_api_fn>served_sym)()
+        if served != NULL and served.api_version != TFDUMP_SERVED_API_VERSION:
+            served = NULL
+    lib._served = served
     lib.path = spath
     return lib

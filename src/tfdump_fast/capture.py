@@ -22,6 +22,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import tensorflow as tf
 
 from tfdump_fast import _native
+from tfdump_fast.cluster import ClusterCoverage
 from tfdump_fast.dumper import describe_error
 from tfdump_fast.errors import TfdumpError, TfdumpUsageError
 from tfdump_fast.published import CORE_METADATA_KEYS, PublishDirectory, add_publish_watch
@@ -62,6 +63,8 @@ class CapturedRun:
 
 
 _lock = threading.Lock()
+# Which cluster tasks capture_run may watch, per session target.
+_coverage = ClusterCoverage("capture_run")
 _logged: set = set()
 _published: Optional[PublishDirectory] = None
 # Per session: executor (as TensorFlow's core metadata and the debug options
@@ -173,6 +176,8 @@ def capture_run(writer: DumpWriter, run: Run, session, run_options) -> Iterator[
                                f"{type(run_options).__name__}")
     published = _publish_directory()
     publish_dir = published.for_url(run.debug_urls[0])
+    if _keep_local_watches(session, run_options.debug_options):
+        publish_dir = None  # other processes run partitions: ram:// is ours only
     if publish_dir is not None:
         add_publish_watch(run_options.debug_options, publish_dir)
     else:
@@ -195,6 +200,31 @@ def capture_run(writer: DumpWriter, run: Run, session, run_options) -> Iterator[
             if error is None:
                 raise
             log.error("tfdump-fast: capture_run could not end run %s: %s", run.run_name, exc)
+
+
+def _keep_local_watches(session, debug_options) -> bool:
+    """On a cluster session, drop the watches of nodes that may run in another
+    process (their memcbk URL would abort it; see :mod:`tfdump_fast.cluster`).
+    Returns True when the run may have partitions in other processes."""
+    try:
+        placement = _coverage.placement(session, session.graph, allow_served=False)
+    except Exception as exc:  # noqa: BLE001 - never fail the step: watch nothing
+        log.error("tfdump-fast: capture_run could not probe the cluster; this run watches nothing: %s",
+                  exc)
+        placement = False
+    if placement is None:
+        return False  # a local session: every node runs here
+    keep = [w for w in debug_options.debug_tensor_watch_opts
+            if placement is not False and placement.watches(w.node_name)]
+    if len(keep) != len(debug_options.debug_tensor_watch_opts):
+        copies = []
+        for w in keep:
+            c = type(w)()
+            c.CopyFrom(w)
+            copies.append(c)
+        del debug_options.debug_tensor_watch_opts[:]
+        debug_options.debug_tensor_watch_opts.extend(copies)
+    return placement is False or not placement.view.all_local
 
 
 def _end_metadata(writer, session, captured: CapturedRun, publish_dir, published: PublishDirectory):

@@ -161,7 +161,7 @@ def cmd_ls(args) -> int:
     if args.json:
         st = reader.storage()
         _emit_json({"root": reader.session_root, "writers": len(reader.writers), "bytes_on_disk": st["files"],
-                    "runs": [_run_json(r, i) for i, r in indexed]})
+                    "tasks": reader.tasks(), "runs": [_run_json(r, i) for i, r in indexed]})
         return EXIT_OK
     rows = []
     multi_writer = len({r.writer_id for r in runs}) > 1
@@ -182,6 +182,9 @@ def cmd_ls(args) -> int:
     print("%d run(s)%s from %d writer(s); %s on disk for %s of tensor payloads" % (
         len(runs), "" if args.step is None else " at global step %d" % args.step, len(reader.writers),
         _human(st["files"]), _human(logical)))
+    tasks = reader.tasks()
+    if tasks:  # a distributed job's store (README, "Distributed")
+        print("tasks: %s" % ", ".join(tasks))
     for run in runs:
         if run.status == "failed" and run.error:
             print("run %s failed: %s" % (run.name, run.error.strip().splitlines()[0] if run.error.strip()

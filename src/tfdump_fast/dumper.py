@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from tfdump_fast import _native, lifecycle
 from tfdump_fast.bridge import get_bridge
+from tfdump_fast.cluster import ClusterCoverage
 from tfdump_fast.errors import TfdumpError, TfdumpUsageError
 from tfdump_fast.tfdbg_limit import TfdbgByteLimit
 from tfdump_fast.published import CORE_METADATA_KEYS, PublishDirectory
@@ -67,6 +68,9 @@ class PendingRun:
     call_index: int
     core_global_step: int
     publish_dir: Optional[str] = None
+    # The capture slot whose master step id joins this run to served runs
+    # (a run on a cluster with served tasks); None otherwise.
+    step_slot: Optional[int] = None
 
 
 _live_dumpers: "weakref.WeakSet[Dumper]" = weakref.WeakSet()
@@ -161,6 +165,7 @@ class Dumper:
             weakref.WeakKeyDictionary()
         self._executors_by_id: Dict[int, Dict[tuple, Executor]] = {}
         self._watches = WatchCache()
+        self.cluster = ClusterCoverage(owner)
         self.names = NamesCache()
         self._logged: set = set()
         self.run_call_count = 0
@@ -221,9 +226,15 @@ class Dumper:
         Returns ``(pending, DebugOptions or None)``, or None when the writer
         could not begin a run (then the Session.run goes ahead undebugged).
         """
-        _, n_watches = self._watches.debug_options(graph, spec, None)
+        placement = self._placement(session, graph)
+        if placement is False:  # a cluster we could not probe: watch nothing there
+            n_watches = 0
+        else:
+            _, n_watches = self._watches.debug_options(graph, spec, None, placement=placement)
         metadata = dict(metadata)
         metadata["watch_options"] = spec.as_dict()
+        if placement:
+            metadata["cluster_tasks"] = dict(placement.view.tasks)
         try:
             run = self.writer.begin_run(metadata=metadata, capture=n_watches > 0)
         except TfdumpError as exc:
@@ -240,8 +251,14 @@ class Dumper:
             debug_options = None
         else:
             url = run.debug_urls[0]
-            publish_dir = self.published.for_url(url)
-            debug_options, _ = self._watches.debug_options(graph, spec, url, publish_dir)
+            # TF publishes graphs and core metadata from every process of the
+            # run (each worker its partitions, the master the core metadata):
+            # into a ram:// directory that exists only here. Another process
+            # would recurse on the missing directory until it crashes.
+            publish_dir = (self.published.for_url(url)
+                           if placement is None or placement.view.all_local else None)
+            debug_options, _ = self._watches.debug_options(graph, spec, url, publish_dir,
+                                                           placement=placement)
             key_tail = (url, spec, graph.version) + tuple(key_extra)
             want = True
             if identity_ok and io_names is not None:
@@ -254,10 +271,27 @@ class Dumper:
                     want = executor.graph_hashes is None
             pending = PendingRun(run, thread_id, session, graph, io_names, key_tail, identity_ok, True,
                                  want, call_index, core_global_step, publish_dir)
+            if placement and placement.served_nodes:
+                pending.step_slot = run.slot
+                get_bridge().take_slot_step(run.slot)  # forget a step of the slot's last run
         with self._lock:
             self._pending[thread_id] = pending
             self.runs_debugged += 1
         return pending, debug_options
+
+    def _placement(self, session, graph):
+        """The run's :class:`~tfdump_fast.cluster.Placement`: None for a local
+        session, False when a cluster could not be probed (nothing is watched)."""
+        try:
+            return self.cluster.placement(session, graph)
+        except Exception as exc:  # noqa: BLE001 - never fail the step; watch nothing remote
+            self._log_once("cluster", "tfdump-fast: %s could not find out which cluster tasks "
+                                      "can be watched; this run watches nothing: %s", self.owner, exc)
+            return False
+
+    def forget_cluster(self) -> None:
+        """Probe cluster tasks again (a new session: tasks may have restarted)."""
+        self.cluster.forget()
 
     def stats(self) -> Dict[str, Any]:
         """The writer's counters plus ``session_run_calls``, ``runs_debugged`` and
@@ -347,6 +381,10 @@ class Dumper:
                     "target_nodes": list(names[2]),
                 }
             end_meta["graph_hashes"] = hashes
+            if pending.step_slot is not None:
+                step_id = get_bridge().take_slot_step(pending.step_slot)
+                if step_id:
+                    end_meta["master_step_id"] = step_id
             if pending.publish_dir is None and self.published.unavailable is not None:
                 with self._lock:
                     # Once per writer: the store says why its runs lack

@@ -260,8 +260,10 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
             self._global_step_tensor = None
 
     def after_create_session(self, session, coord):  # noqa: D401 - SessionRunHook API
-        """Called when a (new) session is created; nothing to prepare."""
+        """Called when a (new) session is created: cluster tasks are probed again
+        on its first debugged run (they may have restarted)."""
         del session, coord
+        self._dumper.forget_cluster()
 
     def before_run(self, run_context):
         """Decide whether this run is debugged and add its watch options."""

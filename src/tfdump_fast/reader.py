@@ -267,6 +267,11 @@ class Run:
         self.error = end.get("error")
         self.begin_us = begin.get("wall_us")
         self.end_us = end.get("wall_us")
+        # Distributed capture (docs/DESIGN.md, "Distributed capture"): the
+        # master step id joins a client's run to the runs served tasks
+        # captured for the same Session.run; served runs name their task.
+        self.master_step_id: Optional[int] = self.metadata.get("master_step_id")
+        self.served_task: Optional[str] = self.metadata.get("served_task") if begin.get("served") else None
         md = self.metadata
         self.core_metadata = md.get("core_metadata")
         if isinstance(self.core_metadata, str):
@@ -819,6 +824,9 @@ class DumpReader:
             wi, rid = key
             if rid is None:
                 continue
+            if key not in groups and (begins.get(key) or {}).get("served") and \
+                    (endings.get(key) is None or endings[key].get("served_unused")):
+                continue  # a served process's spare run that no step took
             runs.append(Run(self, wi, rid, groups.get(key, empty), begins.get(key), endings.get(key),
                             drops.get(key, [])))
 
@@ -865,6 +873,32 @@ class DumpReader:
         """All runs of all writers, ordered by start time."""
         self._check_open()
         return list(self._runs)
+
+    def step_runs(self, run: "Run") -> List["Run"]:
+        """Every run of ``run``'s Session.run across the cluster's tasks.
+
+        ``run`` itself and the runs that processes which called
+        :func:`tfdump_fast.serve` captured for the same master step (same
+        ``master_step_id``), in :attr:`runs` order; just ``[run]`` for a run
+        without one. Their shards must be in this session root (gather them
+        from every host: README, "Distributed").
+        """
+        self._check_open()
+        if run.master_step_id is None:
+            return [run]
+        return [r for r in self._runs if r is run or r.master_step_id == run.master_step_id]
+
+    def tasks(self) -> List[str]:
+        """The cluster tasks (``/job:J/replica:R/task:T``) whose tensors this store holds."""
+        self._check_open()
+        out = set()
+        for key in self.index.keys:
+            device = getattr(key, "device", "") or ""
+            if device.startswith("/job:"):
+                parts = device.split("/")
+                out.add("/".join(parts[:4]))
+        out.update(r.served_task for r in self._runs if r.served_task)
+        return sorted(out)
 
     def run(self, which=-1) -> Run:
         """Look up one run.

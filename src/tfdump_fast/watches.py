@@ -21,6 +21,7 @@ from tensorflow.python.debug.lib import debug_utils
 from tensorflow.python.debug.wrappers import framework as tfdbg_framework
 
 from tfdump_fast import _tf_private
+from tfdump_fast.cluster import SERVED_URL, STEP_DEBUG_OP
 from tfdump_fast.errors import TfdumpUsageError
 from tfdump_fast.published import add_publish_watch
 
@@ -222,18 +223,23 @@ class WatchCache:
         self._lock = threading.Lock()
         self._by_graph: "weakref.WeakKeyDictionary[Any, Dict]" = weakref.WeakKeyDictionary()
 
-    def debug_options(self, graph, spec: WatchSpec, url: Optional[str], publish_dir: Optional[str] = None):
+    def debug_options(self, graph, spec: WatchSpec, url: Optional[str], publish_dir: Optional[str] = None,
+                      placement=None):
         """Return (DebugOptions or None, number of watches) for this run.
 
         ``url=None`` only counts the watches. ``publish_dir``: where TF is
         to publish graphs and core metadata (see :mod:`tfdump_fast.published`).
+        ``placement``: for a session on a cluster, the
+        :class:`~tfdump_fast.cluster.Placement` whose nodes alone may be
+        watched (a capture URL must never reach a process without our
+        callbacks); None for a local session (every node).
         """
         version = graph.version
         with self._lock:
             per = self._by_graph.get(graph)
             if per is None or per["version"] != version:
                 # The graph grew: watches computed for the old version are stale.
-                per = {"version": version, "templates": {}, "by_url": {}}
+                per = {"version": version, "templates": {}, "by_url": {}, "placed": {}}
                 self._by_graph[graph] = per
             template = per["templates"].get(spec)
         if template is None:
@@ -241,15 +247,25 @@ class WatchCache:
             with self._lock:
                 per["templates"][spec] = template
         opts, n = template
+        if placement is not None:
+            with self._lock:
+                narrowed = per["placed"].get((spec, placement.key))
+            if narrowed is None:
+                narrowed = _narrow(opts, placement)
+                with self._lock:
+                    per["placed"][(spec, placement.key)] = narrowed
+            opts, n = narrowed
         if url is None or n == 0:
             return None, n
-        key = (spec, url, publish_dir)
+        key = (spec, url, publish_dir, placement.key if placement is not None else None)
         with self._lock:
             cached = per["by_url"].get(key)
         if cached is None:
             cached = type(opts)()
             cached.CopyFrom(opts)
             for watch in cached.debug_tensor_watch_opts:
+                if list(watch.debug_urls) == [SERVED_URL]:
+                    continue  # captured by the served process, not by our slot
                 del watch.debug_urls[:]
                 watch.debug_urls.append(url)
             if publish_dir is not None:
@@ -276,3 +292,38 @@ class WatchCache:
         opts = run_options.debug_options
         return opts, len(opts.debug_tensor_watch_opts)
 
+
+
+def _narrow(opts, placement):
+    """``opts`` with only the watches ``placement`` allows; (options, count).
+
+    Watches of nodes on served tasks use the bridge's ``TfdumpIdentity``
+    with the served URL (only ``DebugIdentity`` is served); when a run has
+    any, every local watch also gets ``TfdumpIdentity``, which records the
+    master step id that joins this run to the served ones.
+    """
+    narrowed = type(opts)()
+    narrowed.CopyFrom(opts)
+    any_served = False
+    kept = []
+    for src in narrowed.debug_tensor_watch_opts:
+        if not placement.watches(src.node_name):
+            continue
+        w = type(src)()
+        w.CopyFrom(src)
+        if placement.served(src.node_name):
+            if "DebugIdentity" not in w.debug_ops:
+                continue
+            del w.debug_ops[:]
+            w.debug_ops.append(STEP_DEBUG_OP)
+            del w.debug_urls[:]
+            w.debug_urls.append(SERVED_URL)
+            any_served = True
+        kept.append(w)
+    if any_served:
+        for w in kept:
+            if list(w.debug_urls) != [SERVED_URL]:
+                w.debug_ops.append(STEP_DEBUG_OP)
+    del narrowed.debug_tensor_watch_opts[:]
+    narrowed.debug_tensor_watch_opts.extend(kept)
+    return narrowed, len(kept)

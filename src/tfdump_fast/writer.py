@@ -554,6 +554,12 @@ class DumpWriter:
         self._check_usable()
         self._write_meta({"event": name, "wall_us": time.time_ns() // 1000, **fields})
 
+    def engine_api_address(self) -> int:
+        """Address of the engine's C API (package-internal: :func:`tfdump_fast.serve`
+        binds the bridge's served capture to it; valid until :meth:`close`)."""
+        self._check_usable()
+        return self._engine.api_address()
+
     def flush(self, timeout: Optional[float] = None) -> None:
         """Block until every accepted tensor of finished runs is on disk.
 

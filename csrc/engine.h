@@ -24,6 +24,11 @@
 
 namespace tfdump {
 
+// Copied payloads at least this large are compared with the few copied just
+// before on the same thread (Record::aliased); smaller ones cost less to copy
+// and hash again.
+constexpr size_t kMinAliasedPayload = 128;
+
 enum class Backpressure : int { kBlock = 0, kDrop = 1 };
 
 struct EngineOptions {
@@ -62,6 +67,10 @@ struct EngineStats {
   uint64_t payload_bytes_stored = 0;   // distinct payload bytes laid out in frames
   uint64_t payload_bytes_deduped = 0;  // payload bytes not stored again thanks to dedup
   uint64_t frames = 0;
+  // Records whose payload equals one copied just before on the same thread
+  // (pass-through ops: Identity, Switch, Merge, ...): stored as a reference
+  // to that copy, neither copied nor hashed again.
+  uint64_t payloads_aliased = 0;
   uint64_t queued_bytes = 0, queue_high_water = 0;
   uint64_t records_outstanding = 0;
   // Writer-thread scheduling (see Engine::EnterWorker).
@@ -99,6 +108,11 @@ struct Record {
   void* owner = nullptr;
   tfdump_release_fn release = nullptr;
   uint64_t charge = 0;
+  // The payload is another record's copy (same bytes, same address): it adds
+  // nothing to the queue's pending bytes and its hash is looked up by address.
+  bool aliased = false;
+  // Bytes this record adds to a frame's worth of pending payload.
+  uint64_t pending_bytes() const { return aliased ? 0 : size; }
 };
 
 // Leaves new elements uninitialized: the frame's data block is resized and
@@ -183,7 +197,7 @@ class Engine {
   // thread itself). The engine records the thread's kernel id and puts it in
   // the background class (SCHED_IDLE when `idle`, at least nice
   // `background_nice`) so it uses only CPU that TF leaves; whenever a
-  // producer waits for queue room, the queue passes 3/4 full, or a flush or
+  // producer waits for queue room, the queue passes 1/2 full, or a flush or
   // shutdown waits, every writer is raised to SCHED_OTHER at the thread's
   // own nice, and dropped back once the queue is under 1/4 full and nobody
   // waits. A background that this process could not undo (leaving
@@ -202,14 +216,30 @@ class Engine {
     std::atomic<uint64_t> seq{0}, tensors{0}, bytes{0}, dropped_tensors{0}, dropped_bytes{0};
   };
   struct Chunk;
+  // A payload copied into the stripe's current chunk, remembered so that an
+  // equal payload right after it (a pass-through op's output) can refer to it.
+  struct RecentCopy {
+    const uint8_t* data = nullptr;
+    size_t size = 0;
+  };
+  static constexpr size_t kRecentCopies = 8;
   struct Stripe {
-    std::mutex mu;
+    mutable std::mutex mu;
     // records[head, size) wait for a worker. A vector reused step after step
     // rather than a deque: a deque allocates a node per three records on
     // TF's threads and frees it on a worker's.
     std::vector<Record> records;
     size_t head = 0;
     Chunk* chunk = nullptr;  // per-producer copy buffer for small payloads
+    // References to `chunk` handed to records since it became current: the
+    // chunk was created holding a large advance of references, and the
+    // unused part is given back when it is retired (RetireChunk), so that
+    // producers never touch the chunk's atomic count per record (it bounces
+    // between the producer's and the workers' cores otherwise).
+    int chunk_refs_handed = 0;
+    RecentCopy recent[kRecentCopies];
+    unsigned recent_next = 0;
+    uint64_t aliased = 0;  // records stored as references (stats)
   };
   struct KeyInfo {
     int32_t slot;
@@ -223,6 +253,10 @@ class Engine {
   void ReleaseBudget(uint64_t charge);
   void CountDrop(RunState* run, uint64_t bytes);
   void ReleaseRecord(Record& r);
+  // Releases `n` records' owners; consecutive records of one chunk give back
+  // their references at once.
+  void ReleaseRecords(Record* records, size_t n);
+  void RetireChunk(Stripe& s);
 
   // NextFrame's steps (engine_frames.cc), in order.
   struct FrameScratch;

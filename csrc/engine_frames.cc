@@ -115,6 +115,10 @@ struct Engine::FrameScratch {
   FrameCtx ctx;                                 // distinct attached blobs
   std::vector<Prepared> prepared;               // per record, after encoding
   FlatSet<Hash128, Hash128Hasher> frame_hashes;  // payloads stored in this frame or earlier ones
+  // Hashes of this frame's copied payloads by address: an aliased record
+  // (Record::aliased) shares its payload's address with an earlier record,
+  // whose hash it reuses instead of hashing the bytes again.
+  FlatMap<PtrKey, Hash128, PtrKeyHash> copied;
 };
 
 void Engine::StoreBlob(Frame* frame, const Hash128& h, const uint8_t* p, size_t n, uint32_t elem_size, bool numeric,
@@ -201,8 +205,9 @@ std::unique_ptr<Frame> Engine::TakeRecords(int worker) {
     std::lock_guard<std::mutex> lk(s.mu);
     while (s.head < s.records.size() && bytes < options_.frame_bytes && frame->records.size() < kMaxFrameRecords) {
       Record& r = s.records[s.head];
-      if (!frame->records.empty() && bytes + r.size > options_.frame_bytes) break;
-      bytes += r.size;
+      const uint64_t b = r.pending_bytes();
+      if (!frame->records.empty() && bytes + b > options_.frame_bytes) break;
+      bytes += b;
       frame->records.push_back(std::move(r));
       ++s.head;
     }
@@ -225,6 +230,7 @@ void Engine::EncodeAndHash(Frame* frame, FrameScratch* scratch) {
   FrameCtx& ctx = scratch->ctx;
   ctx.memo.Clear();
   ctx.uniques.clear();
+  scratch->copied.Clear();
   const uint64_t frame_id = g_frame_ids.fetch_add(1, std::memory_order_relaxed);
   std::vector<Prepared>& prepared = scratch->prepared;
   if (prepared.size() < frame->records.size()) prepared.resize(frame->records.size());
@@ -243,11 +249,24 @@ void Engine::EncodeAndHash(Frame* frame, FrameScratch* scratch) {
       }
       p.main = reinterpret_cast<const uint8_t*>(p.encoded.data());
       p.main_len = p.encoded.size();
+      if (p.main_len > 0) p.main_hash = HashBytes(p.main, p.main_len);
     } else {
       p.main = r.data;
       p.main_len = r.size;
+      if (p.main_len == 0) continue;
+      if (r.aliased) {
+        // Same address, same bytes: an earlier record of this frame, or one
+        // of an earlier frame (then hashed here once).
+        auto slot = scratch->copied.TryEmplace(PtrKey{p.main, p.main_len}, Hash128{0, 0});
+        if (slot.second) *slot.first = HashBytes(p.main, p.main_len);
+        p.main_hash = *slot.first;
+      } else {
+        p.main_hash = HashBytes(p.main, p.main_len);
+        if (r.owner != nullptr && r.encode == nullptr && p.main_len >= kMinAliasedPayload) {
+          scratch->copied.TryEmplace(PtrKey{p.main, p.main_len}, p.main_hash);
+        }
+      }
     }
-    if (p.main_len > 0) p.main_hash = HashBytes(p.main, p.main_len);
   }
 }
 
@@ -352,7 +371,7 @@ void Engine::CommitFrame(std::unique_ptr<Frame> frame, int status) {
       st_dropped_bytes_.fetch_add(d.bytes, std::memory_order_relaxed);
     }
   }
-  for (Record& r : frame->records) ReleaseRecord(r);
+  ReleaseRecords(frame->records.data(), frame->records.size());
   ReleaseBudget(frame->charge);
   const uint64_t n = frame->records.size();
   // Reused with its buffers, unless a large tensor made them large: idle

@@ -416,7 +416,6 @@ int Engine::Submit(const tfdump_tensor_in& in) {
     r.owner = block;
     r.release = &FreeBlock;
   }
-  bool aliased = false;
   {
     std::lock_guard<std::mutex> lk(stripe.mu);
     if (copy && in.size <= kMaxChunkedCopy) {
@@ -437,7 +436,7 @@ int Engine::Submit(const tfdump_tensor_in& in) {
       if (same != nullptr) {
         r.data = same;
         r.aliased = true;
-        ++stripe.aliased;
+        stripe.aliased.store(stripe.aliased.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
       } else {
         if (stripe.chunk == nullptr || stripe.chunk->used + in.size > stripe.chunk->cap) {
           RetireChunk(stripe);
@@ -466,7 +465,6 @@ int Engine::Submit(const tfdump_tensor_in& in) {
         const uint64_t bookkeeping = sizeof(Record) + sizeof(int64_t) * static_cast<uint64_t>(r.ndims);
         if (charge > bookkeeping) ReleaseBudget(charge - bookkeeping);
         r.charge = bookkeeping < charge ? bookkeeping : charge;
-        aliased = true;
       }
     }
     stripe.records.push_back(std::move(r));
@@ -477,13 +475,10 @@ int Engine::Submit(const tfdump_tensor_in& in) {
   st_bytes_.fetch_add(in.size, std::memory_order_relaxed);
   outstanding_.fetch_add(1, std::memory_order_acq_rel);
   pending_records_.fetch_add(1, std::memory_order_acq_rel);
-  const uint64_t added = aliased ? 0 : in.size;
-  const uint64_t pending = added == 0 ? pending_bytes_.load(std::memory_order_acquire)
-                                      : pending_bytes_.fetch_add(added, std::memory_order_acq_rel) + added;
+  const uint64_t pending = pending_bytes_.fetch_add(in.size, std::memory_order_acq_rel) + in.size;
   // Wake a worker only when a full frame is waiting: a notify per tensor
   // would be a futex call per tensor.
-  if (added != 0 && pending >= options_.frame_bytes && pending - added < options_.frame_bytes &&
-      idle_workers_.load() > 0) {
+  if (pending >= options_.frame_bytes && pending - in.size < options_.frame_bytes && idle_workers_.load() > 0) {
     std::lock_guard<std::mutex> lk(work_mu_);
     work_cv_.notify_one();
   }
@@ -541,10 +536,7 @@ EngineStats Engine::Stats() const {
   s.payload_bytes_stored = st_stored_.load();
   s.payload_bytes_deduped = st_deduped_.load();
   s.frames = st_frames_.load();
-  for (const Stripe& st : stripes_) {
-    std::lock_guard<std::mutex> lk(st.mu);
-    s.payloads_aliased += st.aliased;
-  }
+  for (const Stripe& st : stripes_) s.payloads_aliased += st.aliased.load(std::memory_order_relaxed);
   s.queued_bytes = queued_bytes_.load();
   s.queue_high_water = high_water_.load();
   s.records_outstanding = outstanding_.load();

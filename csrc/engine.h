@@ -108,11 +108,12 @@ struct Record {
   void* owner = nullptr;
   tfdump_release_fn release = nullptr;
   uint64_t charge = 0;
-  // The payload is another record's copy (same bytes, same address): it adds
-  // nothing to the queue's pending bytes and its hash is looked up by address.
+  // The payload is another record's copy (same bytes, same address): it
+  // charges only its bookkeeping, and its hash is looked up by address. It
+  // still counts its size towards a frame's worth of records, so frames (and
+  // the time a worker holds a stripe's lock to take them) stay as large as
+  // before.
   bool aliased = false;
-  // Bytes this record adds to a frame's worth of pending payload.
-  uint64_t pending_bytes() const { return aliased ? 0 : size; }
 };
 
 // Leaves new elements uninitialized: the frame's data block is resized and
@@ -224,7 +225,7 @@ class Engine {
   };
   static constexpr size_t kRecentCopies = 8;
   struct Stripe {
-    mutable std::mutex mu;
+    std::mutex mu;
     // records[head, size) wait for a worker. A vector reused step after step
     // rather than a deque: a deque allocates a node per three records on
     // TF's threads and frees it on a worker's.
@@ -239,7 +240,11 @@ class Engine {
     int chunk_refs_handed = 0;
     RecentCopy recent[kRecentCopies];
     unsigned recent_next = 0;
-    uint64_t aliased = 0;  // records stored as references (stats)
+    // Records stored as references (stats). Written under `mu` by the
+    // producers only; read without it by Stats(), which must never take a
+    // producer's lock: a background-class writer preempted while holding it
+    // would stall TF's thread.
+    std::atomic<uint64_t> aliased{0};
   };
   struct KeyInfo {
     int32_t slot;

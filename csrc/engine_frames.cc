@@ -205,9 +205,8 @@ std::unique_ptr<Frame> Engine::TakeRecords(int worker) {
     std::lock_guard<std::mutex> lk(s.mu);
     while (s.head < s.records.size() && bytes < options_.frame_bytes && frame->records.size() < kMaxFrameRecords) {
       Record& r = s.records[s.head];
-      const uint64_t b = r.pending_bytes();
-      if (!frame->records.empty() && bytes + b > options_.frame_bytes) break;
-      bytes += b;
+      if (!frame->records.empty() && bytes + r.size > options_.frame_bytes) break;
+      bytes += r.size;
       frame->records.push_back(std::move(r));
       ++s.head;
     }

@@ -115,7 +115,10 @@ int ApiSubmit(void* e, const tfdump_tensor_in* in) { return static_cast<Engine*>
 // back to the engine's pool instead of to malloc: a fresh 1 MiB block is a
 // fresh mmap, and its page faults cost more than the copies themselves.
 struct Engine::Chunk {
-  std::atomic<int> refs{1};
+  // A new chunk holds this many references: the stripe's own one plus an
+  // advance it hands to records without atomics (Stripe::chunk_refs_handed).
+  static constexpr int kRefAdvance = 1 << 30;
+  std::atomic<int> refs{kRefAdvance};
   size_t cap = 0, used = 0;
   Engine* engine = nullptr;
   uint8_t* bytes() { return reinterpret_cast<uint8_t*>(this + 1); }
@@ -125,7 +128,7 @@ struct Engine::Chunk {
       if (!engine->chunk_pool_.empty()) {
         Chunk* c = engine->chunk_pool_.back();
         engine->chunk_pool_.pop_back();
-        c->refs.store(1, std::memory_order_relaxed);
+        c->refs.store(kRefAdvance, std::memory_order_relaxed);
         c->used = 0;
         return c;
       }
@@ -137,9 +140,9 @@ struct Engine::Chunk {
     c->engine = engine;
     return c;
   }
-  static void Release(void* p) {
-    Chunk* c = static_cast<Chunk*>(p);
-    if (c->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  static void Release(void* p) { ReleaseN(static_cast<Chunk*>(p), 1); }
+  static void ReleaseN(Chunk* c, int n) {
+    if (c->refs.fetch_sub(n, std::memory_order_acq_rel) != n) return;
     Engine* e = c->engine;
     {
       std::lock_guard<std::mutex> lk(e->chunk_pool_mu_);
@@ -156,6 +159,39 @@ struct Engine::Chunk {
   }
 };
 
+// The stripe lets go of its current chunk: the references it did not hand
+// out are given back (the chunk returns to the pool once its records are
+// released), and the remembered copies pointed into it.
+void Engine::RetireChunk(Stripe& s) {
+  if (s.chunk != nullptr) Chunk::ReleaseN(s.chunk, Chunk::kRefAdvance - s.chunk_refs_handed);
+  s.chunk = nullptr;
+  s.chunk_refs_handed = 0;
+  for (RecentCopy& rc : s.recent) rc = RecentCopy{};
+}
+
+void Engine::ReleaseRecords(Record* records, size_t n) {
+  size_t i = 0;
+  while (i < n) {
+    Record& r = records[i];
+    if (r.release == &Chunk::Release && r.owner != nullptr) {
+      size_t j = i + 1;
+      while (j < n && records[j].owner == r.owner && records[j].release == &Chunk::Release) {
+        records[j].owner = nullptr;
+        records[j].release = nullptr;
+        ++j;
+      }
+      Chunk* c = static_cast<Chunk*>(r.owner);
+      r.owner = nullptr;
+      r.release = nullptr;
+      Chunk::ReleaseN(c, static_cast<int>(j - i));
+      i = j;
+    } else {
+      ReleaseRecord(r);
+      ++i;
+    }
+  }
+}
+
 Engine::Engine(const EngineOptions& options) : options_(options) {
   if (options_.workers < 1) options_.workers = 1;
   if (options_.frame_bytes < 4096) options_.frame_bytes = 4096;
@@ -170,11 +206,10 @@ Engine::Engine(const EngineOptions& options) : options_(options) {
 Engine::~Engine() {
   for (Stripe& s : stripes_) {
     std::lock_guard<std::mutex> lk(s.mu);
-    for (size_t i = s.head; i < s.records.size(); ++i) ReleaseRecord(s.records[i]);
+    if (s.head < s.records.size()) ReleaseRecords(s.records.data() + s.head, s.records.size() - s.head);
     s.records.clear();
     s.head = 0;
-    if (s.chunk != nullptr) Chunk::Release(s.chunk);
-    s.chunk = nullptr;
+    RetireChunk(s);
   }
   // Every record is released by now (workers committed their frames, the
   // stripes were drained above), so every chunk is back in the pool.
@@ -269,9 +304,14 @@ bool Engine::ReserveBudget(uint64_t charge) {
     if (cur == 0 || cur + charge <= options_.queue_bytes) {
       if (queued_bytes_.compare_exchange_weak(cur, cur + charge, std::memory_order_acq_rel)) {
         const uint64_t half = options_.queue_bytes / 2;
-        if (options_.defer_during_runs && cur < half && cur + charge >= half) Kick();  // deferral ends
-        const uint64_t high = options_.queue_bytes - options_.queue_bytes / 4;
-        if (cur < high && cur + charge >= high && !boosted_.load(std::memory_order_relaxed)) BoostWorkers();
+        if (cur < half && cur + charge >= half) {
+          if (options_.defer_during_runs) Kick();  // deferral ends
+          // The writers get their share from half full on, not only when
+          // the queue is nearly full: a background-class writer on a busy
+          // machine gets no CPU at all, and by 3/4 the codec has backed off
+          // and the producers are a few steps from waiting.
+          if (!boosted_.load(std::memory_order_relaxed)) BoostWorkers();
+        }
         uint64_t hw = high_water_.load(std::memory_order_relaxed);
         while (cur + charge > hw && !high_water_.compare_exchange_weak(hw, cur + charge)) {
         }
@@ -397,23 +437,53 @@ int Engine::Submit(const tfdump_tensor_in& in) {
   {
     std::lock_guard<std::mutex> lk(stripe.mu);
     if (copy && in.size <= kMaxChunkedCopy) {
-      if (stripe.chunk == nullptr || stripe.chunk->used + in.size > stripe.chunk->cap) {
-        if (stripe.chunk != nullptr) Chunk::Release(stripe.chunk);
-        stripe.chunk = Chunk::New(this, kChunkBytes);
-        if (stripe.chunk == nullptr) {
-          ReleaseBudget(charge);
-          CountDrop(&run, in.size);
-          return TFDUMP_SUBMIT_DROPPED;
+      // A pass-through op (Identity, Switch, Merge, Enter, NextIteration,
+      // ...) dumps the same bytes as the op before it, usually on the same
+      // thread: refer to that copy instead of copying (and later hashing)
+      // the bytes again. A mismatch costs a memcmp that stops at the first
+      // differing bytes.
+      const uint8_t* same = nullptr;
+      if (in.size >= kMinAliasedPayload && in.size < options_.zero_copy_threshold && stripe.chunk != nullptr) {
+        for (const RecentCopy& rc : stripe.recent) {
+          if (rc.size == in.size && std::memcmp(rc.data, in.data, in.size) == 0) {
+            same = rc.data;
+            break;
+          }
         }
       }
-      Chunk* c = stripe.chunk;
-      uint8_t* dst = c->bytes() + c->used;
-      std::memcpy(dst, in.data, in.size);
-      c->used += (in.size + 7) & ~size_t(7);
-      c->refs.fetch_add(1, std::memory_order_relaxed);
-      r.data = dst;
-      r.owner = c;
+      if (same != nullptr) {
+        r.data = same;
+        r.aliased = true;
+        stripe.aliased.store(stripe.aliased.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      } else {
+        if (stripe.chunk == nullptr || stripe.chunk->used + in.size > stripe.chunk->cap) {
+          RetireChunk(stripe);
+          stripe.chunk = Chunk::New(this, kChunkBytes);
+          if (stripe.chunk == nullptr) {
+            ReleaseBudget(charge);
+            CountDrop(&run, in.size);
+            return TFDUMP_SUBMIT_DROPPED;
+          }
+        }
+        Chunk* c = stripe.chunk;
+        uint8_t* dst = c->bytes() + c->used;
+        std::memcpy(dst, in.data, in.size);
+        c->used += (in.size + 7) & ~size_t(7);
+        r.data = dst;
+        if (in.size >= kMinAliasedPayload && in.size < options_.zero_copy_threshold) {
+          stripe.recent[stripe.recent_next++ % kRecentCopies] = RecentCopy{dst, in.size};
+        }
+      }
+      ++stripe.chunk_refs_handed;  // one of the chunk's advance references
+      r.owner = stripe.chunk;
       r.release = &Chunk::Release;
+      if (r.aliased) {
+        // Nothing new is held: only the record's own bookkeeping counts
+        // against the budget.
+        const uint64_t bookkeeping = sizeof(Record) + sizeof(int64_t) * static_cast<uint64_t>(r.ndims);
+        if (charge > bookkeeping) ReleaseBudget(charge - bookkeeping);
+        r.charge = bookkeeping < charge ? bookkeeping : charge;
+      }
     }
     stripe.records.push_back(std::move(r));
   }
@@ -484,6 +554,7 @@ EngineStats Engine::Stats() const {
   s.payload_bytes_stored = st_stored_.load();
   s.payload_bytes_deduped = st_deduped_.load();
   s.frames = st_frames_.load();
+  for (const Stripe& st : stripes_) s.payloads_aliased += st.aliased.load(std::memory_order_relaxed);
   s.queued_bytes = queued_bytes_.load();
   s.queue_high_water = high_water_.load();
   s.records_outstanding = outstanding_.load();
@@ -569,7 +640,7 @@ void Engine::BoostWorkers() {
 }
 
 void Engine::MaybeUnboostWorkers() {
-  // Hysteresis: raised at a waiting producer or 3/4 full, back at 1/4 full,
+  // Hysteresis: raised at a waiting producer or half full, back at 1/4 full,
   // so the class does not flip on every frame.
   auto calm = [&] {
     return budget_waiters_.load() == 0 && flushing_.load() == 0 && !shutdown_.load() &&

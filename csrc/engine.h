@@ -24,6 +24,11 @@
 
 namespace tfdump {
 
+// Copied payloads at least this large are compared with the few copied just
+// before on the same thread (Record::aliased); smaller ones cost less to copy
+// and hash again.
+constexpr size_t kMinAliasedPayload = 128;
+
 enum class Backpressure : int { kBlock = 0, kDrop = 1 };
 
 struct EngineOptions {
@@ -62,6 +67,10 @@ struct EngineStats {
   uint64_t payload_bytes_stored = 0;   // distinct payload bytes laid out in frames
   uint64_t payload_bytes_deduped = 0;  // payload bytes not stored again thanks to dedup
   uint64_t frames = 0;
+  // Records whose payload equals one copied just before on the same thread
+  // (pass-through ops: Identity, Switch, Merge, ...): stored as a reference
+  // to that copy, neither copied nor hashed again.
+  uint64_t payloads_aliased = 0;
   uint64_t queued_bytes = 0, queue_high_water = 0;
   uint64_t records_outstanding = 0;
   // Writer-thread scheduling (see Engine::EnterWorker).
@@ -99,6 +108,12 @@ struct Record {
   void* owner = nullptr;
   tfdump_release_fn release = nullptr;
   uint64_t charge = 0;
+  // The payload is another record's copy (same bytes, same address): it
+  // charges only its bookkeeping, and its hash is looked up by address. It
+  // still counts its size towards a frame's worth of records, so frames (and
+  // the time a worker holds a stripe's lock to take them) stay as large as
+  // before.
+  bool aliased = false;
 };
 
 // Leaves new elements uninitialized: the frame's data block is resized and
@@ -188,7 +203,7 @@ class Engine {
   // thread itself). The engine records the thread's kernel id and puts it in
   // the background class (SCHED_IDLE when `idle`, at least nice
   // `background_nice`) so it uses only CPU that TF leaves; whenever a
-  // producer waits for queue room, the queue passes 3/4 full, or a flush or
+  // producer waits for queue room, the queue passes 1/2 full, or a flush or
   // shutdown waits, every writer is raised to SCHED_OTHER at the thread's
   // own nice, and dropped back once the queue is under 1/4 full and nobody
   // waits. A background that this process could not undo (leaving
@@ -212,6 +227,13 @@ class Engine {
   // Adds `n` settled records to run `run_id` (one atomic add per run per frame).
   void CountCommitted(uint32_t run_id, uint64_t n);
   struct Chunk;
+  // A payload copied into the stripe's current chunk, remembered so that an
+  // equal payload right after it (a pass-through op's output) can refer to it.
+  struct RecentCopy {
+    const uint8_t* data = nullptr;
+    size_t size = 0;
+  };
+  static constexpr size_t kRecentCopies = 8;
   struct Stripe {
     std::mutex mu;
     // records[head, size) wait for a worker. A vector reused step after step
@@ -220,6 +242,19 @@ class Engine {
     std::vector<Record> records;
     size_t head = 0;
     Chunk* chunk = nullptr;  // per-producer copy buffer for small payloads
+    // References to `chunk` handed to records since it became current: the
+    // chunk was created holding a large advance of references, and the
+    // unused part is given back when it is retired (RetireChunk), so that
+    // producers never touch the chunk's atomic count per record (it bounces
+    // between the producer's and the workers' cores otherwise).
+    int chunk_refs_handed = 0;
+    RecentCopy recent[kRecentCopies];
+    unsigned recent_next = 0;
+    // Records stored as references (stats). Written under `mu` by the
+    // producers only; read without it by Stats(), which must never take a
+    // producer's lock: a background-class writer preempted while holding it
+    // would stall TF's thread.
+    std::atomic<uint64_t> aliased{0};
   };
   struct KeyInfo {
     int32_t slot;
@@ -233,6 +268,10 @@ class Engine {
   void ReleaseBudget(uint64_t charge);
   void CountDrop(RunState* run, uint64_t bytes);
   void ReleaseRecord(Record& r);
+  // Releases `n` records' owners; consecutive records of one chunk give back
+  // their references at once.
+  void ReleaseRecords(Record* records, size_t n);
+  void RetireChunk(Stripe& s);
 
   // NextFrame's steps (engine_frames.cc), in order.
   struct FrameScratch;

@@ -115,6 +115,10 @@ struct Engine::FrameScratch {
   FrameCtx ctx;                                 // distinct attached blobs
   std::vector<Prepared> prepared;               // per record, after encoding
   FlatSet<Hash128, Hash128Hasher> frame_hashes;  // payloads stored in this frame or earlier ones
+  // Hashes of this frame's copied payloads by address: an aliased record
+  // (Record::aliased) shares its payload's address with an earlier record,
+  // whose hash it reuses instead of hashing the bytes again.
+  FlatMap<PtrKey, Hash128, PtrKeyHash> copied;
 };
 
 void Engine::StoreBlob(Frame* frame, const Hash128& h, const uint8_t* p, size_t n, uint32_t elem_size, bool numeric,
@@ -225,6 +229,7 @@ void Engine::EncodeAndHash(Frame* frame, FrameScratch* scratch) {
   FrameCtx& ctx = scratch->ctx;
   ctx.memo.Clear();
   ctx.uniques.clear();
+  scratch->copied.Clear();
   const uint64_t frame_id = g_frame_ids.fetch_add(1, std::memory_order_relaxed);
   std::vector<Prepared>& prepared = scratch->prepared;
   if (prepared.size() < frame->records.size()) prepared.resize(frame->records.size());
@@ -243,11 +248,24 @@ void Engine::EncodeAndHash(Frame* frame, FrameScratch* scratch) {
       }
       p.main = reinterpret_cast<const uint8_t*>(p.encoded.data());
       p.main_len = p.encoded.size();
+      if (p.main_len > 0) p.main_hash = HashBytes(p.main, p.main_len);
     } else {
       p.main = r.data;
       p.main_len = r.size;
+      if (p.main_len == 0) continue;
+      if (r.aliased) {
+        // Same address, same bytes: an earlier record of this frame, or one
+        // of an earlier frame (then hashed here once).
+        auto slot = scratch->copied.TryEmplace(PtrKey{p.main, p.main_len}, Hash128{0, 0});
+        if (slot.second) *slot.first = HashBytes(p.main, p.main_len);
+        p.main_hash = *slot.first;
+      } else {
+        p.main_hash = HashBytes(p.main, p.main_len);
+        if (r.owner != nullptr && r.encode == nullptr && p.main_len >= kMinAliasedPayload) {
+          scratch->copied.TryEmplace(PtrKey{p.main, p.main_len}, p.main_hash);
+        }
+      }
     }
-    if (p.main_len > 0) p.main_hash = HashBytes(p.main, p.main_len);
   }
 }
 
@@ -356,16 +374,16 @@ void Engine::CommitFrame(std::unique_ptr<Frame> frame, int status) {
   // per run of consecutive records, after the frame reached the disk.
   uint32_t settled_run = 0;
   uint64_t settled = 0;
-  for (Record& r : frame->records) {
+  for (const Record& r : frame->records) {
     if (r.run_id != settled_run) {
       CountCommitted(settled_run, settled);
       settled_run = r.run_id;
       settled = 0;
     }
     ++settled;
-    ReleaseRecord(r);
   }
   CountCommitted(settled_run, settled);
+  ReleaseRecords(frame->records.data(), frame->records.size());
   ReleaseBudget(frame->charge);
   const uint64_t n = frame->records.size();
   // Reused with its buffers, unless a large tensor made them large: idle

@@ -496,6 +496,7 @@ cdef class NativeEngine:
                 "tensors_dropped": s.tensors_dropped, "bytes_dropped": s.bytes_dropped,
                 "tensors_written": s.tensors_written, "payload_bytes_stored": s.payload_bytes_stored,
                 "payload_bytes_deduped": s.payload_bytes_deduped, "frames": s.frames,
+                "payloads_aliased": s.payloads_aliased,
                 "queued_bytes": s.queued_bytes, "queue_high_water": s.queue_high_water,
                 "records_outstanding": s.records_outstanding,
                 "worker_boosts": s.worker_boosts, "workers_boosted": bool(s.workers_boosted),

@@ -35,6 +35,7 @@ cdef extern from "engine.h" namespace "tfdump" nogil:
     cdef cppclass EngineStats:
         uint64_t tensors_accepted, bytes_accepted, tensors_dropped, bytes_dropped
         uint64_t tensors_written, payload_bytes_stored, payload_bytes_deduped, frames
+        uint64_t payloads_aliased
         uint64_t queued_bytes, queue_high_water, records_outstanding
         uint64_t worker_boosts
         bool workers_boosted

@@ -43,6 +43,19 @@ _FAST_ZSTD_LEVEL = -5
 _HIGH_WATER = 0.5
 _RAW_WATER = 0.8
 _LOW_WATER = 0.25
+# The ladder's last step (raw) is taken only where compression measurably
+# gives little: when the fast level's data blocks shrank to at least this
+# fraction of their size (raw then costs at most ~10% more bytes). Data that
+# compresses well (post-ReLU activations, loop states: 0.1-0.2) stays
+# compressed under load instead of silently growing 5-7x on disk.
+_RAW_ONLY_ABOVE_RATIO = 0.9
+# Data blocks that zstd shrinks by less than this are stored raw at any
+# queue fill (conv weights and gradients: ~0.93 at level 1), the CPU is
+# better spent elsewhere; every _PROBE_EVERY-th such frame is compressed
+# anyway to notice when the data changes.
+_INCOMPRESSIBLE_RATIO = 0.97
+_PROBE_EVERY = 16
+_MIN_MEASURED_BYTES = 64 << 10   # smaller data blocks say little about the ratio
 _META_LEVEL = 3
 
 
@@ -100,6 +113,9 @@ class DumpWriter:
     workers : int, default 2
         Writer threads; each writes its own shard file.
     codec : {"zstd", "raw"}, default "zstd"
+        With zstd, a frame whose data measurably does not compress at its
+        level (the running ratio >= 0.97, e.g. random-like weights) is stored
+        raw; every 16th such frame is compressed to keep measuring.
     level : int, default 1
         zstd level (negative levels are faster).
     shuffle : bool, default True
@@ -112,7 +128,9 @@ class DumpWriter:
     allow_existing : bool, default False
         Append to a non-empty session root (several writers may share one).
     backoff : bool, default True
-        Step down to cheaper compression while the queue stays above half full.
+        Step down to cheaper compression while the queue stays above half
+        full: zstd -5, then, above 80% full, raw, but only where the measured
+        ratio says raw costs at most ~10% more bytes.
     sink : {"disk", "null"}, default "disk"
         ``"null"`` accepts and discards every tensor: the capture floor.
     zero_copy_threshold : int, default 64 KiB
@@ -230,6 +248,9 @@ class DumpWriter:
         self._frames_by_codec: Dict[str, int] = {}
         self._codec_state = "configured"
         self._codec_changes: List[Dict[str, Any]] = []
+        self._codec_ratio = CodecRatios()
+        self._frames_uncompressible = 0
+        self._incompressible_seen = 0
         self._attachments_stored: set = set()
         self._flush_timeout_ms = max(1, int(flush_interval * 1000))
 
@@ -645,9 +666,13 @@ class DumpWriter:
             ``tensors_dropped``, ``bytes_dropped``, ``bytes_written`` (on disk),
             ``payload_bytes_stored`` / ``payload_bytes_deduped``,
             ``queue_high_water``, ``queued_bytes``, ``frames_by_codec``,
-            ``codec_state``, ``codec_changes``, ``disk_budget_exceeded``,
-            ``durability_late`` (durability write-outs that passed
-            ``durability_s``), ``error``;
+            ``codec_state``, ``codec_changes``, ``codec_ratios`` (measured
+            compressed/raw data-block size per zstd level),
+            ``frames_uncompressible`` (frames stored raw because their data
+            measurably did not compress), ``payloads_aliased`` (records stored
+            as a reference to an equal payload copied just before),
+            ``disk_budget_exceeded``, ``durability_late`` (durability
+            write-outs that passed ``durability_s``), ``error``;
             after the session root was deleted, ``tensors_written`` is 0 and
             ``tensors_lost`` counts what was written there.
         """
@@ -657,6 +682,8 @@ class DumpWriter:
             "frames_by_codec": dict(self._frames_by_codec),
             "codec_state": self._codec_state,
             "codec_changes": len(self._codec_changes),
+            "codec_ratios": self._codec_ratio.snapshot(),
+            "frames_uncompressible": self._frames_uncompressible,
             "disk_budget_exceeded": self._disk_budget_hit,
             "durability_late": self._durability_late,
             "error": str(self._error) if self._error else None,
@@ -993,16 +1020,23 @@ class DumpWriter:
             self._add_written(sum(len(p) for p in parts))
 
     def _choose_codec(self):
-        """(codec, level) for the next frame, following the back-off ladder."""
+        """(codec, level) for the next frame: the back-off ladder, bounded by
+        the compression ratios measured on earlier frames (``CodecRatios``)."""
         configured = (self.options["codec"], self.options["level"] if self.options["codec"] == "zstd" else 0)
-        if not self.options["backoff"] or self.options["codec"] == "raw":
+        if self.options["codec"] == "raw":
             return configured
+        if not self.options["backoff"]:
+            return self._skip_if_incompressible(configured)
         fill = self._engine.stats()["queued_bytes"] / self.options["queue_bytes"]
         state = self._codec_state
-        if fill >= _RAW_WATER:
+        fast_level = min(_FAST_ZSTD_LEVEL, configured[1])
+        if fill >= _RAW_WATER and self._codec_ratio.raw_costs_little(fast_level, configured[1]):
             new_state = "raw"
         elif fill >= _HIGH_WATER and state == "configured":
             new_state = "fast"
+        elif fill >= _HIGH_WATER and state == "raw" and not self._codec_ratio.raw_costs_little(
+                fast_level, configured[1]):
+            new_state = "fast"  # the data changed: it compresses again
         elif fill < _LOW_WATER:
             new_state = "configured"
         else:
@@ -1022,8 +1056,22 @@ class DumpWriter:
         if state == "raw":
             return ("raw", 0)
         if state == "fast":
-            return ("zstd", min(_FAST_ZSTD_LEVEL, configured[1]))
-        return configured
+            return self._skip_if_incompressible(("zstd", fast_level))
+        return self._skip_if_incompressible(configured)
+
+    def _skip_if_incompressible(self, choice):
+        """``choice``, or raw when zstd at its level measurably does not
+        shrink the data (every ``_PROBE_EVERY``-th such frame is compressed
+        anyway, to keep the measurement current)."""
+        codec, level = choice
+        if codec != "zstd" or not self._codec_ratio.incompressible(level):
+            return choice
+        with self._lock:
+            self._incompressible_seen += 1
+            probe = self._incompressible_seen % _PROBE_EVERY == 0
+            if not probe:
+                self._frames_uncompressible += 1
+        return choice if probe else ("raw", 0)
 
     def _worker_main(self, k: int) -> None:
         # The engine owns the thread's scheduling class: it raises it from
@@ -1066,6 +1114,8 @@ class DumpWriter:
                 comp = compressors[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
         parts = frames.encode_frame(_native.FRAME_KIND_DATA, frame.table, frame.data, frame.n_entries, comp,
                                     level, compress_empty_data=True)
+        if comp is not None:
+            self._codec_ratio.record(level, len(frame.data), len(parts[2]))
         total = sum(len(p) for p in parts)
         limit = self.options["disk_limit_bytes"]
         if limit is not None:
@@ -1118,6 +1168,49 @@ _WRITER_EVENTS = frozenset(("writer_open", "run_begin", "run_end", "drops", "cod
                             "disk_budget_exceeded", "writer_error", "writer_close"))
 _EVENT_FIELDS = ("event", "wall_us", "writer_id")
 _EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+class CodecRatios:
+    """What zstd gives on this writer's data: per level, an exponentially
+    weighted mean of compressed / raw data-block size over recent frames.
+
+    Constants tuned on one machine and one model do not fit all data (loop
+    states and post-ReLU activations shrink to 0.1-0.2, conv weights and
+    gradients barely at all); the writer decides from these measurements
+    whether compressing pays and whether falling back to raw under load costs
+    little. Updated by the workers (a benign race: a lost update only delays
+    the mean by one frame).
+    """
+
+    _WEIGHT = 0.25
+
+    def __init__(self):
+        self._ratio: Dict[int, float] = {}
+
+    def record(self, level: int, raw_len: int, compressed_len: int) -> None:
+        if raw_len < _MIN_MEASURED_BYTES:
+            return
+        r = compressed_len / raw_len
+        old = self._ratio.get(level)
+        self._ratio[level] = r if old is None else old + self._WEIGHT * (r - old)
+
+    def ratio(self, level: int) -> Optional[float]:
+        return self._ratio.get(level)
+
+    def incompressible(self, level: int) -> bool:
+        r = self._ratio.get(level)
+        return r is not None and r >= _INCOMPRESSIBLE_RATIO
+
+    def raw_costs_little(self, fast_level: int, level: int) -> bool:
+        """Whether raw frames would cost at most ~10% more bytes than
+        compressed ones: judged from the fast level, else the configured one;
+        True while nothing is measured (the ladder as configured)."""
+        r = self._ratio.get(fast_level, self._ratio.get(level))
+        return r is None or r >= _RAW_ONLY_ABOVE_RATIO
+
+    def snapshot(self) -> Dict[str, float]:
+        return {f"zstd:{lvl}": round(r, 4) for lvl, r in sorted(self._ratio.items())}
+
 
 # Fields of run_begin / run_end events that the writer sets itself; metadata
 # may not override them (a reader would attribute the run's tensors wrongly).

@@ -69,14 +69,14 @@ CHILD = textwrap.dedent("""
 BUSY = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True:\n    pass\n"
 
 
-def kill_during_training(tmp_path, trial, rng):
-    root = tmp_path / f"dump{trial}"
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
+def kill_at_random_point(script, root, seconds, rng, kill_window, busy_cpu=None, env_extra=None):
+    """Run ``script root cpu seconds`` pinned to one CPU (optionally with a
+    busy process on it), SIGKILL it ``kill_window`` s (uniform) after it
+    prints READY; return (its END lines split into fields, the kill time)."""
     cpu = sorted(os.sched_getaffinity(0))[-1]
-    env = dict(os.environ, PYTHONPATH=SRC, TF_CPP_MIN_LOG_LEVEL="2")
-    busy = subprocess.Popen([sys.executable, "-c", BUSY, str(cpu)])
-    child = subprocess.Popen([sys.executable, str(script), str(root), str(cpu), "4.0"], env=env,
+    env = dict(os.environ, PYTHONPATH=SRC, **(env_extra or {}))
+    busy = subprocess.Popen([sys.executable, "-c", BUSY, str(cpu)]) if busy_cpu else None
+    child = subprocess.Popen([sys.executable, str(script), str(root), str(cpu), str(seconds)], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     lines = []
     try:
@@ -84,7 +84,7 @@ def kill_during_training(tmp_path, trial, rng):
         assert first.startswith("READY"), first
         reader = threading.Thread(target=lambda: lines.extend(child.stdout), daemon=True)
         reader.start()
-        time.sleep(rng.uniform(2.5, 6.0))
+        time.sleep(rng.uniform(*kill_window))
         kill_at = time.monotonic()
         if child.poll() is None:
             child.send_signal(signal.SIGKILL)
@@ -94,12 +94,21 @@ def kill_during_training(tmp_path, trial, rng):
         reader.join(timeout=10)
     finally:
         for p in (busy, child):
-            if p.poll() is None:
+            if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
-    ends = {int(l.split()[1]): float(l.split()[2]) for l in lines if l.startswith("END")}
+    return [l.split() for l in lines if l.startswith("END")], kill_at, "CLOSED" in "".join(lines)
+
+
+def kill_during_training(tmp_path, trial, rng):
+    root = tmp_path / f"dump{trial}"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    end_lines, kill_at, closed = kill_at_random_point(script, root, 4.0, rng, (2.5, 6.0), busy_cpu=True,
+                                                      env_extra={"TF_CPP_MIN_LOG_LEVEL": "2"})
+    ends = {int(f[1]): float(f[2]) for f in end_lines}
     due = sorted(i for i, t in ends.items() if t < kill_at - DURABILITY_S)
-    return root, due, len(ends), "CLOSED" in "".join(lines)
+    return root, due, len(ends), closed
 
 
 def test_kill9_keeps_every_run_that_ended_2s_before(tmp_path):
@@ -159,27 +168,8 @@ def kill_back_to_back(tmp_path, trial, rng):
     root = tmp_path / f"b2b{trial}"
     script = tmp_path / "b2b.py"
     script.write_text(BACK_TO_BACK)
-    cpu = sorted(os.sched_getaffinity(0))[-1]
-    env = dict(os.environ, PYTHONPATH=SRC)
-    child = subprocess.Popen([sys.executable, str(script), str(root), str(cpu), "5.0"], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    lines = []
-    try:
-        first = child.stdout.readline()
-        assert first.startswith("READY"), first
-        reader = threading.Thread(target=lambda: lines.extend(child.stdout), daemon=True)
-        reader.start()
-        time.sleep(rng.uniform(2.5, 5.5))
-        kill_at = time.monotonic()
-        if child.poll() is None:
-            child.send_signal(signal.SIGKILL)
-        child.wait(timeout=300)  # see kill_during_training
-        reader.join(timeout=10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    ends = {int(l.split()[1]): (float(l.split()[2]), int(l.split()[3])) for l in lines if l.startswith("END")}
+    end_lines, kill_at, _ = kill_at_random_point(script, root, 5.0, rng, (2.5, 5.5))
+    ends = {int(f[1]): (float(f[2]), int(f[3])) for f in end_lines}
     due = sorted(i for i, (t, _) in ends.items() if t < kill_at - DURABILITY_S)
     queued_at_end = sum(1 for _, q in ends.values() if q > 0)
     return root, due, ends, queued_at_end

@@ -3,6 +3,7 @@ it finds tfdump_fast, the environment of a child, and progress on stderr."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from typing import Dict
@@ -29,6 +30,20 @@ def ensure_tfdump_importable() -> None:
             sys.path.insert(0, src)
 
 
+def _children_need_src() -> bool:
+    """Whether children must import tfdump_fast from REPO/src: when this
+    process does (a checkout built in place) or cannot import it at all. An
+    installed package wins otherwise: an unbuilt src/ (a fresh clone that was
+    `pip install`ed) has no compiled extensions."""
+    src = os.path.join(REPO, "src")
+    if not os.path.isdir(os.path.join(src, "tfdump_fast")):
+        return False
+    spec = importlib.util.find_spec("tfdump_fast")
+    if spec is None or not spec.origin:
+        return True
+    return os.path.realpath(spec.origin).startswith(os.path.realpath(src) + os.sep)
+
+
 def child_env() -> Dict[str, str]:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -36,7 +51,7 @@ def child_env() -> Dict[str, str]:
     # runs may get near it, and a silent stop would flatter tfdbg.
     env.setdefault("TFDBG_DISK_BYTES_LIMIT", str(1 << 50))
     paths = [REPO]
-    if os.path.isdir(os.path.join(REPO, "src", "tfdump_fast")):
+    if _children_need_src():
         paths.append(os.path.join(REPO, "src"))
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])

@@ -166,7 +166,9 @@ def trace(run, *, start: Optional[str] = None, exclude: Optional[Sequence[str]] 
         (the start's summary), ``path`` (one step per op from the start to
         the origin: ``tensor``, ``op``, ``device``, ``record`` summary,
         ``inputs`` -- each with ``tensor``, ``op``, ``fed_as`` / ``feed``,
-        ``dumped``, ``bad``, ``stats``), ``origin`` (the last step) and
+        ``dumped``, ``bad``, ``stats``; ``created_at``: where the user's code
+        created the op, ``file``, ``line``, ``function``, or None when the
+        store did not record it), ``origin`` (the last step) and
         ``graphs`` (False when the run stored none: the path then stops at
         the start).
     """
@@ -192,7 +194,8 @@ def trace(run, *, start: Optional[str] = None, exclude: Optional[Sequence[str]] 
         info = graph.nodes.get(node)
         step = {"tensor": rec.tensor_name, "op": info.op if info else None,
                 "device": info.device if info else rec.device, "record": record_summary(rec, run),
-                "fed_as": graph.feed_of(node), "inputs": []}
+                "fed_as": graph.feed_of(node), "created_at": created_at(run, node, graph.feed_of(node)),
+                "inputs": []}
         path.append(step)
         nxt = None
         if info is not None:
@@ -204,6 +207,17 @@ def trace(run, *, start: Optional[str] = None, exclude: Optional[Sequence[str]] 
         rec = nxt
     return {"run": run.name, "global_step": run.global_step, "first_bad": first, "path": path,
             "origin": path[-1], "graphs": bool(len(graph))}
+
+
+def created_at(run, node: str, fed_as: Optional[str] = None) -> Optional[dict]:
+    """``{"file", "line", "function"}`` of the user code that created
+    ``node`` (for a fed ``_arg_`` node: the fed tensor's op), else None."""
+    site = run.creation_site(node)
+    if site is None and fed_as:
+        site = run.creation_site(fed_as)
+    if site is None:
+        return None
+    return {"file": site[0], "line": site[1], "function": site[2]}
 
 
 def _input_entry(run, graph, tensor: str, before: int) -> Tuple[dict, Optional[object]]:

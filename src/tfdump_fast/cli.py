@@ -427,6 +427,8 @@ def cmd_trace(args) -> int:
         print("%s%s%s  %s%s  %s" % ("  " * (depth + 1), "<- " if depth else "", step["tensor"], step["op"] or "?",
                                     fed, _shape(rec["shape"])))
         print("%s     output: %s" % ("  " * depth, _stats_text(rec["stats"])))
+        if step.get("created_at"):
+            print("%s     created at %s" % ("  " * depth, _site_text(step["created_at"])))
         for inp in step["inputs"]:
             what = inp["op"] or "?"
             if inp["feed"]:
@@ -436,15 +438,24 @@ def cmd_trace(args) -> int:
             else:
                 state = ("BAD " if inp["bad"] else "") + _stats_text(inp["stats"])
             print("%s     input %s (%s): %s" % ("  " * depth, inp["tensor"], what, state))
+    if origin.get("created_at"):
+        where = " -- created at %s" % _site_text(origin["created_at"])
+    else:
+        where = ""
     if origin["fed_as"]:
         print("origin: the fed input %s (stored as %s) holds inf or nan: it came in with the feed" % (
             origin["fed_as"], origin["tensor"]))
     elif all(i["bad"] is False for i in origin["inputs"]):
-        print("origin: %s (op %s): its inputs are finite, its output is not" % (origin["tensor"], origin["op"] or "?"))
+        print("origin: %s (op %s): its inputs are finite, its output is not%s" % (
+            origin["tensor"], origin["op"] or "?", where))
     else:
         print("origin: %s (op %s): the first op on the path without a bad dumped input (inputs not dumped "
-              "cannot be checked)" % (origin["tensor"], origin["op"] or "?"))
+              "cannot be checked)%s" % (origin["tensor"], origin["op"] or "?", where))
     return EXIT_PROBLEM
+
+
+def _site_text(site: dict) -> str:
+    return "%s:%d in %s" % (site["file"], site["line"], site["function"])
 
 
 def _runs_for(reader, args):

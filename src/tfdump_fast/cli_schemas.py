@@ -43,8 +43,10 @@ _SUMMARY = _obj({"index": _INT, "watch_key": _STR, "tensor": _STR, "device": _ST
 _INPUT = _obj({"tensor": _STR, "op": _OPT_STR, "feed": _OPT_STR, "dumped": {"type": "boolean"},
                "bad": {"type": ["boolean", "null"]}, "stats": _STATS}, {"via": _STR})
 
+#: where the user's code created an op (None: not recorded)
+_SITE = {"oneOf": [{"type": "null"}, _obj({"file": _STR, "line": _INT, "function": _STR})]}
 _STEP = _obj({"tensor": _STR, "op": _OPT_STR, "device": _STR, "record": _SUMMARY, "fed_as": _OPT_STR,
-              "inputs": {"type": "array", "items": _INPUT}})
+              "created_at": _SITE, "inputs": {"type": "array", "items": _INPUT}})
 
 SCHEMAS = {
     "ls": _obj({"root": _STR, "writers": _INT, "bytes_on_disk": _INT, "tasks": {"type": "array", "items": _STR}, "runs": {"type": "array", "items": _RUN}}),

@@ -28,6 +28,7 @@ from tfdump_fast.bridge import get_bridge
 from tfdump_fast.cluster import ClusterCoverage
 from tfdump_fast.errors import TfdumpError, TfdumpUsageError
 from tfdump_fast.tfdbg_limit import TfdbgByteLimit
+from tfdump_fast.creation_sites import CreationSiteRecorder
 from tfdump_fast.published import CORE_METADATA_KEYS, PublishDirectory
 from tfdump_fast.run_names import IoNames, NamesCache
 from tfdump_fast.sampling import StepSampler, as_sampler
@@ -165,6 +166,7 @@ class Dumper:
             weakref.WeakKeyDictionary()
         self._executors_by_id: Dict[int, Dict[tuple, Executor]] = {}
         self._watches = WatchCache()
+        self.creation_sites = CreationSiteRecorder()
         self.cluster = ClusterCoverage(owner)
         self.names = NamesCache()
         self._logged: set = set()
@@ -241,6 +243,8 @@ class Dumper:
             self._log_once("begin", "tfdump-fast: %s could not start a debugged run; running "
                                     "Session.run without debugging: %s", self.owner, exc)
             return None
+        # once per graph (and per version of it): where the user's code created each op
+        self.creation_sites.maybe_record(graph, self.writer.record_event)
         thread_id = threading.get_ident()
         call_index = int(metadata.get("session_run_call", 1)) - 1
         if n_watches == 0:

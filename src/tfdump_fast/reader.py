@@ -40,7 +40,8 @@ import numpy as np
 
 from tfdump_fast import _native
 from tfdump_fast.dtypes import dtype_name
-from tfdump_fast.graph import GraphInfo, NodeInfo
+from tfdump_fast.creation_sites import EVENT_NAME as CREATION_SITES_EVENT, sites_from_events
+from tfdump_fast.graph import GraphInfo, NodeInfo, split_tensor
 from tfdump_fast.errors import (
     TfdumpClosedError,
     TfdumpFormatError,
@@ -400,6 +401,13 @@ class Run:
             raise TfdumpNotFoundError("run %s stored no partition graphs" % self.name)
         return graph.node(name)
 
+    def creation_site(self, name: str) -> Optional[Tuple[str, int, str]]:
+        """``(file, line, function)`` where the user's code created the op
+        ``name`` (``node`` or ``node:slot``), from the store's
+        ``op_creation_sites`` events; None when not recorded (older stores,
+        ops created by TensorFlow's own code, nodes TensorFlow added)."""
+        return self._reader.creation_sites().get(split_tensor(name)[0])
+
     # ---- lookup
 
     def _key_rows(self) -> Dict[int, np.ndarray]:
@@ -719,6 +727,7 @@ class DumpReader:
         self.payloads = PayloadReader(self.index, self.blocks)
         self.decoder = ValueDecoder(self.index, self.payloads)
         self._graph_infos: Dict[tuple, GraphInfo] = {}
+        self._creation_sites: Optional[Dict[str, Tuple[str, int, str]]] = None
         self._check_root()
         self.refresh()
 
@@ -974,6 +983,15 @@ class DumpReader:
             if info is None:
                 info = self._graph_infos[key] = GraphInfo(g for _, g in load())
         return info
+
+    def creation_sites(self) -> Dict[str, Tuple[str, int, str]]:
+        """op name -> ``(file, line, function)`` of the user code that
+        created it (``op_creation_sites`` events, docs/FORMAT.md); empty
+        when the store recorded none. Read once."""
+        with self._lock:
+            if self._creation_sites is None:
+                self._creation_sites = sites_from_events(self.events(CREATION_SITES_EVENT))
+            return self._creation_sites
 
     @property
     def torn_tails(self) -> Dict[str, int]:

@@ -136,6 +136,8 @@ def writer_stores(tmp_path):
     with DumpWriter(root) as w:
         w.record_event("tfdbg_byte_limit_reached", limit_bytes=10, tensor_bytes=8)
         w.record_event("tf_publish_degraded", reason="TensorFlow's ram:// file system is unusable (...)")
+        w.record_event("op_creation_sites", graph_version=3, first_op=0, ops=2, files=["train.py"],
+                       sites={"log": [0, 12, "model"]})
     roots.append(root)
 
     # A full disk: writer_error, then the lost frame as drops.

@@ -73,6 +73,14 @@ def test_trace_names_the_line_that_created_the_origin_op(dump, capsys):
     where = "created at %s:%d in log_graph" % (THIS_FILE, LOG_LINE)
     assert code == 1 and "origin: features/log:0 (op Log)" in out and where in out
 
+    code = main(["show", dump, "1", "features/log:0"])
+    out = capsys.readouterr().out
+    assert code == 0 and where in out
+    code = main(["show", dump, "1", "features/log:0", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    jsonschema.validate(doc, SCHEMAS["show_tensor"])
+    assert doc["created_at"] == {"file": THIS_FILE, "line": LOG_LINE, "function": "log_graph"}
+
 
 def test_sites_are_recorded_once_per_graph_not_per_run(dump):
     events = DumpReader(dump).events("op_creation_sites")

@@ -267,7 +267,7 @@ def _run_overview(run, args) -> int:
 
 
 def cmd_show(args) -> int:
-    from tfdump_fast.analysis import record_summary, resolve_tensor
+    from tfdump_fast.analysis import created_at, record_summary, resolve_tensor
     from tfdump_fast.tensor_stats import apply_slice, nonfinite_elements, parse_slice, split_slice, tensor_stats
 
     reader = _open(args.root)
@@ -314,6 +314,7 @@ def cmd_show(args) -> int:
             summary["slice_shape"] = list(np.shape(value))
         summary["execution"] = i
         shown.append((rec, value, summary))
+    site = created_at(run, recs[0].node_name, run.graph().feed_of(recs[0].node_name)) if recs else None
     if args.json:
         docs = []
         for rec, value, summary in shown:
@@ -323,7 +324,7 @@ def cmd_show(args) -> int:
                 summary["value"] = repr(value)
             docs.append(summary)
         _emit_json({"run": run.name, "global_step": run.global_step, "tensor": resolved, "slice": index_text,
-                    "executions": len(recs), "shown": docs})
+                    "executions": len(recs), "created_at": site, "shown": docs})
         return EXIT_OK
     np_opts = {"threshold": args.max_elements, "edgeitems": 3, "linewidth": 100}
     for rec, value, summary in shown:
@@ -332,6 +333,8 @@ def cmd_show(args) -> int:
             len(recs), rec.device))
         if resolved != name and resolved.startswith(name + " (fed as"):
             print("  fed input %s" % resolved)
+        if site:
+            print("  created at %s" % _site_text(site))
         print("  dtype %s, shape %s, %s, t=%.3f ms%s" % (
             rec.dtype_name, _shape(rec.shape), _human(rec.nbytes), (rec.wall_us - run.t0) / 1000.0,
             "" if index is None else ", slice shape %s" % _shape(summary["slice_shape"])))

@@ -57,7 +57,8 @@ SCHEMAS = {
             "shape": _SHAPE, "nbytes": _INT, "t_ms": {"type": "number"}})}}),
     "show_tensor": _obj({"run": _STR, "global_step": _OPT_INT, "tensor": _STR, "slice": _OPT_STR,
                          "executions": _INT, "shown": {"type": "array", "items": {"allOf": [_SUMMARY, _obj(
-                             {"execution": _INT, "value": {}}, {"slice_shape": _SHAPE})]}}}),
+                             {"execution": _INT, "value": {}}, {"slice_shape": _SHAPE})]}}},
+                        {"created_at": _SITE}),
     "find": _obj({"searched_runs": _INT, "found": {"type": "boolean"}, "runs": {"type": "array", "items": _obj({
         "run": _STR, "global_step": _OPT_INT, "hits": {"type": "array", "items": _obj({
             "index": _INT, "t_ms": {"type": "number"}, "watch_key": _STR, "device": _STR, "dtype": _STR,

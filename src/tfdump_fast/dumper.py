@@ -26,9 +26,9 @@ from typing import Any, Dict, List, Optional, Tuple
 from tfdump_fast import _native, lifecycle
 from tfdump_fast.bridge import get_bridge
 from tfdump_fast.cluster import ClusterCoverage
+from tfdump_fast.creation_sites import CreationSiteRecorder
 from tfdump_fast.errors import TfdumpError, TfdumpUsageError
 from tfdump_fast.tfdbg_limit import TfdbgByteLimit
-from tfdump_fast.creation_sites import CreationSiteRecorder
 from tfdump_fast.published import CORE_METADATA_KEYS, PublishDirectory
 from tfdump_fast.run_names import IoNames, NamesCache
 from tfdump_fast.sampling import StepSampler, as_sampler

@@ -286,12 +286,12 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
             "fetches": repr(fetches), "feed_keys": feed_keys_repr(feed_dict),
             "session_run_call": call, "thread": threading.current_thread().name,
         }
-        if sampled_at is None:  # no sampler: read it now, for the record
-            sampled_at = self._current_step(session, call)
-        metadata["step"], metadata["global_step"] = sampled_at
         signature = (metadata["fetches"], metadata["feed_keys"])
         if not self._dumper.byte_limit.allows(signature):
             return None
+        if sampled_at is None:  # no sampler: read it now (a Session.run), only for a dumped run
+            sampled_at = self._current_step(session, call)
+        metadata["step"], metadata["global_step"] = sampled_at
         spec = d.watch_spec(fetches, feed_dict)
         graph = session.graph
         # MonitoredSession merges only the watches of a hook's RunOptions, so

@@ -172,14 +172,18 @@ class DumpingDebugWrapperSession(_tf_private.SessionInterface):
             "fetches": repr(meta_fetches), "feed_keys": feed_keys_repr(meta_feeds),
             "session_run_call": call, "thread": threading.current_thread().name,
         }
-        step, global_step = self._current_step(call)  # recorded for every dumped run
-        if d.sampler is not None and not d.sampler.should_sample(step):
-            return plain()
-        metadata["step"], metadata["global_step"] = step, global_step
+        sampled_at = None
+        if d.sampler is not None:
+            sampled_at = self._current_step(call)
+            if not d.sampler.should_sample(sampled_at[0]):
+                return plain()
         signature = (metadata["fetches"], metadata["feed_keys"], metadata.get("callable_fetches"),
                      id(callable_options) if callable_options else None)
         if not self._dumper.byte_limit.allows(signature):
             return plain()
+        if sampled_at is None:  # no sampler: read it now (a Session.run), only for a dumped run
+            sampled_at = self._current_step(call)
+        metadata["step"], metadata["global_step"] = sampled_at
         spec = d.watch_spec(fetches, feed_dict)
         graph = self._sess.graph
         if callable_options:

@@ -163,6 +163,30 @@ def test_tfdbg_disk_bytes_limit_hook(tmp_path, monkeypatch, graph):
     assert hook.stats().get("runs_over_tfdbg_byte_limit") == 2
 
 
+def test_tfdbg_disk_bytes_limit_keeps_callables_apart(tmp_path, monkeypatch):
+    # Two make_callable runners of different fetches are two signatures:
+    # the small one's first run is judged by its own size, not by the big
+    # one's last run (the signature once missed the callable's fetches).
+    g = tf.Graph()
+    with g.as_default():
+        big = tf.identity(tf.zeros([13]), name="big_out")    # 52 bytes per run
+        small = tf.identity(tf.constant(1.0), name="small_out")  # 4 bytes per run
+    monkeypatch.setenv("TFDBG_DISK_BYTES_LIMIT", "100")
+    with tf1.Session(graph=g) as s:
+        wrapped = DumpingDebugWrapperSession(
+            s, str(tmp_path / "dump"), watch_fn=lambda f, d: ("DebugIdentity", r".*_out", r".*"))
+        run_big, run_small = wrapped.make_callable(big), wrapped.make_callable(small)
+        run_big()    # debugged: 52 bytes used
+        run_big()    # 52 + 52 >= 100: not debugged
+        run_small()  # a new signature while 52 < 100: debugged
+        skipped = wrapped.stats()["runs_over_tfdbg_byte_limit"]
+        wrapped.close()
+    runs = DumpReader(str(tmp_path / "dump")).runs
+    assert [sorted(rec.node_name for rec in r.records) for r in runs] == \
+        [["big_out"], ["small_out"]]
+    assert skipped == 1
+
+
 def test_tfdbg_disk_bytes_limit_not_reached(tmp_path, monkeypatch, graph, sess):
     g, v, inc_v, init = graph
     monkeypatch.setenv("TFDBG_DISK_BYTES_LIMIT", "1000")

@@ -172,6 +172,10 @@ class DumpingDebugWrapperSession(_tf_private.SessionInterface):
             "fetches": repr(meta_fetches), "feed_keys": feed_keys_repr(meta_feeds),
             "session_run_call": call, "thread": threading.current_thread().name,
         }
+        if callable_info is not None:
+            # Before the signature: callables with different fetches must not
+            # share one TFDBG_DISK_BYTES_LIMIT signature.
+            metadata["callable_fetches"] = repr(callable_info[0])
         sampled_at = None
         if d.sampler is not None:
             sampled_at = self._current_step(call)
@@ -192,7 +196,6 @@ class DumpingDebugWrapperSession(_tf_private.SessionInterface):
             extra = ("callable_options", id(callable_options))
         elif callable_info is not None:
             c_fetches, c_feed_list = callable_info
-            metadata["callable_fetches"] = repr(c_fetches)
             io_names = d.names.names(graph, c_fetches,
                                      {f: None for f in c_feed_list} if c_feed_list else None)
             extra = ()

@@ -400,19 +400,13 @@ def test_run_failing_on_a_new_executor_still_has_its_partition_graphs(tmp_path):
     assert "before" in dd.nodes() and dd.get_tensors("before", 0, "DebugIdentity")[0].tolist() == [2.0, -4.0]
 
 
-def test_tf_publish_unavailable_never_fails_the_run_and_is_recorded(tmp_path, monkeypatch, caplog):
+def test_tf_publish_unavailable_never_fails_the_run_and_is_recorded(tmp_path, monkeypatch, caplog,
+                                                                   no_ram_filesystem):
     """Without a usable ram:// file system (injected: every call raises what
     TF raises for an unknown scheme) the hook does not ask TF to publish,
     logs one line with the cause and the fix, and the store records it."""
-    import tfdump_fast.published as published_module
 
-    class NoRamFileSystem:
-        def __getattr__(self, name):
-            def unimplemented(*args, **kwargs):
-                raise tf.errors.UnimplementedError(None, None, "File system scheme 'ram' not implemented")
-            return unimplemented
-
-    monkeypatch.setattr(published_module, "_gfile", NoRamFileSystem())
+    no_ram_filesystem()
     g, x, z, train = small_graph()
     hook = DumpingDebugHook(str(tmp_path / "dump"))
     with caplog.at_level("WARNING", logger="tfdump_fast"):

@@ -104,17 +104,11 @@ def test_usage_errors_name_the_problem(tmp_path):
         writer.end_run(run)
 
 
-def test_unusable_ram_file_system_falls_back_to_run_metadata_and_is_recorded(tmp_path, monkeypatch, caplog):
+def test_unusable_ram_file_system_falls_back_to_run_metadata_and_is_recorded(tmp_path, monkeypatch, caplog,
+                                                                             no_ram_filesystem):
     import tfdump_fast.capture as capture_module
-    import tfdump_fast.published as published_module
 
-    class NoRamFileSystem:
-        def __getattr__(self, name):
-            def unimplemented(*args, **kwargs):
-                raise tf.errors.UnimplementedError(None, None, "File system scheme 'ram' not implemented")
-            return unimplemented
-
-    monkeypatch.setattr(published_module, "_gfile", NoRamFileSystem())
+    no_ram_filesystem()
     monkeypatch.setattr(capture_module, "_published", None)
     monkeypatch.setattr(capture_module, "_logged", set())
     g, x, after = failing_graph()

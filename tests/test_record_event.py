@@ -128,17 +128,10 @@ def test_tfdbg_byte_limit_reached_is_recorded_once(tmp_path, monkeypatch):
     assert reader.verify() == []
 
 
-def test_tf_publish_degraded_is_recorded_once(tmp_path, monkeypatch):
-    import tfdump_fast.published as published_module
+def test_tf_publish_degraded_is_recorded_once(tmp_path, monkeypatch, no_ram_filesystem):
     from tfdump_fast.hooks import DumpingDebugHook
 
-    class NoRamFileSystem:
-        def __getattr__(self, name):
-            def unimplemented(*args, **kwargs):
-                raise tf.errors.UnimplementedError(None, None, "File system scheme 'ram' not implemented")
-            return unimplemented
-
-    monkeypatch.setattr(published_module, "_gfile", NoRamFileSystem())
+    no_ram_filesystem()
     g, inc_v = counter_graph()
     hook = DumpingDebugHook(str(tmp_path / "dump"))
     logging.getLogger("tfdump_fast").setLevel(logging.CRITICAL)

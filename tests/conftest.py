@@ -98,19 +98,17 @@ def session_root(tmp_path):
 
 @pytest.fixture
 def no_ram_filesystem(monkeypatch):
-    """Call it to make TensorFlow's ``ram://`` file system look absent to tfdump-fast
+    """Makes TensorFlow's ``ram://`` file system look absent to tfdump-fast
     (every call raises ``UnimplementedError``, as TF does for an unknown scheme)."""
-    def install():
-        import tensorflow as tf
+    import tensorflow as tf
 
-        import tfdump_fast.published as published_module
+    import tfdump_fast.published as published_module
 
-        class NoRamFileSystem:
-            def __getattr__(self, name):
-                def unimplemented(*args, **kwargs):
-                    raise tf.errors.UnimplementedError(
-                        None, None, "File system scheme 'ram' not implemented")
-                return unimplemented
+    class NoRamFileSystem:
+        def __getattr__(self, name):
+            def unimplemented(*args, **kwargs):
+                raise tf.errors.UnimplementedError(
+                    None, None, "File system scheme 'ram' not implemented")
+            return unimplemented
 
-        monkeypatch.setattr(published_module, "_gfile", NoRamFileSystem())
-    return install
+    monkeypatch.setattr(published_module, "_gfile", NoRamFileSystem())

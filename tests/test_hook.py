@@ -405,8 +405,6 @@ def test_tf_publish_unavailable_never_fails_the_run_and_is_recorded(tmp_path, mo
     """Without a usable ram:// file system (injected: every call raises what
     TF raises for an unknown scheme) the hook does not ask TF to publish,
     logs one line with the cause and the fix, and the store records it."""
-
-    no_ram_filesystem()
     g, x, z, train = small_graph()
     hook = DumpingDebugHook(str(tmp_path / "dump"))
     with caplog.at_level("WARNING", logger="tfdump_fast"):

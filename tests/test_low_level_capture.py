@@ -108,7 +108,6 @@ def test_unusable_ram_file_system_falls_back_to_run_metadata_and_is_recorded(tmp
                                                                              no_ram_filesystem):
     import tfdump_fast.capture as capture_module
 
-    no_ram_filesystem()
     monkeypatch.setattr(capture_module, "_published", None)
     monkeypatch.setattr(capture_module, "_logged", set())
     g, x, after = failing_graph()

@@ -131,7 +131,6 @@ def test_tfdbg_byte_limit_reached_is_recorded_once(tmp_path, monkeypatch):
 def test_tf_publish_degraded_is_recorded_once(tmp_path, monkeypatch, no_ram_filesystem):
     from tfdump_fast.hooks import DumpingDebugHook
 
-    no_ram_filesystem()
     g, inc_v = counter_graph()
     hook = DumpingDebugHook(str(tmp_path / "dump"))
     logging.getLogger("tfdump_fast").setLevel(logging.CRITICAL)

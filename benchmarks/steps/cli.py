@@ -59,7 +59,11 @@ Configurations (--configs):
   tfdump               DumpingDebugHook, default options
   tfdump-nodurability  DumpingDebugHook(durability_s=None): the cost of the
                        durability promise is the difference to tfdump
+  tfdump-summary       DumpingDebugHook, debug_ops=["DebugNumericSummary"]: summaries
+                       computed off the step by the bridge (not run by default)
   tfdbg                tf_debug.DumpingDebugHook (slow; not run by default)
+  tfdbg-summary        tf_debug.DumpingDebugHook, debug_ops=["DebugNumericSummary"]:
+                       TF's kernel inside the step (left out where it fails the step)
 
 Regimes (steps per measurement per workload: see PLAN in benchmarks/steps/cli.py):
   short      N=30 steps back to back with a fresh hook (new writer), plus the

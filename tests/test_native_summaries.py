@@ -33,7 +33,9 @@ TF_KERNELS = {
     "v2": set(INTS + FLOATS16 + ["bool", "float32", "float64"]),
 }
 DTYPES = INTS + FLOATS16 + ["float32", "float64", "bool", "complex64", "complex128"]
-SHAPES = {"rand": (3, 5), "empty": (0, 3), "scalar": (), "rank7": (1, 2, 1, 3, 1, 2, 2)}
+# "large" is summarised on the writer threads, the small ones on the TF thread
+# (bridge/summaries.cc: kInlineMaxElements).
+SHAPES = {"rand": (3, 5), "empty": (0, 3), "scalar": (), "rank7": (1, 2, 1, 3, 1, 2, 2), "large": (40, 50)}
 
 
 def _values(dtype, shape, rng):
@@ -49,6 +51,8 @@ def _values(dtype, shape, rng):
     v = (rng.standard_normal(n) * 3).astype(np.float64)
     if n >= 4:
         v[rng.choice(n, 4, replace=False)] = [np.nan, np.inf, -np.inf, 0.0]
+    if n >= 100:  # mostly finite, to the end: many summands for mean and variance
+        v[rng.choice(n, n // 10, replace=False)] = 0.0
     return v.reshape(shape).astype(np_dtype)
 
 

@@ -39,11 +39,14 @@ from benchmarks.steps import cpu
 from benchmarks.steps.load import BackgroundLoad
 
 #: Every configuration, in the order of the tables.
-CONFIGS = ("none", "floor", "tfdump", "tfdump-nodurability", "tfdump-summary", "tfdbg", "tfdbg-summary")
+CONFIGS = ("none", "floor", "tfdump", "tfdump-nodurability", "tfdump-summary", "tfdump-health", "tfdbg",
+           "tfdbg-summary")
 DEFAULT_CONFIGS = ("none", "floor", "tfdump", "tfdump-nodurability")
-HOOK_OPTIONS = {"tfdump": {}, "tfdump-nodurability": {"durability_s": None}, "tfdump-summary": {}}
+HOOK_OPTIONS = {"tfdump": {}, "tfdump-nodurability": {"durability_s": None}, "tfdump-summary": {},
+                "tfdump-health": {}}
 #: Configurations whose watches ask for summaries (every tensor, as the floor's).
-SUMMARY_DEBUG_OPS = {"tfdump-summary": ["DebugNumericSummary"], "tfdbg-summary": ["DebugNumericSummary"]}
+SUMMARY_DEBUG_OPS = {"tfdump-summary": ["DebugNumericSummary"], "tfdump-health": ["FULL_HEALTH"],
+                     "tfdbg-summary": ["DebugNumericSummary"]}
 WRITER_THREAD_PREFIXES = ("tfdump-",)
 WARMUP_STEPS = 2
 
@@ -122,6 +125,13 @@ class Unit:
             return None
         from tensorflow.python import debug as tf_debug
 
+        if self.is_tfdbg:
+            # TF's kernel fails the step on resource / variant tensors: the
+            # dtype allowlist a tfdbg user needs (it still fails on a variant
+            # Enter of a tf1 while loop).
+            from benchmarks.compare.runners import summary_watch_fn
+
+            return summary_watch_fn(tf_debug)
         return lambda fetches, feeds: tf_debug.WatchOptions(debug_ops=list(ops))
 
     def _new_inner(self, root: str):

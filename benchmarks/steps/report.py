@@ -57,7 +57,7 @@ def markdown(results: Dict[str, Any]) -> str:
             f"| {_ms(g('tfdump-nodurability', 'per_step_ms'))} | {_ratio(g('tfdump-nodurability', 'ratio_to_floor'))} "
             f"| {_mb(g('tfdump', 'bytes_per_step'))} | {_ms(g('tfdump', 'disk_bound_ms'))} "
             f"| {_ms(g('tfdump', 'limit_ms'))} | {'-' if within is None else ('yes' if within else '**no**')} |")
-    for other in ("tfdbg", "tfdump-summary", "tfdbg-summary"):
+    for other in ("tfdbg", "tfdump-summary", "tfdump-health", "tfdbg-summary"):
         if not any(other in cfgs for *_, cfgs in _rows(results)):
             continue
         lines += ["", f"| workload | load | regime | {other} ms | {other}/floor | {other} MB/step |",

@@ -27,6 +27,11 @@ using tensorflow::Tensor;
 
 std::atomic<uint64_t> g_submitted{0}, g_skipped{0}, g_muted{0};
 
+// Tensors of at most this many elements are summarised on the TF thread
+// (unless muting applies: a muted record must go through the engine so that
+// the run accounts for it).
+constexpr int64_t kInlineMaxElements = 256;
+
 bool IsV2(SummaryMode m) {
   return m == SummaryMode::kCurtHealth || m == SummaryMode::kConciseHealth ||
          m == SummaryMode::kFullHealth || m == SummaryMode::kShape;
@@ -81,17 +86,23 @@ void NumericSummary(const SummaryAttrs& a, const Tensor& input, std::vector<doub
     element_count = input.NumElements();
     const bool lower_custom = !Eigen::numext::isinf(lower_bound);
     const bool upper_custom = !Eigen::numext::isinf(upper_bound);
+    // TF's loop, with its branches on the sign made branch-free (the same
+    // counts; random signs would mispredict half the time) and the rare
+    // nan / inf moved out of the way. The sum stays one sequential chain in
+    // element order: that is what makes mean and variance bit-identical.
     for (int64_t i = 0; i < element_count; ++i) {
       const double x = static_cast<double>(data[i]);
-      if (Eigen::numext::isnan(x)) {
-        nan_count++;
-      } else if (Eigen::numext::isinf(x)) {
-        if (x < 0.0) {
+      if (TF_PREDICT_FALSE(!std::isfinite(x))) {
+        if (Eigen::numext::isnan(x)) {
+          nan_count++;
+        } else if (x < 0.0) {
           negative_inf_count++;
         } else {
           positive_inf_count++;
         }
-      } else {
+        continue;
+      }
+      if (TF_PREDICT_FALSE(lower_custom || upper_custom)) {
         if (lower_custom && x <= lower_bound) {
           negative_inf_count++;
         } else if (upper_custom && x >= upper_bound) {
@@ -103,18 +114,22 @@ void NumericSummary(const SummaryAttrs& a, const Tensor& input, std::vector<doub
         } else {
           zero_count++;
         }
-        if (x < min) min = x;
-        if (x > max) max = x;
-        non_inf_nan_count++;
-        sum += x;
+      } else {
+        negative_count += x < 0.0;
+        positive_count += x > 0.0;
+        zero_count += x == 0.0;
       }
+      min = x < min ? x : min;
+      max = x > max ? x : max;
+      non_inf_nan_count++;
+      sum += x;
     }
     if (non_inf_nan_count > 0) {
       mean = sum / non_inf_nan_count;
       variance = 0.0;
       for (int64_t i = 0; i < element_count; ++i) {
         const double x = static_cast<double>(data[i]);
-        if (!Eigen::numext::isnan(x) && !Eigen::numext::isinf(x)) variance += (x - mean) * (x - mean);
+        if (TF_PREDICT_TRUE(std::isfinite(x))) variance += (x - mean) * (x - mean);
       }
       variance /= non_inf_nan_count;
     }
@@ -177,35 +192,37 @@ void SummaryV2(SummaryMode mode, const SummaryAttrs& a, const Tensor& tensor, st
     }
     case SummaryMode::kConciseHealth:
     case SummaryMode::kFullHealth: {
-      // [neg_inf, pos_inf, nan, neg, zero, pos]
-      Tout p[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+      // TF counts in Tout (++ on a double); integer counters give the same
+      // values (exact below 2^53) without a chain of dependent double adds,
+      // and the sign tests are branch-free.
+      int64_t neg_inf = 0, pos_inf = 0, nan = 0, neg = 0, zero = 0, pos = 0;
+      const bool full = mode == SummaryMode::kFullHealth;
       for (int64_t i = 0; i < size; ++i) {
         const Tin& y = data[i];
         if (TF_PREDICT_TRUE(Eigen::numext::isfinite(y))) {
-          if (mode == SummaryMode::kFullHealth) {
-            if (y < static_cast<Tin>(0.f)) {
-              ++p[3];
-            } else if (y == static_cast<Tin>(0.f)) {
-              ++p[4];
-            } else {
-              ++p[5];
-            }
+          if (full) {
+            neg += y < static_cast<Tin>(0.f);
+            zero += y == static_cast<Tin>(0.f);
+            pos += !(y < static_cast<Tin>(0.f)) && !(y == static_cast<Tin>(0.f));
           }
         } else if (Eigen::numext::isinf(y)) {
           if (y < static_cast<Tin>(0.f)) {
-            ++p[0];
+            ++neg_inf;
           } else {
-            ++p[1];
+            ++pos_inf;
           }
         } else if (Eigen::numext::isnan(y)) {
-          ++p[2];
+          ++nan;
         }
       }
-      if (mode == SummaryMode::kConciseHealth) {
-        *out = {tensor_id, num_elem, p[0], p[1], p[2]};
+      const Tout d_neg_inf = static_cast<Tout>(neg_inf), d_pos_inf = static_cast<Tout>(pos_inf);
+      const Tout d_nan = static_cast<Tout>(nan);
+      if (!full) {
+        *out = {tensor_id, num_elem, d_neg_inf, d_pos_inf, d_nan};
       } else {
         *out = {tensor_id, -1.0, static_cast<Tout>(tensor.dtype()), static_cast<Tout>(tensor.dims()),
-                num_elem, p[0], p[1], p[2], p[3], p[4], p[5]};
+                num_elem, d_neg_inf, d_pos_inf, d_nan, static_cast<Tout>(neg), static_cast<Tout>(zero),
+                static_cast<Tout>(pos)};
       }
       return;
     }
@@ -372,6 +389,24 @@ int SubmitSummary(const tfdump_engine_api* api, uint32_t run_id, uint32_t key_id
     in.ndims = 1;
     in.dims = &dim;
     in.elem_size = 8;
+    if (!attrs.mute_if_healthy && (!t.IsInitialized() || t.NumElements() <= kInlineMaxElements)) {
+      // A few elements: computing now costs less than a deferred record
+      // (owner, queue, encoder call); the engine copies the summary.
+      thread_local std::vector<double> out;
+      int64_t nan_count = 0;
+      bool muted = false;
+      ComputeSummary(mode, attrs, t, &out, &nan_count, &muted);
+      if (mode == SummaryMode::kNanCount) {
+        in.data = &nan_count;
+        in.size = sizeof(nan_count);
+      } else {
+        in.data = out.data();
+        in.size = out.size() * sizeof(double);
+      }
+      const int rc = api->submit(api->engine, &in);
+      g_submitted.fetch_add(1, std::memory_order_relaxed);
+      return rc;
+    }
     in.encode = EncodeSummaryRecord;
     SummaryOwner* owner = new SummaryOwner{t, mode, attrs};
     in.owner = owner;

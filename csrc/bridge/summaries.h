@@ -5,7 +5,9 @@
 // A TF thread calls SubmitSummary(): it checks that the summary is defined
 // for the tensor (else the tensor is skipped and counted, never an error),
 // keeps a reference to the tensor (no copy) and hands the engine a record
-// whose payload a deferred encoder computes later. The record is the summary
+// whose payload a deferred encoder computes later on a writer thread (tiny
+// tensors, at most 256 elements, are summarised at once: cheaper than a
+// deferred record). The record is the summary
 // only, laid out exactly as TF's kernel lays out its output tensor:
 //
 //   kNumericSummary  float64[14 + rank], DebugNumericSummary's (tfdbg v1):

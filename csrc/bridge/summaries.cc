@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "tensorflow/core/framework/types.h"
+#include "tensorflow/core/platform/denormal.h"
 
 namespace tfdump {
 namespace bridge {
@@ -340,6 +341,10 @@ void ComputeSummary(SummaryMode mode, const SummaryAttrs& attrs, const Tensor& t
   *muted = false;
   out->clear();
   *out_i64 = 0;
+  // TF runs its kernels with denormals flushed to zero (and read as zero):
+  // a subnormal float counts as a zero there, and its double is 0. The
+  // writer threads must do the same to give the same bits.
+  tensorflow::port::ScopedFlushDenormal flush_denormals;
   const DataType dt = t.dtype();
   switch (mode) {
     case SummaryMode::kNumericSummary:

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "tensorflow/core/framework/types.h"
@@ -67,6 +68,80 @@ bool KernelRegistered(SummaryMode mode, DataType dt) {
     default:
       return f32_64 || f16 || IsIntegerOrBool(dt);
   }
+}
+
+// Bit-pattern classification of float32 / float64 elements for the counts
+// that need no floating-point order (health modes, nan counts): integer ops
+// only, no branches, so the compiler vectorises them. Denormals count as
+// zeros, as TF's kernels see them (they run with denormals read as zero).
+template <typename F>
+struct FloatBits;
+template <>
+struct FloatBits<float> {
+  using U = uint32_t;
+  static constexpr U kExp = 0x7f800000u, kMinNormal = 0x00800000u;
+};
+template <>
+struct FloatBits<double> {
+  using U = uint64_t;
+  static constexpr U kExp = 0x7ff0000000000000ull, kMinNormal = 0x0010000000000000ull;
+};
+
+template <typename F>
+constexpr bool kBitClassified = std::is_same<F, float>::value || std::is_same<F, double>::value;
+
+struct ClassCounts {
+  int64_t neg_inf = 0, pos_inf = 0, nan = 0, neg = 0, zero = 0, pos = 0;
+};
+
+constexpr int64_t kClassBlock = 1 << 20;  // per-block counters stay far below 2^32
+
+template <typename F>
+__attribute__((optimize("O3"))) ClassCounts CountClasses(const F* data, int64_t n) {
+  using U = typename FloatBits<F>::U;
+  constexpr int kShift = static_cast<int>(sizeof(U) * 8 - 1);
+  constexpr U kAbs = ~(U(1) << kShift), kExp = FloatBits<F>::kExp, kMin = FloatBits<F>::kMinNormal;
+  ClassCounts c;
+  for (int64_t start = 0; start < n; start += kClassBlock) {
+    const int64_t end = std::min(n, start + kClassBlock);
+    U neg_inf = 0, pos_inf = 0, nan = 0, neg = 0, zero = 0, pos = 0;
+    for (int64_t i = start; i < end; ++i) {
+      U u;
+      memcpy(&u, data + i, sizeof(U));
+      const U a = u & kAbs, sign = u >> kShift, plus = sign ^ 1;
+      const U inf = static_cast<U>(a == kExp), normal = static_cast<U>(a >= kMin) & static_cast<U>(a < kExp);
+      nan += static_cast<U>(a > kExp);
+      neg_inf += inf & sign;
+      pos_inf += inf & plus;
+      zero += static_cast<U>(a < kMin);
+      neg += normal & sign;
+      pos += normal & plus;
+    }
+    c.neg_inf += neg_inf;
+    c.pos_inf += pos_inf;
+    c.nan += nan;
+    c.neg += neg;
+    c.zero += zero;
+    c.pos += pos;
+  }
+  return c;
+}
+
+template <typename F>
+__attribute__((optimize("O3"))) bool AnyNonFinite(const F* data, int64_t n) {
+  using U = typename FloatBits<F>::U;
+  constexpr U kAbs = ~(U(1) << (sizeof(U) * 8 - 1)), kExp = FloatBits<F>::kExp;
+  for (int64_t start = 0; start < n; start += kClassBlock) {
+    const int64_t end = std::min(n, start + kClassBlock);
+    U bad = 0;
+    for (int64_t i = start; i < end; ++i) {
+      U u;
+      memcpy(&u, data + i, sizeof(U));
+      bad |= static_cast<U>((u & kAbs) >= kExp);
+    }
+    if (bad) return true;
+  }
+  return false;
 }
 
 // DebugNumericSummaryOp<T>::Compute, output in out[0..14+rank).
@@ -163,6 +238,7 @@ int64_t NanCount(const Tensor& input) {
   if (input.IsInitialized()) {
     const T* data = input.template flat<T>().data();
     const int64_t n = input.NumElements();
+    if constexpr (kBitClassified<T>) return CountClasses(data, n).nan;
     for (int64_t i = 0; i < n; ++i) {
       if (Eigen::numext::isnan(static_cast<double>(data[i]))) nan_count++;
     }
@@ -182,10 +258,14 @@ void SummaryV2(SummaryMode mode, const SummaryAttrs& a, const Tensor& tensor, st
   switch (mode) {
     case SummaryMode::kCurtHealth: {
       int bad = 0;
-      for (int64_t i = 0; i < size; ++i) {
-        if (!Eigen::numext::isfinite(data[i])) {
-          bad = 1;
-          break;  // the flag cannot change any more
+      if constexpr (kBitClassified<Tin>) {
+        bad = AnyNonFinite(data, size) ? 1 : 0;
+      } else {
+        for (int64_t i = 0; i < size; ++i) {
+          if (!Eigen::numext::isfinite(data[i])) {
+            bad = 1;
+            break;  // the flag cannot change any more
+          }
         }
       }
       *out = {tensor_id, bad ? 1.0 : 0.0};
@@ -198,7 +278,10 @@ void SummaryV2(SummaryMode mode, const SummaryAttrs& a, const Tensor& tensor, st
       // and the sign tests are branch-free.
       int64_t neg_inf = 0, pos_inf = 0, nan = 0, neg = 0, zero = 0, pos = 0;
       const bool full = mode == SummaryMode::kFullHealth;
-      for (int64_t i = 0; i < size; ++i) {
+      if constexpr (kBitClassified<Tin>) {
+        const ClassCounts c = CountClasses(data, size);
+        neg_inf = c.neg_inf, pos_inf = c.pos_inf, nan = c.nan, neg = c.neg, zero = c.zero, pos = c.pos;
+      } else for (int64_t i = 0; i < size; ++i) {
         const Tin& y = data[i];
         if (TF_PREDICT_TRUE(Eigen::numext::isfinite(y))) {
           if (full) {

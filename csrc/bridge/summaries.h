@@ -75,7 +75,9 @@ bool CanSummarize(SummaryMode mode, const tensorflow::Tensor& t);
 
 // The summary of `t` as TF's kernel computes it, in float64 (kNanCount's one
 // int64 value is stored as an int64 in out_i64). `*muted` is set when
-// mute_if_healthy applies. Requires CanSummarize(mode, t).
+// mute_if_healthy applies. Requires CanSummarize(mode, t). Denormals are
+// flushed (read as zero) meanwhile, as TF's executor does around its
+// kernels, so the result is the same on any thread.
 void ComputeSummary(SummaryMode mode, const SummaryAttrs& attrs, const tensorflow::Tensor& t,
                     std::vector<double>* out, int64_t* out_i64, bool* muted);
 

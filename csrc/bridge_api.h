@@ -18,12 +18,19 @@
 extern "C" {
 #endif
 
-#define TFDUMP_BRIDGE_API_VERSION 1
+#define TFDUMP_BRIDGE_API_VERSION 2
 
 typedef struct tfdump_bridge_stats {
   uint64_t tensors_forwarded;   /* handed to an engine */
   uint64_t tensors_orphaned;    /* arrived on a slot with no open run */
   uint64_t tensors_failed;      /* could not be captured (bad tensor, ...) */
+  /* Summary debug ops (bridge/summaries.h): summaries handed to an engine,
+   * tensors skipped because their summary is not defined (variant,
+   * resource, string, complex, uninitialized for the v2 modes, ...), and
+   * healthy summaries left out under mute_if_healthy. */
+  uint64_t summaries_submitted;
+  uint64_t summaries_skipped;
+  uint64_t summaries_muted;
 } tfdump_bridge_stats;
 
 typedef struct tfdump_bridge_api {

@@ -57,8 +57,11 @@ struct RunCounters {
 struct LateDrop {
   uint32_t run_id;
   uint64_t tensors, bytes;
-  int reason;  // StatusCode
+  int reason;  // StatusCode, or kDropReasonMuted
 };
+// LateDrop::reason of records whose encoder returned TFDUMP_ENCODE_MUTED:
+// left out on purpose, not lost (not a StatusCode).
+constexpr int kDropReasonMuted = 1000;
 
 struct EngineStats {
   uint64_t tensors_accepted = 0, bytes_accepted = 0;

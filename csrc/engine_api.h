@@ -16,7 +16,7 @@
 extern "C" {
 #endif
 
-#define TFDUMP_ENGINE_API_VERSION 1
+#define TFDUMP_ENGINE_API_VERSION 2
 
 /* Submit return codes. */
 #define TFDUMP_SUBMIT_OK 0
@@ -48,9 +48,18 @@ struct tfdump_encode_sink {
   uint64_t frame_id;
 };
 
-/* Runs on a writer worker thread, never on a TF thread. Returns 0 on
- * success; non-zero marks the record as failed to encode (it is dropped and
- * counted). */
+/* Encoder return codes. */
+#define TFDUMP_ENCODE_OK 0
+#define TFDUMP_ENCODE_FAILED 1
+/* The record is left out on purpose (a healthy summary under
+ * mute_if_healthy, which TF's kernel would not publish either): nothing is
+ * written, and it is reported as a late drop with reason "muted" (a `drops`
+ * event), so the run's counts still add up and no loss is claimed. */
+#define TFDUMP_ENCODE_MUTED 2
+
+/* Runs on a writer worker thread, never on a TF thread. Returns
+ * TFDUMP_ENCODE_OK on success, TFDUMP_ENCODE_MUTED (see above), anything
+ * else marks the record as failed to encode (it is dropped and counted). */
 typedef int (*tfdump_encode_fn)(void* owner, tfdump_encode_sink* sink);
 
 typedef struct tfdump_tensor_in {

@@ -241,9 +241,17 @@ void Engine::EncodeAndHash(Frame* frame, FrameScratch* scratch) {
     if (r.encode != nullptr) {
       SinkImpl impl{&p, &ctx};
       tfdump_encode_sink sink{&impl, &SinkAppend, &SinkAddBlob, &SinkHash, frame_id};
-      if (r.encode(r.owner, &sink) != 0) {
+      const int rc = r.encode(r.owner, &sink);
+      if (rc != TFDUMP_ENCODE_OK) {
         p.failed = true;
-        frame->encode_failures.push_back(LateDrop{r.run_id, 1, r.size, kInternal});
+        const int reason = rc == TFDUMP_ENCODE_MUTED ? kDropReasonMuted : kInternal;
+        std::vector<LateDrop>& late = frame->encode_failures;
+        if (!late.empty() && late.back().run_id == r.run_id && late.back().reason == reason) {
+          late.back().tensors += 1;  // one event per run and frame, not per muted summary
+          late.back().bytes += r.size;
+        } else {
+          late.push_back(LateDrop{r.run_id, 1, r.size, reason});
+        }
         continue;
       }
       p.main = reinterpret_cast<const uint8_t*>(p.encoded.data());
@@ -366,6 +374,7 @@ void Engine::CommitFrame(std::unique_ptr<Frame> frame, int status) {
     std::lock_guard<std::mutex> lk(late_mu_);
     for (const LateDrop& d : frame->encode_failures) {
       late_drops_.push_back(d);
+      if (d.reason == kDropReasonMuted) continue;  // left out on purpose, not lost
       st_dropped_.fetch_add(d.tensors, std::memory_order_relaxed);
       st_dropped_bytes_.fetch_add(d.bytes, std::memory_order_relaxed);
     }

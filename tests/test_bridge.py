@@ -86,7 +86,8 @@ def test_bridge_builds_loads_and_reports_its_tf_version(bridge):
     assert bridge.max_slots >= 8
     assert os.path.isfile(bridge.path)
     assert get_bridge() is bridge  # cached per process
-    assert set(bridge.stats()) == {"tensors_forwarded", "tensors_orphaned", "tensors_failed"}
+    assert set(bridge.stats()) == {"tensors_forwarded", "tensors_orphaned", "tensors_failed",
+                                   "summaries_submitted", "summaries_skipped", "summaries_muted"}
 
 
 def test_cli_help_and_print_path(bridge):

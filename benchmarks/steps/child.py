@@ -39,9 +39,14 @@ from benchmarks.steps import cpu
 from benchmarks.steps.load import BackgroundLoad
 
 #: Every configuration, in the order of the tables.
-CONFIGS = ("none", "floor", "tfdump", "tfdump-nodurability", "tfdbg")
+CONFIGS = ("none", "floor", "tfdump", "tfdump-nodurability", "tfdump-summary", "tfdump-health", "tfdbg",
+           "tfdbg-summary")
 DEFAULT_CONFIGS = ("none", "floor", "tfdump", "tfdump-nodurability")
-HOOK_OPTIONS = {"tfdump": {}, "tfdump-nodurability": {"durability_s": None}}
+HOOK_OPTIONS = {"tfdump": {}, "tfdump-nodurability": {"durability_s": None}, "tfdump-summary": {},
+                "tfdump-health": {}}
+#: Configurations whose watches ask for summaries (every tensor, as the floor's).
+SUMMARY_DEBUG_OPS = {"tfdump-summary": ["DebugNumericSummary"], "tfdump-health": ["FULL_HEALTH"],
+                     "tfdbg-summary": ["DebugNumericSummary"]}
 WRITER_THREAD_PREFIXES = ("tfdump-",)
 WARMUP_STEPS = 2
 
@@ -93,6 +98,7 @@ class Unit:
         from benchmarks.workloads import unfinalize
 
         self.name = name
+        self.is_tfdbg = name.startswith("tfdbg")
         self.wl = wl
         self.workdir = workdir
         self.swap = None
@@ -113,18 +119,34 @@ class Unit:
             self.session = tf.compat.v1.train.MonitoredSession(hooks=hooks)
         self.count = 0
 
+    def _watch_fn(self):
+        ops = SUMMARY_DEBUG_OPS.get(self.name)
+        if ops is None:
+            return None
+        from tensorflow.python import debug as tf_debug
+
+        if self.is_tfdbg:
+            # TF's kernel fails the step on resource / variant tensors: the
+            # dtype allowlist a tfdbg user needs (it still fails on a variant
+            # Enter of a tf1 while loop).
+            from benchmarks.compare.runners import summary_watch_fn
+
+            return summary_watch_fn(tf_debug)
+        return lambda fetches, feeds: tf_debug.WatchOptions(debug_ops=list(ops))
+
     def _new_inner(self, root: str):
-        if self.name == "tfdbg":
+        if self.is_tfdbg:
             from tensorflow.python import debug as tf_debug
 
-            hook = tf_debug.DumpingDebugHook(root)
+            hook = tf_debug.DumpingDebugHook(root, watch_fn=self._watch_fn())
             # tfdbg's hook wraps the session in a debug wrapper session whose
             # __del__ closes the wrapped session: old hooks must outlive it.
             self._tfdbg_hooks.append(hook)
             return hook
         import tfdump_fast
 
-        return tfdump_fast.DumpingDebugHook(root, log_usage=False, **HOOK_OPTIONS[self.name])
+        return tfdump_fast.DumpingDebugHook(root, log_usage=False, watch_fn=self._watch_fn(),
+                                            **HOOK_OPTIONS[self.name])
 
     def open(self) -> Optional[str]:
         """Starts a measurement: a fresh hook on a fresh directory (untimed)."""
@@ -140,16 +162,16 @@ class Unit:
         self.session.run(self.wl.train_op)
 
     def flush(self) -> None:
-        if self.inner is not None and self.name != "tfdbg":
+        if self.inner is not None and not self.is_tfdbg:
             self.inner.flush()
 
     def finish(self) -> None:
         """Inside the timed window: what ends the measurement's writing."""
-        if self.inner is not None and self.name != "tfdbg":
+        if self.inner is not None and not self.is_tfdbg:
             self.inner.end(None)  # what MonitoredSession calls: ends runs, flushes, closes the writer
 
     def stats(self) -> Optional[Dict[str, Any]]:
-        if self.inner is None or self.name == "tfdbg":
+        if self.inner is None or self.is_tfdbg:
             return None
         return json.loads(json.dumps(self.inner.stats(), default=str))
 
@@ -252,15 +274,22 @@ def run(spec: Dict[str, Any]) -> Dict[str, Any]:
         for name in spec["configs"]:
             units[name] = Unit(name, wl, workdir)
         # Warm-up (untimed): executors built, allocator and caches primed.
-        for u in units.values():
-            root = u.open()
-            for _ in range(WARMUP_STEPS):
-                u.run_step()
-            u.finish()
-            u.close_measurement(root)
+        # A configuration whose step fails (tfdbg's DebugNumericSummary on a
+        # variant or loop tensor) is reported and left out, not the workload.
+        for name, u in list(units.items()):
+            try:
+                root = u.open()
+                for _ in range(WARMUP_STEPS):
+                    u.run_step()
+                u.finish()
+                u.close_measurement(root)
+            except Exception as exc:  # noqa: BLE001 - reported as this configuration's error
+                result.setdefault("config_errors", {})[name] = short_error(exc)
+                log(f"  [{spec['workload']}] {name} left out: {short_error(exc)}")
+                units.pop(name).close()
         result["watch_check"] = _watch_check(units)
         regimes: Dict[str, int] = spec["regimes"]
-        names = list(spec["configs"])
+        names = [c for c in spec["configs"] if c in units]
         total_steps = len(spec["loads"]) * spec["reps"] * len(names) * sum(regimes.values())
         done = 0
         t_start = time.perf_counter()

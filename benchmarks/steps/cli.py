@@ -59,7 +59,14 @@ Configurations (--configs):
   tfdump               DumpingDebugHook, default options
   tfdump-nodurability  DumpingDebugHook(durability_s=None): the cost of the
                        durability promise is the difference to tfdump
+  tfdump-summary       DumpingDebugHook, debug_ops=["DebugNumericSummary"]: summaries
+                       computed off the step by the bridge (not run by default)
+  tfdump-health        DumpingDebugHook, debug_ops=["FULL_HEALTH"] (not run by default)
   tfdbg                tf_debug.DumpingDebugHook (slow; not run by default)
+  tfdbg-summary        tf_debug.DumpingDebugHook, debug_ops=["DebugNumericSummary"] on
+                       numeric and bool dtypes only (its kernels' dtypes), tolerating
+                       creation failures: TF's kernel inside the step (left out
+                       where it still fails the step)
 
 Regimes (steps per measurement per workload: see PLAN in benchmarks/steps/cli.py):
   short      N=30 steps back to back with a fresh hook (new writer), plus the

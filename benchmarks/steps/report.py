@@ -57,13 +57,20 @@ def markdown(results: Dict[str, Any]) -> str:
             f"| {_ms(g('tfdump-nodurability', 'per_step_ms'))} | {_ratio(g('tfdump-nodurability', 'ratio_to_floor'))} "
             f"| {_mb(g('tfdump', 'bytes_per_step'))} | {_ms(g('tfdump', 'disk_bound_ms'))} "
             f"| {_ms(g('tfdump', 'limit_ms'))} | {'-' if within is None else ('yes' if within else '**no**')} |")
-    if any("tfdbg" in cfgs for *_, cfgs in _rows(results)):
-        lines += ["", "| workload | load | regime | tfdbg ms | tfdbg/floor | tfdbg MB/step |", "|---|---|---|---|---|---|"]
+    for other in ("tfdbg", "tfdump-summary", "tfdump-health", "tfdbg-summary"):
+        if not any(other in cfgs for *_, cfgs in _rows(results)):
+            continue
+        lines += ["", f"| workload | load | regime | {other} ms | {other}/floor | {other} MB/step |",
+                  "|---|---|---|---|---|---|"]
         for wl, load, regime, cfgs in _rows(results):
-            t = cfgs.get("tfdbg")
+            t = cfgs.get(other)
             if t:
                 lines.append(f"| {wl} | {load} | {regime} | {_ms(t['per_step_ms'])} | {_ratio(t.get('ratio_to_floor'))} "
                              f"| {_mb(t.get('bytes_per_step'))} |")
+    left_out = [f"{wl} {c}: `{e}`" for wl, r in results["workloads"].items()
+                for c, e in (r.get("config_errors") or {}).items()]
+    if left_out:
+        lines += ["", "Configurations left out (their step failed): " + "; ".join(left_out)]
     lines += [
         "", "## CPU per step (ms of CPU time per step, timed window)", "",
         "From /proc/self/task/<tid>/stat (utime+stime). `main`: the Python main thread; `TF`: every other thread "

@@ -40,6 +40,8 @@
 #endif
 
 #include "bridge/capture.h"
+#include "bridge/slots.h"
+#include "bridge/summaries.h"
 #include "bridge/tensor_lists.h"
 #include "bridge_api.h"
 // The TF version this library was compiled against. The loader compares it
@@ -192,8 +194,9 @@ uint32_t InternKey(const Binding& b, const DebugNodeKey& k) {
   return id;
 }
 
-// The memcbk callback of slot `slot_index`, on a TF executor thread.
-void OnTensor(int slot_index, const DebugNodeKey& k, const Tensor& t) noexcept {
+// Runs `submit` under slot `slot_index`'s binding, on a TF executor thread.
+template <typename Submit>
+void WithSlot(int slot_index, const DebugNodeKey& k, const Submit& submit) noexcept {
   Slot& s = g_slots[slot_index];
   ThreadStats* st = MyStats();
   // Announce ourselves before looking at the binding: release_slot clears
@@ -206,12 +209,12 @@ void OnTensor(int slot_index, const DebugNodeKey& k, const Tensor& t) noexcept {
     Bump(st->orphaned);
   } else {
     try {
-      int rc = SubmitTensor(b->api, b->run_id, InternKey(*b, k), b->lists.get(), t);
+      int rc = submit(*b, InternKey(*b, k));
       if (rc == TFDUMP_SUBMIT_OK || rc == TFDUMP_SUBMIT_DROPPED) {
         Bump(st->forwarded);  // dropped ones are counted by the engine
       } else if (rc == TFDUMP_SUBMIT_BAD_RUN) {
         Bump(st->orphaned);
-      } else {
+      } else if (rc != tfdump::bridge::kSummarySkipped) {  // skipped: counted as such
         Bump(st->failed);
       }
     } catch (...) {
@@ -220,6 +223,13 @@ void OnTensor(int slot_index, const DebugNodeKey& k, const Tensor& t) noexcept {
     }
   }
   s.inflight.fetch_sub(1, std::memory_order_release);
+}
+
+// The memcbk callback of slot `slot_index`, on a TF executor thread.
+void OnTensor(int slot_index, const DebugNodeKey& k, const Tensor& t) noexcept {
+  WithSlot(slot_index, k, [&t](const Binding& b, uint32_t key_id) {
+    return SubmitTensor(b.api, b.run_id, key_id, b.lists.get(), t);
+  });
 }
 
 std::string SlotKey(int i) { return "tfdump_slot_" + std::to_string(i); }
@@ -302,7 +312,8 @@ void ReleaseSlot(int slot) {
 
 void GetStats(tfdump_bridge_stats* out) {
   if (out == nullptr) return;
-  tfdump_bridge_stats r = {0, 0, 0};
+  tfdump_bridge_stats r;
+  memset(&r, 0, sizeof(r));
   std::lock_guard<std::mutex> lock(g_stats_mu);
   std::vector<const ThreadStats*> all(g_all_stats->begin(), g_all_stats->end());
   all.push_back(&g_fallback_stats);
@@ -311,6 +322,10 @@ void GetStats(tfdump_bridge_stats* out) {
     r.tensors_orphaned += s->orphaned.load(std::memory_order_relaxed);
     r.tensors_failed += s->failed.load(std::memory_order_relaxed);
   }
+  const tfdump::bridge::SummaryStats ss = tfdump::bridge::GetSummaryStats();
+  r.summaries_submitted = ss.submitted;
+  r.summaries_skipped = ss.skipped;
+  r.summaries_muted = ss.muted;
   *out = r;
 }
 
@@ -321,6 +336,28 @@ const tfdump_bridge_api kApi = {
 };
 
 }  // namespace
+
+namespace tfdump {
+namespace bridge {
+
+int SlotOfUrl(const std::string& url) {
+  static const std::string prefix = "memcbk://tfdump_slot_";
+  if (url.compare(0, prefix.size(), prefix) != 0 || url.size() == prefix.size()) return -1;
+  int i = 0;
+  for (size_t p = prefix.size(); p < url.size(); ++p) {
+    if (url[p] < '0' || url[p] > '9' || i > kMaxSlots) return -1;
+    i = i * 10 + (url[p] - '0');
+  }
+  return i < kMaxSlots ? i : -1;
+}
+
+void SubmitThroughSlot(int slot, const DebugNodeKey& key, SlotSubmitFn fn, void* ctx) noexcept {
+  if (slot < 0 || slot >= kMaxSlots) return;
+  WithSlot(slot, key, [fn, ctx](const Binding& b, uint32_t key_id) { return fn(b.api, b.run_id, key_id, ctx); });
+}
+
+}  // namespace bridge
+}  // namespace tfdump
 
 extern "C" TFDUMP_EXPORT const tfdump_bridge_api* tfdump_bridge_get_api(void) {
   return &kApi;

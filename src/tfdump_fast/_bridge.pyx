@@ -235,7 +235,11 @@ cdef class BridgeLibrary:
         dict
             ``tensors_forwarded`` (handed to an engine), ``tensors_orphaned``
             (arrived on a slot with no open run), ``tensors_failed`` (could
-            not be captured).
+            not be captured); for the summary debug ops,
+            ``summaries_submitted``, ``summaries_skipped`` (tensors whose
+            summary is not defined: variant, resource, string, complex, ...)
+            and ``summaries_muted`` (healthy, left out under
+            ``mute_if_healthy``).
         """
         cdef tfdump_bridge_stats s
         with nogil:
@@ -244,6 +248,9 @@ cdef class BridgeLibrary:
             "tensors_forwarded": s.tensors_forwarded,
             "tensors_orphaned": s.tensors_orphaned,
             "tensors_failed": s.tensors_failed,
+            "summaries_submitted": s.summaries_submitted,
+            "summaries_skipped": s.summaries_skipped,
+            "summaries_muted": s.summaries_muted,
         }
 
     def __repr__(self):

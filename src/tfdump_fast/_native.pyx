@@ -16,7 +16,7 @@ from libcpp.utility cimport move
 from libcpp.vector cimport vector
 
 from tfdump_fast.engine cimport (
-    Backpressure, Engine, EngineOptions, EngineStats, Frame, LateDrop, RunCounters,
+    Backpressure, Engine, EngineOptions, EngineStats, Frame, LateDrop, RunCounters, kDropReasonMuted,
     kBackgroundBatch, kBackgroundIdle, kBackgroundNice, kBackgroundNormal)
 from tfdump_fast.engine_api cimport (
     TFDUMP_SUBMIT_BAD_RUN, TFDUMP_SUBMIT_DROPPED, TFDUMP_SUBMIT_OK, tfdump_tensor_in)
@@ -66,6 +66,8 @@ STATUS_CORRUPT = kCorrupt
 STATUS_TRUNCATED = kTruncated
 STATUS_BAD_VERSION = kBadVersion
 STATUS_INTERNAL = kInternal
+# LateDrop reason of records an encoder left out on purpose (muted healthy summaries).
+DROP_REASON_MUTED = kDropReasonMuted
 
 # Column layouts of the parsed record table; they mirror the packed
 # BlobEntry / TensorEntry structs of csrc/format.h (checked below).

@@ -11,6 +11,9 @@ cdef extern from "bridge_api.h":
         uint64_t tensors_forwarded
         uint64_t tensors_orphaned
         uint64_t tensors_failed
+        uint64_t summaries_submitted
+        uint64_t summaries_skipped
+        uint64_t summaries_muted
 
     ctypedef struct tfdump_bridge_api:
         int api_version

@@ -156,7 +156,8 @@ class Dumper:
         # logged "could not start a debugged run" once training has begun,
         # and before the writer puts files into the root.
         prepare_session_root(self.session_root, bool(self.engine_options.get("allow_existing")))
-        get_bridge()
+        # Summary counters are process-wide; this dumper reports its own share.
+        self._summary_base = _summary_counters(get_bridge())
         # Read before the writer exists: a bad TFDBG_DISK_BYTES_LIMIT leaves nothing behind.
         self.byte_limit = TfdbgByteLimit(owner, on_reached=self._record_byte_limit_reached)
         self.writer = DumpWriter(self.session_root, **self.engine_options)
@@ -298,13 +299,20 @@ class Dumper:
         self.cluster.forget()
 
     def stats(self) -> Dict[str, Any]:
-        """The writer's counters plus ``session_run_calls``, ``runs_debugged`` and
-        ``runs_over_tfdbg_byte_limit`` (runs left undebugged by ``TFDBG_DISK_BYTES_LIMIT``)."""
+        """The writer's counters plus ``session_run_calls``, ``runs_debugged``,
+        ``runs_over_tfdbg_byte_limit`` (runs left undebugged by ``TFDBG_DISK_BYTES_LIMIT``)
+        and, for summary debug ops (:mod:`tfdump_fast.summaries`), ``summaries_submitted``,
+        ``summaries_skipped`` (tensors a summary is not defined for: variant, resource,
+        string, ...) and ``summaries_muted`` (healthy under ``mute_if_healthy``, not
+        written), counted since this hook was created (by every hook of the process
+        that runs at the same time)."""
         out = dict(self.writer.stats())
         with self._lock:
             out["session_run_calls"] = self.run_call_count
             out["runs_debugged"] = self.runs_debugged
         out["runs_over_tfdbg_byte_limit"] = self.byte_limit.runs_skipped
+        now = _summary_counters(get_bridge())
+        out.update({k: now[k] - self._summary_base[k] for k in now})
         return out
 
     def _executor(self, session, io_names, key_tail, create=True) -> Optional[Executor]:
@@ -461,3 +469,7 @@ def describe_error(error) -> str:
     message = getattr(error, "message", None) or str(error)
     return f"{type(error).__name__}: {message}"
 
+
+def _summary_counters(bridge) -> Dict[str, int]:
+    s = bridge.stats()
+    return {k: int(s[k]) for k in ("summaries_submitted", "summaries_skipped", "summaries_muted")}

@@ -32,6 +32,8 @@ cdef extern from "engine.h" namespace "tfdump" nogil:
         uint64_t tensors, bytes
         int reason
 
+    int kDropReasonMuted
+
     cdef cppclass EngineStats:
         uint64_t tensors_accepted, bytes_accepted, tensors_dropped, bytes_dropped
         uint64_t tensors_written, payload_bytes_stored, payload_bytes_deduped, frames

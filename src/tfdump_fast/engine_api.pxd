@@ -6,6 +6,9 @@ cdef extern from "engine_api.h":
     int TFDUMP_SUBMIT_OK
     int TFDUMP_SUBMIT_DROPPED
     int TFDUMP_SUBMIT_BAD_RUN
+    int TFDUMP_ENCODE_OK
+    int TFDUMP_ENCODE_FAILED
+    int TFDUMP_ENCODE_MUTED
 
     ctypedef void (*tfdump_release_fn)(void* owner)
     ctypedef struct tfdump_encode_sink:

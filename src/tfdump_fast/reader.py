@@ -58,6 +58,7 @@ from tfdump_fast.store.naming import ShardName, parse_shard_file_name
 from tfdump_fast.store.scan import DamageReporter, Frame, Shard, ShardScanner, check_closed_shard
 from tfdump_fast.store.search import find_inf_nan
 from tfdump_fast.store.verify import verify_store
+from tfdump_fast.summaries import summary_has_inf_or_nan
 
 # The value and key types are defined with the store layer that builds them;
 # they are part of this module's API.
@@ -239,6 +240,11 @@ class Run:
     late_dropped_tensors : int
         Of ``dropped_tensors``, those lost after the run's end was recorded
         (their frame was not written: ``drops`` events).
+    muted_tensors : int
+        Summaries left out on purpose because the tensor was healthy
+        (``DebugNumericSummary(mute_if_healthy=true)``; ``drops`` events with
+        reason ``muted``). Counted in ``expected_tensors``, not in
+        ``dropped_tensors``.
     tensor_ids : numpy array of int64
         The run's tensors in execution order, as rows of the reader's tensor
         index (package-internal).
@@ -292,11 +298,15 @@ class Run:
         self.global_step = gs
         self.fetches = _as_repr(md.get("fetches")) if "fetches" in md else None
         self.feed_keys = _as_repr(md.get("feed_keys")) if "feed_keys" in md else None
+        # summaries left out under mute_if_healthy: not written on purpose, not lost
+        muted = [d for d in drops if d.get("reason") == "muted"]
+        drops = [d for d in drops if d.get("reason") != "muted"]
+        self.muted_tensors = sum(int(d.get("dropped_tensors", 0) or 0) for d in muted)
         late_drops = sum(int(d.get("dropped_tensors", 0) or 0) for d in drops)
         self.expected_tensors = end.get("tensors") if end else None
         # tensors dropped after run_end was written count as drops, not as missing
-        self.missing_tensors = max(0, int(self.expected_tensors) - late_drops - len(gidx)) \
-            if self.expected_tensors is not None else 0
+        self.missing_tensors = max(0, int(self.expected_tensors) - late_drops - self.muted_tensors
+                                   - len(gidx)) if self.expected_tensors is not None else 0
         self.dropped_tensors = int(end.get("dropped_tensors", 0) or 0) + late_drops
         self.late_dropped_tensors = late_drops
         self.dropped_bytes = int(end.get("dropped_bytes", 0) or 0) + sum(
@@ -591,11 +601,17 @@ def has_inf_or_nan(record, value) -> bool:
     """True if a tensor holds any inf or nan (tfdbg's predicate of that name).
 
     Passed to :meth:`Run.find` it selects a vectorized check that decodes
-    each distinct payload once; called directly it checks one value.
+    each distinct payload once; called directly it checks one value. A
+    summary record (``DebugNumericSummary``, ``DebugNanCount``, the health
+    modes) is judged by its nan / inf counts, not by its own values (an empty
+    tensor's summary holds min=+inf and mean=nan): see
+    :func:`tfdump_fast.summaries.summary_has_inf_or_nan`.
     """
-    del record
     if isinstance(value, InconvertibleTensor) or not isinstance(value, np.ndarray):
         return False
+    summary = summary_has_inf_or_nan(getattr(record, "debug_op", None), value)
+    if summary is not None:  # a summary record: its counts say (tfdump_fast.summaries)
+        return summary
     if value.dtype.kind in "fc" or value.dtype.name in FLOAT_NAMES:
         return not bool(np.isfinite(value).all())
     return False

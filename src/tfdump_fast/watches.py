@@ -24,6 +24,7 @@ from tfdump_fast import _tf_private
 from tfdump_fast.cluster import SERVED_URL, STEP_DEBUG_OP
 from tfdump_fast.errors import TfdumpUsageError
 from tfdump_fast.published import add_publish_watch
+from tfdump_fast.summaries import HEALTH_MODES, native_debug_op
 
 __all__ = ["DEFAULT_DEBUG_OPS", "DEFAULT_WATCH_SPEC", "WatchCache", "WatchOptions", "WatchSpec",
            "watch_spec"]
@@ -132,7 +133,7 @@ def _validate_spec(spec: WatchSpec, source: str) -> None:
 
 
 def _supported_debug_ops() -> List[str]:
-    return ["DebugIdentity", "DebugNumericSummary", "DebugNanCount"]
+    return ["DebugIdentity", "DebugNumericSummary", "DebugNanCount", *HEALTH_MODES]
 
 
 def _validate_debug_op(debug_op: str, source: str) -> None:
@@ -164,6 +165,12 @@ def _validate_debug_op(debug_op: str, source: str) -> None:
                     f"{source}: malformed attribute {seg!r} in debug op {debug_op!r}; "
                     "write attr=value pairs separated by ';'")
             attrs[key.strip()] = val.strip()
+    if name in HEALTH_MODES:
+        if lpar >= 0:
+            raise TfdumpUsageError(
+                f"{source}: debug op {debug_op!r}: the health mode {name} takes no attributes; "
+                f"write {name!r}")
+        return
     op_def = _tf_private.op_def(name)
     op_attrs = {a.name for a in op_def.attr} if op_def is not None else set()
     if op_def is None or not {"device_name", "tensor_name", "debug_urls"} <= op_attrs:
@@ -290,6 +297,13 @@ class WatchCache:
             # Only meaningful for file:// URLs; leave tfdbg's byte counter alone.
             reset_disk_byte_usage=False)
         opts = run_options.debug_options
+        for watch in opts.debug_tensor_watch_opts:
+            # Summaries are computed by the bridge's ops, off the step
+            # (tfdump_fast.summaries); TF's kernels would compute them inside it.
+            ops = [native_debug_op(op) for op in watch.debug_ops]
+            if ops != list(watch.debug_ops):
+                del watch.debug_ops[:]
+                watch.debug_ops.extend(ops)
         return opts, len(opts.debug_tensor_watch_opts)
 
 

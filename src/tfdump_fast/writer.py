@@ -1374,6 +1374,7 @@ _REASONS = {
     errors.STATUS_PERMISSION: "permission",
     errors.STATUS_IO: "io_error",
     errors.STATUS_INTERNAL: "internal_error",
+    _native.DROP_REASON_MUTED: "muted",
 }
 
 

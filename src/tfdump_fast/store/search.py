@@ -2,7 +2,9 @@
 
 Only floating-point tensors are looked at; each distinct payload is checked
 once, and small payloads of one dtype are concatenated and checked in one
-numpy pass.
+numpy pass. Summary records (debug ops of :mod:`tfdump_fast.summaries`) are
+judged by the counts they hold, not by their own values
+(:func:`~tfdump_fast.summaries.summary_has_inf_or_nan`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Dict, List
 import numpy as np
 
 from tfdump_fast.store.decode import FLOATING_DTYPES, NUMPY_DTYPES
+from tfdump_fast.summaries import SUMMARY_DEBUG_OPS, summary_has_inf_or_nan
 
 __all__ = ["find_inf_nan"]
 
@@ -39,6 +42,47 @@ def find_inf_nan(index, payloads, gidx: np.ndarray, rows: np.ndarray, first_n: i
     g = gidx[rows]
     dt = t["dtype"][g]
     dt = np.where(dt > 100, dt - 100, dt)
+    kids = index.key_of[g]
+    summary_kids = [k for k in np.unique(kids).tolist() if index.keys[k].debug_op in SUMMARY_DEBUG_OPS]
+    found_summaries: List[int] = []
+    if summary_kids:
+        is_summary = np.isin(kids, summary_kids)
+        found_summaries = _find_in_summaries(index, payloads, rows[is_summary], g[is_summary],
+                                             dt[is_summary], first_n)
+        rows, g, dt = rows[~is_summary], g[~is_summary], dt[~is_summary]
+    found = _find_in_tensors(index, payloads, rows, g, dt, first_n)
+    if found_summaries:
+        found = sorted(found + found_summaries)
+        if first_n > 0:
+            found = found[:first_n]
+    return found
+
+
+def _find_in_summaries(index, payloads, rows: np.ndarray, g: np.ndarray, dt: np.ndarray,
+                       first_n: int) -> List[int]:
+    """Rows of summary records whose counts report inf or nan."""
+    t = index.tensors
+    found: List[int] = []
+    verdict: Dict[tuple, bool] = {}
+    for r, gi, d in zip(rows.tolist(), g.tolist(), dt.tolist()):
+        if t["payload_len"][gi] == 0 or d not in NUMPY_DTYPES:
+            continue
+        w = int(index.writer_of[gi])
+        op = index.keys[int(index.key_of[gi])].debug_op
+        k = (w, index.hashes[gi].tolist(), d, op)
+        if k not in verdict:
+            value = np.frombuffer(payloads.payload(w, k[1]), dtype=NUMPY_DTYPES[d])
+            verdict[k] = bool(summary_has_inf_or_nan(op, value))
+        if verdict[k]:
+            found.append(r)
+            if 0 < first_n <= len(found):
+                break
+    return found
+
+
+def _find_in_tensors(index, payloads, rows: np.ndarray, g: np.ndarray, dt: np.ndarray,
+                     first_n: int) -> List[int]:
+    t = index.tensors
     cand = np.isin(dt, list(FLOATING_DTYPES)) & (t["flags"][g] == 0) & (t["payload_len"][g] > 0)
     rows, g, dt = rows[cand], g[cand], dt[cand]
     found: List[int] = []

@@ -18,8 +18,8 @@ from tfdump_fast.store.payloads import parse_list_blob, parse_variant_structure
 __all__ = ["verify_store"]
 
 
-# drops of these reasons are the user's choice (disk_limit_bytes), not a loss
-_CHOSEN_DROP_REASONS = ("disk_budget",)
+# drops of these reasons are the user's choice (disk_limit_bytes; mute_if_healthy), not a loss
+_CHOSEN_DROP_REASONS = ("disk_budget", "muted")
 
 
 def verify_store(index, blocks, payloads, decoder, known_problems: List[str],
@@ -127,7 +127,7 @@ def run_count_problems(index, runs: Sequence) -> List[str]:
             continue  # truncated: the writer died before it counted
         w = index.writers[run.writer_index]
         stored = len(run)
-        should = int(run.expected_tensors) - run.late_dropped_tensors
+        should = int(run.expected_tensors) - run.late_dropped_tensors - run.muted_tensors
         if stored == should:
             continue
         hint = "" if w.close is not None else " (writer %s was not closed: killed, or still writing)" % w.name

@@ -208,7 +208,11 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
     **engine_options
         Passed to :class:`~tfdump_fast.writer.DumpWriter` (``queue_bytes``,
         ``policy``, ``workers``, ``codec``, ``level``, ``disk_limit_bytes``,
-        ``allow_existing``, ...).
+        ``allow_existing``, ...), among them the flight recorder's
+        ``keep_last=K``, ``keep_bytes`` and ``persist_on=("inf_nan",
+        "error")``: full tensors of the last K debugged runs stay in memory
+        and are written only when a trigger fires (see :meth:`persist` and
+        the README's "Flight recorder").
 
     Notes
     -----
@@ -352,6 +356,15 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
     def close(self):
         """End open runs (as failed), flush and close the writer. Idempotent."""
         self._dumper.close()
+
+    def persist(self, reason="manual"):
+        """Flight recorder (``keep_last=K``): write the last K ended runs now.
+
+        A trigger of the program's own (e.g. a loss spike), recorded with
+        ``reason`` in a ``flight_recorder_trigger`` event. Returns the names of
+        the runs written. Raises ``TfdumpUsageError`` without ``keep_last``.
+        """
+        return self._dumper.persist(reason)
 
     def stats(self):
         """The writer's counters (see ``DumpWriter.stats``) plus

@@ -39,9 +39,15 @@ from benchmarks.steps import cpu
 from benchmarks.steps.load import BackgroundLoad
 
 #: Every configuration, in the order of the tables.
-CONFIGS = ("none", "floor", "tfdump", "tfdump-nodurability", "tfdbg")
+CONFIGS = ("none", "floor", "tfdump", "tfdump-nodurability", "flight", "flight-trigger", "tfdbg")
 DEFAULT_CONFIGS = ("none", "floor", "tfdump", "tfdump-nodurability")
-HOOK_OPTIONS = {"tfdump": {}, "tfdump-nodurability": {"durability_s": None}}
+#: The flight recorder's ring (keep_last) in the flight configurations, and
+#: how often flight-trigger fires (hook.persist(): the same release path as
+#: an inf/nan, which the workloads do not produce).
+FLIGHT_KEEP_LAST = 4
+FLIGHT_TRIGGER_EVERY = 10
+HOOK_OPTIONS = {"tfdump": {}, "tfdump-nodurability": {"durability_s": None},
+                "flight": {"keep_last": FLIGHT_KEEP_LAST}, "flight-trigger": {"keep_last": FLIGHT_KEEP_LAST}}
 WRITER_THREAD_PREFIXES = ("tfdump-",)
 WARMUP_STEPS = 2
 
@@ -138,6 +144,11 @@ class Unit:
 
     def run_step(self) -> None:
         self.session.run(self.wl.train_op)
+        if self.name == "flight-trigger" and self.inner is not None:
+            self.steps_since_trigger = getattr(self, "steps_since_trigger", 0) + 1
+            if self.steps_since_trigger >= FLIGHT_TRIGGER_EVERY:
+                self.steps_since_trigger = 0
+                self.inner.persist("benchmark")
 
     def flush(self) -> None:
         if self.inner is not None and self.name != "tfdbg":
@@ -222,6 +233,7 @@ def measure(unit: Unit, n: int) -> Dict[str, Any]:
         unit.run_step()
         times.append(time.perf_counter() - ts)
     steps_s = time.perf_counter() - t0
+    ring = _ring_memory(unit)  # before end(): closing lets the ring go
     unit.finish()
     total_s = time.perf_counter() - t0
     c1 = cpu.snapshot()
@@ -231,8 +243,21 @@ def measure(unit: Unit, n: int) -> Dict[str, Any]:
                            "first_step_ms": first_ms}
     if floor0 is not None:
         rec["floor_tensors"] = unit._floor_calls() - floor0
+    if ring is not None:
+        rec["ring"] = ring
     rec.update(unit.close_measurement(root))
     return rec
+
+
+def _ring_memory(unit: Unit) -> Optional[Dict[str, int]]:
+    """The flight recorder's held bytes and the process's RSS at the end of the steps."""
+    if unit.inner is None or not unit.name.startswith("flight"):
+        return None
+    s = unit.inner.stats()
+    with open("/proc/self/statm") as f:
+        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return {"held_bytes": int(s["held_bytes"]), "held_runs": int(s["held_runs"]), "rss_bytes": rss,
+            "tensors_written": int(s["tensors_written"]), "tensors_accepted": int(s["tensors_accepted"])}
 
 
 def run(spec: Dict[str, Any]) -> Dict[str, Any]:

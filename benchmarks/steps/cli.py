@@ -59,6 +59,10 @@ Configurations (--configs):
   tfdump               DumpingDebugHook, default options
   tfdump-nodurability  DumpingDebugHook(durability_s=None): the cost of the
                        durability promise is the difference to tfdump
+  flight               DumpingDebugHook(keep_last=4): the flight recorder, no
+                       trigger (nothing but run metadata is written)
+  flight-trigger       the same, with hook.persist() every 10 steps (writes the
+                       last 4 runs each time; the release path of an inf/nan)
   tfdbg                tf_debug.DumpingDebugHook (slow; not run by default)
 
 Regimes (steps per measurement per workload: see PLAN in benchmarks/steps/cli.py):

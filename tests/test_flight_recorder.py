@@ -339,3 +339,26 @@ def test_trigger_survives_the_process_ending_right_after_it(tmp_path, how):
     (event,) = reader.events(TRIGGER)
     assert event["reason"] == "inf_nan" and event["run_id"] == runs[nan_at + 1].run_id
     assert set(runs) <= {nan_at - 1, nan_at, nan_at + 1}  # nothing of the untriggered runs
+
+
+def test_ls_shows_triggers(tmp_path):
+    root = str(tmp_path / "d")
+    w = DumpWriter(root, keep_last=1, handle_signals=False)
+    for step in range(3):
+        run = w.begin_run(capture=False)
+        value = np.ones(16, np.float32)
+        if step == 2:
+            value[7] = np.inf
+        w.write(value, "grad", run=run)
+        w.end_run(run)
+    w.close()
+    env = dict(os.environ, PYTHONPATH=SRC)
+    out = subprocess.run([sys.executable, "-m", "tfdump_fast", "ls", root], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert "flight recorder trigger: inf_nan in grad:0 at run" in out and "2 run(s) written" in out
+    js = subprocess.run([sys.executable, "-m", "tfdump_fast", "ls", "--json", root], env=env,
+                        capture_output=True, text=True, check=True).stdout
+    import json
+
+    (trigger,) = json.loads(js)["triggers"]
+    assert trigger["reason"] == "inf_nan" and trigger["tensor"]["node"] == "grad"

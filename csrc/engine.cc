@@ -283,6 +283,7 @@ uint32_t Engine::InternKey(const char* device, size_t device_len, const char* no
   const bool holdable = op == "DebugIdentity";
   keys_.push_back(KeyInfo{slot, std::string(device, device_len), std::string(node, node_len), std::move(op),
                           holdable});
+  if (id < kFastKeys) key_holdable_[id].store(holdable ? 1 : 2, std::memory_order_release);
   key_ids_.emplace(std::move(composite), id);
   return id;
 }
@@ -381,6 +382,10 @@ void Engine::CountCommitted(uint32_t run_id, uint64_t n) {
 // ------------------------------------------------------------ flight recorder
 
 bool Engine::KeyHoldable(uint32_t key_id) const {
+  if (key_id < kFastKeys) {
+    const uint8_t v = key_holdable_[key_id].load(std::memory_order_acquire);
+    if (v != 0) return v == 1;
+  }
   std::shared_lock<std::shared_mutex> lk(keys_mu_);
   return key_id < keys_.size() && keys_[key_id].holdable;
 }

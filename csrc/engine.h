@@ -369,6 +369,10 @@ class Engine {
   mutable std::shared_mutex keys_mu_;
   std::unordered_map<std::string, uint32_t> key_ids_;
   std::deque<KeyInfo> keys_;
+  // Whether a key is DebugIdentity (1) or another debug op (2), for the
+  // first kFastKeys keys: read by every held submit without keys_mu_.
+  static constexpr size_t kFastKeys = 1u << 16;
+  std::unique_ptr<std::atomic<uint8_t>[]> key_holdable_{new std::atomic<uint8_t>[kFastKeys]()};
 
   std::atomic<uint64_t> queued_bytes_{0}, high_water_{0};
   std::atomic<uint64_t> pending_records_{0}, pending_bytes_{0};  // not yet taken by a worker

@@ -1374,7 +1374,7 @@ def _as_array(array) -> np.ndarray:
 # Bounds of the integer options: beyond them a value is a mistake, and the
 # native engine (64-bit fields) would raise OverflowError on it.
 _MAX_QUEUE_BYTES = 1 << 50
-_MAX_KEEP_LAST = 1 << 16
+_MAX_KEEP_LAST = 1024  # well under the engine's ring of 4096 run states
 _MAX_DISK_LIMIT = 1 << 62
 _MAX_DEDUP_ENTRIES = 1 << 31
 _MAX_INT64 = (1 << 63) - 1

@@ -362,3 +362,24 @@ def test_ls_shows_triggers(tmp_path):
 
     (trigger,) = json.loads(js)["triggers"]
     assert trigger["reason"] == "inf_nan" and trigger["tensor"]["node"] == "grad"
+
+
+def test_raising_run_is_persisted_when_the_monitored_session_closes(tmp_path):
+    """No next run, no end(): the session's close (its __exit__ after the
+    raise) ends the run and fires the "error" trigger before the process goes on."""
+    root = str(tmp_path / "d")
+    g = tf.Graph()
+    with g.as_default():
+        x = tf1.placeholder(tf.float32, [2], name="x")
+        check = tf.debugging.assert_positive(tf.multiply(x, 2.0, name="before"), name="check")
+    hook = DumpingDebugHook(root, keep_last=1)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        with g.as_default(), tf1.train.MonitoredSession(hooks=[hook]) as sess:
+            sess.run(check, feed_dict={x: [1.0, 1.0]})
+            sess.run(check, feed_dict={x: [1.0, -1.0]})
+    hook.flush()  # the writer stays open (no end()); what the trigger released is written
+    reader = DumpReader(root)
+    assert [r.status for r in reader.runs] == ["complete", "failed"]
+    (event,) = reader.events(TRIGGER)
+    assert event["reason"] == "error"
+    hook.close()

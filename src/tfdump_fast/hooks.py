@@ -265,9 +265,17 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
 
     def after_create_session(self, session, coord):  # noqa: D401 - SessionRunHook API
         """Called when a (new) session is created: cluster tasks are probed again
-        on its first debugged run (they may have restarted)."""
-        del session, coord
+        on its first debugged run (they may have restarted). With the flight
+        recorder, a run left open by a raising ``Session.run`` is also ended
+        (as failed: the "error" trigger) when the session closes, rather
+        than at the thread's next run or at exit."""
+        del session
         self._dumper.forget_cluster()
+        if coord is not None and self._dumper.writer.options.get("keep_last") is not None:
+            dumper = self._dumper
+            # The closing thread is not inside Session.run: a run it left
+            # open is one that raised.
+            _tf_private.on_coordinator_stop(coord, lambda: dumper.end_dangling(threading.get_ident()))
 
     def before_run(self, run_context):
         """Decide whether this run is debugged and add its watch options."""

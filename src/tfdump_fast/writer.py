@@ -763,7 +763,12 @@ class DumpWriter:
             measurably did not compress), ``payloads_aliased`` (records stored
             as a reference to an equal payload copied just before),
             ``disk_budget_exceeded``, ``durability_late`` (durability
-            write-outs that passed ``durability_s``), ``error``;
+            write-outs that passed ``durability_s``), ``error``; the flight
+            recorder's ``held_bytes`` / ``held_runs`` (in memory now),
+            ``held_runs_evicted`` / ``held_tensors_evicted`` (let go unwritten,
+            as asked), ``held_runs_released`` (written by a trigger),
+            ``held_overflow_tensors`` (dropped: past ``keep_bytes`` with the
+            ring empty) and ``nonfinite_triggers``;
             after the session root was deleted, ``tensors_written`` is 0 and
             ``tensors_lost`` counts what was written there.
         """

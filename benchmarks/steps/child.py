@@ -39,7 +39,7 @@ from benchmarks.steps import cpu
 from benchmarks.steps.load import BackgroundLoad
 
 #: Every configuration, in the order of the tables.
-CONFIGS = ("none", "floor", "tfdump", "tfdump-nodurability", "flight", "flight-trigger", "tfdbg")
+CONFIGS = ("none", "floor", "tfdump", "tfdump-nodurability", "flight", "flight-noscan", "flight-trigger", "tfdbg")
 DEFAULT_CONFIGS = ("none", "floor", "tfdump", "tfdump-nodurability")
 #: The flight recorder's ring (keep_last) in the flight configurations, and
 #: how often flight-trigger fires (hook.persist(): the same release path as
@@ -47,7 +47,9 @@ DEFAULT_CONFIGS = ("none", "floor", "tfdump", "tfdump-nodurability")
 FLIGHT_KEEP_LAST = 4
 FLIGHT_TRIGGER_EVERY = 10
 HOOK_OPTIONS = {"tfdump": {}, "tfdump-nodurability": {"durability_s": None},
-                "flight": {"keep_last": FLIGHT_KEEP_LAST}, "flight-trigger": {"keep_last": FLIGHT_KEEP_LAST}}
+                "flight": {"keep_last": FLIGHT_KEEP_LAST}, "flight-trigger": {"keep_last": FLIGHT_KEEP_LAST},
+                # without the inf/nan check: what the check itself costs
+                "flight-noscan": {"keep_last": FLIGHT_KEEP_LAST, "persist_on": ("error",)}}
 WRITER_THREAD_PREFIXES = ("tfdump-",)
 WARMUP_STEPS = 2
 

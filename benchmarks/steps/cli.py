@@ -61,7 +61,9 @@ Configurations (--configs):
                        durability promise is the difference to tfdump
   flight               DumpingDebugHook(keep_last=4): the flight recorder, no
                        trigger (nothing but run metadata is written)
-  flight-trigger       the same, with hook.persist() every 10 steps (writes the
+  flight-noscan        the same with persist_on=("error",): no inf/nan check
+                       (the check's own cost is the difference to flight)
+  flight-trigger       the same as flight, with hook.persist() every 10 steps (writes the
                        last 4 runs each time; the release path of an inf/nan)
   tfdbg                tf_debug.DumpingDebugHook (slow; not run by default)
 

@@ -43,19 +43,20 @@ class FlightRecorder:
     """Run metadata of held runs and the bookkeeping of triggers.
 
     ``write_meta(event, store, hashes)`` appends one META event (the
-    writer's); ``note_written(run_id)`` asks the writer's durability thread
-    to write a released run's tensors now; ``key_name(key_id)`` and
-    ``nonfinite_of(run_id)`` are the engine's.
+    writer's); ``note_released(run_id)`` asks the writer's durability thread
+    to write a released run's tensors now, ``note_ended(run_id)`` at its
+    usual pace (an evicted run's summary records).
     """
 
     def __init__(self, engine, keep_last: int, keep_bytes: int, persist_on: Sequence[str],
-                 write_meta, note_released):
+                 write_meta, note_released, note_ended):
         self.engine = engine
         self.keep_last = keep_last
         self.keep_bytes = keep_bytes
         self.persist_on = tuple(persist_on)
         self._write_meta = write_meta
         self._note_released = note_released
+        self._note_ended = note_ended
         self._lock = threading.Lock()
         self._held: Dict[int, _HeldMeta] = {}
         # Runs released while still executing: the triggering runs. Their
@@ -149,6 +150,9 @@ class FlightRecorder:
                     end["flight_recorder_evicted"] = {"tensors": int(held_tensors), "bytes": int(held_bytes)}
                     self._write_meta(meta.begin)
                     self._write_run_end(end, meta.attachments, meta.hashes)
+                    # its summaries come under the durability bound from now
+                    # on (the engine counts the evicted records as settled)
+                    self._note_ended(run_id)
                 elif meta is not None:
                     self._orphans.update(zip(meta.hashes, meta.attachments))
                 continue

@@ -295,7 +295,8 @@ class DumpWriter:
         self._flight: Optional[flight.FlightRecorder] = None
         if keep_last is not None:
             self._flight = flight.FlightRecorder(self._engine, int(keep_last), int(keep_bytes), persist_on,
-                                                 self._write_meta, self._note_run_released)
+                                                 self._write_meta, self._note_run_released,
+                                                 self._note_run_ended)
         self._meta_compressor = zstandard.ZstdCompressor(level=_META_LEVEL)
         self._fds: List[int] = []
         self._shard_files: Dict[int, frames.ShardFile] = {}   # by fd

@@ -383,3 +383,43 @@ def test_raising_run_is_persisted_when_the_monitored_session_closes(tmp_path):
     (event,) = reader.events(TRIGGER)
     assert event["reason"] == "error"
     hook.close()
+
+
+def test_concurrent_runs_of_several_threads(tmp_path):
+    """Runs of four threads at once, one nan: the runs the trigger names are
+    complete, nothing else is written, nothing stays held or queued."""
+    import threading
+
+    root = str(tmp_path / "d")
+    w = DumpWriter(root, keep_last=3, handle_signals=False)
+    errors = []
+
+    def work(t):
+        try:
+            for step in range(20):
+                run = w.begin_run(capture=False)
+                for k in range(3):
+                    value = np.full(300, t * 100 + step, np.float32)
+                    if t == 2 and step == 10 and k == 1:
+                        value[17] = np.nan
+                    w.write(value, f"t{t}_{k}", run=run)
+                w.end_run(run)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    stats = w.stats()
+    w.close()
+    assert stats["nonfinite_triggers"] == 1
+    reader = DumpReader(root)
+    (event,) = reader.events(TRIGGER)
+    assert event["tensor"]["node"] == "t2_1"
+    assert sorted(r.run_id for r in reader.runs) == sorted(event["runs"]) and 1 <= len(event["runs"]) <= 4
+    for run in reader.runs:
+        assert run.status == "complete" and run.missing_tensors == 0 and len(run) == 3
+    assert w.stats()["held_bytes"] == 0 and w.stats()["records_outstanding"] == 0

@@ -44,6 +44,43 @@ unsigned ThreadStripe() {
 
 void FreeBlock(void* p) { std::free(p); }
 
+// Whether `n` bytes of IEEE values hold an inf or nan: all exponent bits set.
+// Branch-free over the whole buffer so the compiler vectorizes it; a tensor
+// is scanned only until its run's first hit (then the run is released).
+template <typename U>
+bool AnyExponentAllOnes(const uint8_t* data, size_t n, U mask) {
+  const size_t count = n / sizeof(U);
+  U hit = 0;
+  for (size_t i = 0; i < count; ++i) {
+    U v;
+    std::memcpy(&v, data + i * sizeof(U), sizeof(U));
+    hit |= static_cast<U>((v & mask) == mask);
+  }
+  return hit != 0;
+}
+
+// TF DataType values (types.proto) of the floating-point dtypes.
+constexpr int32_t kDtFloat = 1, kDtDouble = 2, kDtComplex64 = 8, kDtBfloat16 = 14, kDtComplex128 = 18,
+                  kDtHalf = 19;
+
+bool HasNonfinite(int32_t dtype, const uint8_t* data, size_t n) {
+  if (data == nullptr || n == 0) return false;
+  switch (dtype) {
+    case kDtFloat:
+    case kDtComplex64:
+      return AnyExponentAllOnes<uint32_t>(data, n, 0x7f800000u);
+    case kDtDouble:
+    case kDtComplex128:
+      return AnyExponentAllOnes<uint64_t>(data, n, 0x7ff0000000000000ull);
+    case kDtHalf:
+      return AnyExponentAllOnes<uint16_t>(data, n, 0x7c00u);
+    case kDtBfloat16:
+      return AnyExponentAllOnes<uint16_t>(data, n, 0x7f80u);
+    default:
+      return false;
+  }
+}
+
 // Kernel scheduling of one thread (Linux; elsewhere a no-op that fails).
 long CurrentTid() {
 #ifdef __linux__
@@ -204,11 +241,18 @@ Engine::Engine(const EngineOptions& options) : options_(options) {
 }
 
 Engine::~Engine() {
+  {
+    std::lock_guard<std::mutex> lk(flight_mu_);
+    for (HeldRun& h : ring_) ReleaseRecords(h.records.data(), h.records.size());
+    ring_.clear();
+  }
   for (Stripe& s : stripes_) {
     std::lock_guard<std::mutex> lk(s.mu);
     if (s.head < s.records.size()) ReleaseRecords(s.records.data() + s.head, s.records.size() - s.head);
     s.records.clear();
     s.head = 0;
+    if (!s.held.empty()) ReleaseRecords(s.held.data(), s.held.size());
+    s.held.clear();
     RetireChunk(s);
   }
   // Every record is released by now (workers committed their frames, the
@@ -235,13 +279,16 @@ uint32_t Engine::InternKey(const char* device, size_t device_len, const char* no
   auto it = key_ids_.find(composite);
   if (it != key_ids_.end()) return it->second;
   const uint32_t id = static_cast<uint32_t>(keys_.size());
-  keys_.push_back(KeyInfo{slot, std::string(device, device_len), std::string(node, node_len),
-                          std::string(debug_op, debug_op_len)});
+  std::string op(debug_op, debug_op_len);
+  const bool holdable = op == "DebugIdentity";
+  keys_.push_back(KeyInfo{slot, std::string(device, device_len), std::string(node, node_len), std::move(op),
+                          holdable});
+  if (id < kFastKeys) key_holdable_[id].store(holdable ? 1 : 2, std::memory_order_release);
   key_ids_.emplace(std::move(composite), id);
   return id;
 }
 
-void Engine::BeginRun(uint32_t run_id) {
+void Engine::BeginRun(uint32_t run_id, bool hold) {
   // Deferral assumes the gaps between runs are long enough for the writer.
   // When work of earlier runs is still waiting as this run starts, for
   // kBackloggedStartsBeforeOverlap starts in a row, they are not: back to
@@ -262,15 +309,51 @@ void Engine::BeginRun(uint32_t run_id) {
   run.dropped_tensors = 0;
   run.dropped_bytes = 0;
   run.committed = 0;
+  run.bad_seq = ~0ull;
+  run.bad_key = 0;
+  run.held.store(hold && !options_.discard, std::memory_order_release);
   run.run_id.store(run_id, std::memory_order_release);
   run.open.store(true, std::memory_order_release);
 }
 
-RunCounters Engine::EndRun(uint32_t run_id) {
+RunCounters Engine::EndRun(uint32_t run_id, bool persist) {
   RunState& run = runs_[run_id % kRunRing];
   RunCounters c;
   if (run.run_id.load() != run_id) return c;
   if (run.open.exchange(false, std::memory_order_acq_rel)) open_runs_.fetch_sub(1);
+  if (run.held.load(std::memory_order_acquire)) {
+    // No submit is in flight any more (the bridge slot was released first).
+    std::lock_guard<std::mutex> lk(flight_mu_);
+    if (persist) {
+      ReleaseRingLocked();
+      ReleaseOpenRunLocked(run, run_id);
+    } else {
+      run.held.store(false, std::memory_order_release);
+      HeldRun h;
+      h.run_id = run_id;
+      for (Stripe& s : stripes_) {
+        std::lock_guard<std::mutex> slk(s.mu);
+        size_t keep = 0;
+        for (size_t i = 0; i < s.held.size(); ++i) {
+          if (s.held[i].run_id == run_id) {
+            h.charge += s.held[i].charge;
+            h.bytes += s.held[i].size;
+            h.records.push_back(std::move(s.held[i]));
+          } else {
+            if (keep != i) s.held[keep] = std::move(s.held[i]);
+            ++keep;
+          }
+        }
+        s.held.resize(keep);
+      }
+      ring_.push_back(std::move(h));
+      ring_size_.store(ring_.size());
+      while (ring_.size() > options_.keep_last ||
+             (!ring_.empty() && held_bytes_.load(std::memory_order_acquire) > options_.keep_bytes)) {
+        EvictOldestLocked();
+      }
+    }
+  }
   c.tensors = run.tensors.load();
   c.bytes = run.bytes.load();
   c.dropped_tensors = run.dropped_tensors.load();
@@ -294,6 +377,165 @@ void Engine::CountCommitted(uint32_t run_id, uint64_t n) {
   if (n == 0) return;
   RunState& run = runs_[run_id % kRunRing];
   if (run.run_id.load(std::memory_order_relaxed) == run_id) run.committed.fetch_add(n, std::memory_order_release);
+}
+
+// ------------------------------------------------------------ flight recorder
+
+bool Engine::KeyHoldable(uint32_t key_id) const {
+  if (key_id < kFastKeys) {
+    const uint8_t v = key_holdable_[key_id].load(std::memory_order_acquire);
+    if (v != 0) return v == 1;
+  }
+  std::shared_lock<std::shared_mutex> lk(keys_mu_);
+  return key_id < keys_.size() && keys_[key_id].holdable;
+}
+
+bool Engine::KeyName(uint32_t key_id, std::string* device, std::string* node, int32_t* slot,
+                     std::string* debug_op) const {
+  std::shared_lock<std::shared_mutex> lk(keys_mu_);
+  if (key_id >= keys_.size()) return false;
+  const KeyInfo& k = keys_[key_id];
+  *device = k.device;
+  *node = k.node;
+  *slot = k.slot;
+  *debug_op = k.debug_op;
+  return true;
+}
+
+bool Engine::ReserveHeld(uint64_t charge) {
+  if (held_bytes_.fetch_add(charge, std::memory_order_acq_rel) + charge <= options_.keep_bytes) return true;
+  {
+    // Over the budget: the oldest ended runs make room (evicted on this
+    // thread: rare, and only references are given back).
+    std::lock_guard<std::mutex> lk(flight_mu_);
+    while (!ring_.empty() && held_bytes_.load(std::memory_order_acquire) > options_.keep_bytes) {
+      EvictOldestLocked();
+    }
+  }
+  if (held_bytes_.load(std::memory_order_acquire) <= options_.keep_bytes) return true;
+  // The executing held runs alone fill the budget: this record is dropped.
+  held_bytes_.fetch_sub(charge, std::memory_order_acq_rel);
+  st_overflow_.fetch_add(1, std::memory_order_relaxed);
+  return false;
+}
+
+void Engine::EvictOldestLocked() {
+  HeldRun& h = ring_.front();
+  ReleaseRecords(h.records.data(), h.records.size());
+  held_bytes_.fetch_sub(h.charge, std::memory_order_acq_rel);
+  // Settled: nothing of the run will be written, and nothing is lost that
+  // was asked for (the durability write-out never waits for it).
+  CountCommitted(h.run_id, h.records.size());
+  st_evicted_runs_.fetch_add(1, std::memory_order_relaxed);
+  st_evicted_tensors_.fetch_add(h.records.size(), std::memory_order_relaxed);
+  flight_changes_.push_back(FlightChange{h.run_id, false, h.records.size(), h.bytes});
+  ring_.pop_front();
+  ring_size_.store(ring_.size());
+}
+
+void Engine::QueueRecords(std::vector<Record>* records) {
+  if (records->empty()) return;
+  uint64_t charge = 0, bytes = 0;
+  for (const Record& r : *records) {
+    charge += r.charge;
+    bytes += r.size;
+  }
+  held_bytes_.fetch_sub(charge, std::memory_order_acq_rel);
+  const uint64_t cur = queued_bytes_.fetch_add(charge, std::memory_order_acq_rel) + charge;
+  uint64_t hw = high_water_.load(std::memory_order_relaxed);
+  while (cur > hw && !high_water_.compare_exchange_weak(hw, cur)) {
+  }
+  const size_t n = records->size();
+  outstanding_.fetch_add(n, std::memory_order_acq_rel);
+  {
+    Stripe& s = stripes_[ThreadStripe() % kStripes];
+    std::lock_guard<std::mutex> lk(s.mu);
+    for (Record& r : *records) s.records.push_back(std::move(r));
+  }
+  records->clear();
+  pending_records_.fetch_add(n, std::memory_order_acq_rel);
+  pending_bytes_.fetch_add(bytes, std::memory_order_acq_rel);
+  // A trigger is written now, not after the runs that follow it: deferral
+  // is suspended until a run start finds the writers idle again.
+  overlap_runs_.store(true);
+  Kick();
+}
+
+void Engine::ReleaseRingLocked() {
+  while (!ring_.empty()) {
+    HeldRun& h = ring_.front();
+    QueueRecords(&h.records);
+    st_released_runs_.fetch_add(1, std::memory_order_relaxed);
+    flight_changes_.push_back(FlightChange{h.run_id, true, 0, 0});
+    ring_.pop_front();
+  }
+  ring_size_.store(0);
+}
+
+void Engine::ReleaseOpenRunLocked(RunState& run, uint32_t run_id) {
+  // Later submits of the run see `held` false under their stripe's lock, so
+  // each record is either moved here or queued by its producer.
+  run.held.store(false, std::memory_order_release);
+  std::vector<Record> out;
+  for (Stripe& s : stripes_) {
+    std::lock_guard<std::mutex> slk(s.mu);
+    size_t keep = 0;
+    for (size_t i = 0; i < s.held.size(); ++i) {
+      if (s.held[i].run_id == run_id) {
+        out.push_back(std::move(s.held[i]));
+      } else {
+        if (keep != i) s.held[keep] = std::move(s.held[i]);
+        ++keep;
+      }
+    }
+    s.held.resize(keep);
+  }
+  QueueRecords(&out);
+  st_released_runs_.fetch_add(1, std::memory_order_relaxed);
+  flight_changes_.push_back(FlightChange{run_id, true, 0, 0, true});
+}
+
+void Engine::FoundNonfinite(RunState& run, uint32_t run_id, uint32_t key_id, uint64_t seq) {
+  std::lock_guard<std::mutex> lk(flight_mu_);
+  if (run.run_id.load(std::memory_order_acquire) != run_id) return;
+  if (seq < run.bad_seq.load(std::memory_order_relaxed)) {
+    run.bad_seq.store(seq, std::memory_order_relaxed);
+    run.bad_key.store(key_id, std::memory_order_relaxed);
+  }
+  if (!run.held.load(std::memory_order_acquire)) return;  // released already
+  st_nonfinite_.fetch_add(1, std::memory_order_relaxed);
+  ReleaseRingLocked();
+  ReleaseOpenRunLocked(run, run_id);
+}
+
+size_t Engine::Persist() {
+  std::lock_guard<std::mutex> lk(flight_mu_);
+  const size_t n = ring_.size();
+  ReleaseRingLocked();
+  return n;
+}
+
+void Engine::EvictAll() {
+  std::lock_guard<std::mutex> lk(flight_mu_);
+  while (!ring_.empty()) EvictOldestLocked();
+}
+
+std::vector<FlightChange> Engine::TakeFlightChanges() {
+  std::lock_guard<std::mutex> lk(flight_mu_);
+  std::vector<FlightChange> out;
+  out.swap(flight_changes_);
+  return out;
+}
+
+bool Engine::NonfiniteOf(uint32_t run_id, uint32_t* key_id, uint64_t* seq) const {
+  const RunState& run = runs_[run_id % kRunRing];
+  std::lock_guard<std::mutex> lk(flight_mu_);
+  if (run.run_id.load(std::memory_order_acquire) != run_id) return false;
+  const uint64_t s = run.bad_seq.load(std::memory_order_relaxed);
+  if (s == ~0ull) return false;
+  *seq = s;
+  *key_id = run.bad_key.load(std::memory_order_relaxed);
+  return true;
 }
 
 bool Engine::ReserveBudget(uint64_t charge) {
@@ -393,11 +635,27 @@ int Engine::Submit(const tfdump_tensor_in& in) {
     release_input();
     return TFDUMP_SUBMIT_OK;
   }
-  if (shutdown_.load() || error_.load() != kOk || !ReserveBudget(charge)) {
+  // Flight recorder: a full tensor of a held run is kept back, charged to
+  // keep_bytes instead of the queue (no backpressure: the ring evicts).
+  const bool hold = run.held.load(std::memory_order_acquire) && KeyHoldable(in.key_id);
+  if (shutdown_.load() || error_.load() != kOk || !(hold ? ReserveHeld(charge) : ReserveBudget(charge))) {
     CountDrop(&run, in.size);
     release_input();
     return TFDUMP_SUBMIT_DROPPED;
   }
+  auto release_charge = [&](uint64_t c) {
+    if (hold) {
+      held_bytes_.fetch_sub(c, std::memory_order_acq_rel);
+    } else {
+      ReleaseBudget(c);
+    }
+  };
+  // Scanned before the record is handed over: once it is, a trigger on
+  // another thread may queue it and a writer release its memory. Only
+  // until the run's first hit (then the run is no longer held).
+  const bool nonfinite = hold && options_.persist_on_nonfinite && in.encode == nullptr &&
+                         (in.flags & (kFlagString | kFlagVariant | kFlagResource | kFlagUninitialized)) == 0 &&
+                         HasNonfinite(in.dtype, static_cast<const uint8_t*>(in.data), in.size);
 
   Record r;
   r.run_id = in.run_id;
@@ -421,11 +679,12 @@ int Engine::Submit(const tfdump_tensor_in& in) {
   r.data = static_cast<const uint8_t*>(in.data);
 
   Stripe& stripe = stripes_[ThreadStripe() % kStripes];
+  bool queued = true;
   const bool copy = in.owner == nullptr && in.encode == nullptr && in.size > 0;
   if (copy && in.size > kMaxChunkedCopy) {
     void* block = std::malloc(in.size);
     if (block == nullptr) {
-      ReleaseBudget(charge);
+      release_charge(charge);
       CountDrop(&run, in.size);
       return TFDUMP_SUBMIT_DROPPED;
     }
@@ -460,7 +719,7 @@ int Engine::Submit(const tfdump_tensor_in& in) {
           RetireChunk(stripe);
           stripe.chunk = Chunk::New(this, kChunkBytes);
           if (stripe.chunk == nullptr) {
-            ReleaseBudget(charge);
+            release_charge(charge);
             CountDrop(&run, in.size);
             return TFDUMP_SUBMIT_DROPPED;
           }
@@ -481,16 +740,31 @@ int Engine::Submit(const tfdump_tensor_in& in) {
         // Nothing new is held: only the record's own bookkeeping counts
         // against the budget.
         const uint64_t bookkeeping = sizeof(Record) + sizeof(int64_t) * static_cast<uint64_t>(r.ndims);
-        if (charge > bookkeeping) ReleaseBudget(charge - bookkeeping);
+        if (charge > bookkeeping) release_charge(charge - bookkeeping);
         r.charge = bookkeeping < charge ? bookkeeping : charge;
       }
     }
-    stripe.records.push_back(std::move(r));
+    if (hold && run.held.load(std::memory_order_acquire)) {
+      stripe.held.push_back(std::move(r));
+      queued = false;
+    } else {
+      if (hold) {
+        // Released by a trigger since this submit began: queued after all,
+        // its charge moves from the held bytes to the queue's.
+        held_bytes_.fetch_sub(r.charge, std::memory_order_acq_rel);
+        queued_bytes_.fetch_add(r.charge, std::memory_order_acq_rel);
+      }
+      stripe.records.push_back(std::move(r));
+    }
   }
   run.tensors.fetch_add(1, std::memory_order_relaxed);
   run.bytes.fetch_add(in.size, std::memory_order_relaxed);
   st_tensors_.fetch_add(1, std::memory_order_relaxed);
   st_bytes_.fetch_add(in.size, std::memory_order_relaxed);
+  if (!queued) {
+    if (nonfinite) FoundNonfinite(run, in.run_id, in.key_id, seq);
+    return TFDUMP_SUBMIT_OK;
+  }
   outstanding_.fetch_add(1, std::memory_order_acq_rel);
   pending_records_.fetch_add(1, std::memory_order_acq_rel);
   const uint64_t pending = pending_bytes_.fetch_add(in.size, std::memory_order_acq_rel) + in.size;
@@ -562,6 +836,13 @@ EngineStats Engine::Stats() const {
   s.workers_boosted = boosted_.load();
   s.producers_waiting = static_cast<uint64_t>(budget_waiters_.load());
   s.worker_background = background_.load();
+  s.held_bytes = held_bytes_.load();
+  s.held_runs = ring_size_.load();  // no lock: producers take flight_mu_
+  s.held_runs_evicted = st_evicted_runs_.load();
+  s.held_tensors_evicted = st_evicted_tensors_.load();
+  s.held_runs_released = st_released_runs_.load();
+  s.held_overflow_tensors = st_overflow_.load();
+  s.nonfinite_triggers = st_nonfinite_.load();
   return s;
 }
 

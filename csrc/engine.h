@@ -46,6 +46,27 @@ struct EngineOptions {
   // budget, or when the gaps between runs proved too short (a backlog at
   // three run starts in a row), they work regardless.
   bool defer_during_runs = true;
+  // Flight recorder (BeginRun(run_id, hold=true)): the last `keep_last`
+  // ended held runs stay in memory within `keep_bytes` (their records'
+  // charges, executing held runs included) and reach the writers only when
+  // a trigger releases them.
+  uint32_t keep_last = 0;
+  uint64_t keep_bytes = 512ull << 20;
+  // A held run whose float tensor (half, bfloat16, float, double, complex)
+  // holds an inf or nan is a trigger (found on the producing thread, where
+  // the bytes are still in cache).
+  bool persist_on_nonfinite = true;
+};
+
+// What the flight recorder did with a held run (Engine::TakeFlightChanges),
+// in the order it happened.
+struct FlightChange {
+  uint32_t run_id;
+  bool released;  // true: given to the writers; false: evicted from the ring (never written)
+  uint64_t tensors = 0, bytes = 0;  // evicted: the held records let go
+  // released while the run was still executing (the triggering run); false:
+  // it had ended (a ring run), though its Python side may not know yet
+  bool executing = false;
 };
 
 struct RunCounters {
@@ -81,6 +102,14 @@ struct EngineStats {
   bool workers_boosted = false;      // raised now
   uint64_t producers_waiting = 0;    // producers waiting for queue room now
   int worker_background = 0;         // WorkerBackground the writers use while not raised
+  // Flight recorder.
+  uint64_t held_bytes = 0;            // charges of held records now (ring and executing runs)
+  uint64_t held_runs = 0;             // ended runs in the ring now
+  uint64_t held_runs_evicted = 0;     // ended runs let go unwritten (the requested behaviour)
+  uint64_t held_tensors_evicted = 0;
+  uint64_t held_runs_released = 0;    // held runs given to the writers by a trigger
+  uint64_t held_overflow_tensors = 0; // dropped: the executing held runs alone filled keep_bytes
+  uint64_t nonfinite_triggers = 0;    // held runs released because a float tensor held inf/nan
 };
 
 // How writer threads run while not raised. kIdle/kNice: the configured
@@ -176,8 +205,26 @@ class Engine {
   // Any thread. Never throws. TFDUMP_SUBMIT_* codes.
   int Submit(const tfdump_tensor_in& in);
 
-  void BeginRun(uint32_t run_id);
-  RunCounters EndRun(uint32_t run_id);
+  // hold: the run's records (DebugIdentity keys; other debug ops, i.e.
+  // summaries, go to the writers as usual) are kept back for the flight
+  // recorder instead of being queued for the writers.
+  void BeginRun(uint32_t run_id, bool hold = false);
+  // persist: a held run that is not released yet is released now, with the
+  // ring before it (a trigger, e.g. the run raised). Otherwise a held run
+  // joins the ring, evicting its oldest runs past keep_last / keep_bytes.
+  RunCounters EndRun(uint32_t run_id, bool persist = false);
+  // A trigger from outside (e.g. the user): every ended run in the ring is
+  // released. Returns how many.
+  size_t Persist();
+  // Lets every ended run of the ring go unwritten (the writer closes).
+  void EvictAll();
+  // Runs released or evicted since the last call, in order.
+  std::vector<FlightChange> TakeFlightChanges();
+  // The first inf/nan record found in a held run (key id and seq), if any.
+  bool NonfiniteOf(uint32_t run_id, uint32_t* key_id, uint64_t* seq) const;
+  // (device, node, output slot, debug op) of an interned key; false if unknown.
+  bool KeyName(uint32_t key_id, std::string* device, std::string* node, int32_t* slot,
+               std::string* debug_op) const;
   // How far a run's accepted records are settled: `accepted` records were
   // queued for it, `committed` of them were written or dropped after
   // acceptance (CommitFrame). False when the run's slot of the ring was
@@ -226,6 +273,11 @@ class Engine {
     // Accepted records settled by CommitFrame (written, or lost after
     // acceptance): the exact durability check compares it with `tensors`.
     std::atomic<uint64_t> committed{0};
+    // Flight recorder: records are kept back (Stripe::held) while `held`;
+    // the first inf/nan record found (seq, key) is written under flight_mu_.
+    std::atomic<bool> held{false};
+    std::atomic<uint64_t> bad_seq{~0ull};
+    std::atomic<uint32_t> bad_key{0};
   };
   // Adds `n` settled records to run `run_id` (one atomic add per run per frame).
   void CountCommitted(uint32_t run_id, uint64_t n);
@@ -258,10 +310,20 @@ class Engine {
     // producer's lock: a background-class writer preempted while holding it
     // would stall TF's thread.
     std::atomic<uint64_t> aliased{0};
+    // Records of held runs still executing (flight recorder); moved to the
+    // ring when their run ends, or to `records` when a trigger releases it.
+    std::vector<Record> held;
   };
   struct KeyInfo {
     int32_t slot;
     std::string device, node, debug_op;
+    bool holdable;  // DebugIdentity: a full tensor the flight recorder keeps back
+  };
+  // An ended held run in the flight recorder's ring.
+  struct HeldRun {
+    uint32_t run_id = 0;
+    std::vector<Record> records;
+    uint64_t charge = 0, bytes = 0;
   };
 
   static constexpr size_t kRunRing = 4096;
@@ -275,6 +337,17 @@ class Engine {
   // their references at once.
   void ReleaseRecords(Record* records, size_t n);
   void RetireChunk(Stripe& s);
+
+  // Flight recorder (engine.cc). The *Locked ones need flight_mu_.
+  bool KeyHoldable(uint32_t key_id) const;
+  bool ReserveHeld(uint64_t charge);
+  // Queues records for the writers regardless of the budget (the memory is
+  // already held): moves their charge from the held to the queued bytes.
+  void QueueRecords(std::vector<Record>* records);
+  void ReleaseRingLocked();
+  void ReleaseOpenRunLocked(RunState& run, uint32_t run_id);
+  void EvictOldestLocked();
+  void FoundNonfinite(RunState& run, uint32_t run_id, uint32_t key_id, uint64_t seq);
 
   // NextFrame's steps (engine_frames.cc), in order.
   struct FrameScratch;
@@ -302,6 +375,10 @@ class Engine {
   mutable std::shared_mutex keys_mu_;
   std::unordered_map<std::string, uint32_t> key_ids_;
   std::deque<KeyInfo> keys_;
+  // Whether a key is DebugIdentity (1) or another debug op (2), for the
+  // first kFastKeys keys: read by every held submit without keys_mu_.
+  static constexpr size_t kFastKeys = 1u << 16;
+  std::unique_ptr<std::atomic<uint8_t>[]> key_holdable_{new std::atomic<uint8_t>[kFastKeys]()};
 
   std::atomic<uint64_t> queued_bytes_{0}, high_water_{0};
   std::atomic<uint64_t> pending_records_{0}, pending_bytes_{0};  // not yet taken by a worker
@@ -335,6 +412,14 @@ class Engine {
 
   std::mutex chunk_pool_mu_;
   std::vector<Chunk*> chunk_pool_;
+
+  // Flight recorder: flight_mu_ is taken before any stripe's lock.
+  mutable std::mutex flight_mu_;
+  std::deque<HeldRun> ring_;  // ended held runs, oldest first
+  std::vector<FlightChange> flight_changes_;
+  std::atomic<uint64_t> held_bytes_{0}, ring_size_{0};
+  std::atomic<uint64_t> st_evicted_runs_{0}, st_evicted_tensors_{0}, st_released_runs_{0}, st_overflow_{0},
+      st_nonfinite_{0};
 
   std::mutex late_mu_;
   std::vector<LateDrop> late_drops_;

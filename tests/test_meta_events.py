@@ -70,7 +70,7 @@ def check_events(events):
     return seen
 
 
-ENUMERATED = {"run_end": "status", "drops": "reason", "codec_change": "state"}
+ENUMERATED = {"run_end": "status", "drops": "reason", "codec_change": "state", "flight_recorder_trigger": "reason"}
 
 
 def check_values(events):
@@ -128,6 +128,18 @@ def writer_stores(tmp_path):
                     w.write(rng.standard_normal(64 << 10).astype(np.float32), "x", run=run)
                 w.end_run(run)
                 w.flush()
+    roots.append(root)
+
+    # The flight recorder: an inf at the third run persists it and the one
+    # before; a run with a summary record that leaves the ring is recorded
+    # with what was written of it.
+    root = str(tmp_path / "flight")
+    with DumpWriter(root, keep_last=1) as w:
+        for step in range(4):
+            run = w.begin_run(capture=False)
+            w.write(np.full(4, np.inf if step == 2 else 1.0, np.float32), "x", run=run)
+            w.write(np.arange(3), "x", debug_op="DebugNanCount", run=run)
+            w.end_run(run)
     roots.append(root)
 
     # Events recorded through the public API, with the names and fields the

@@ -341,3 +341,26 @@ def test_debug_dump_dir_privates_that_store_dump_dir_relies_on_exist():
                                             for d in store.dumped_tensor_data)
     for d in store.dumped_tensor_data[:20]:
         assert d in store.watch_key_to_data(d.watch_key, device_name=d.device_name)
+
+
+def test_on_coordinator_stop_runs_in_the_thread_closing_a_monitored_session_after_a_raise():
+    """The flight recorder's "error" trigger: MonitoredSession.__exit__ after a
+    raising run calls no after_run and no end(), but closes through the
+    coordinator's request_stop, in the closing thread."""
+    import threading
+
+    calls = []
+
+    class Hook(tf1.train.SessionRunHook):
+        def after_create_session(self, session, coord):
+            assert _tf_private.on_coordinator_stop(coord, lambda: calls.append(threading.get_ident())), TF
+
+    g = tf.Graph()
+    with g.as_default():
+        x = tf1.placeholder(tf.float32, [], name="x")
+        check = tf.debugging.assert_positive(x)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        with g.as_default(), tf1.train.MonitoredSession(hooks=[Hook()]) as sess:
+            sess.run(check, feed_dict={x: -1.0})
+    assert calls and calls[0] == threading.get_ident(), \
+        f"{TF}: closing a MonitoredSession no longer calls coord.request_stop() in the closing thread"

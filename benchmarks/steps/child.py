@@ -39,11 +39,19 @@ from benchmarks.steps import cpu
 from benchmarks.steps.load import BackgroundLoad
 
 #: Every configuration, in the order of the tables.
-CONFIGS = ("none", "floor", "tfdump", "tfdump-nodurability", "tfdump-summary", "tfdump-health", "tfdbg",
-           "tfdbg-summary")
+CONFIGS = ("none", "floor", "tfdump", "tfdump-nodurability", "tfdump-summary", "tfdump-health", "flight",
+           "flight-noscan", "flight-trigger", "tfdbg", "tfdbg-summary")
 DEFAULT_CONFIGS = ("none", "floor", "tfdump", "tfdump-nodurability")
+#: The flight recorder's ring (keep_last) in the flight configurations, and
+#: how often flight-trigger fires (hook.persist(): the same release path as
+#: an inf/nan, which the workloads do not produce).
+FLIGHT_KEEP_LAST = 4
+FLIGHT_TRIGGER_EVERY = 10
 HOOK_OPTIONS = {"tfdump": {}, "tfdump-nodurability": {"durability_s": None}, "tfdump-summary": {},
-                "tfdump-health": {}}
+                "tfdump-health": {},
+                "flight": {"keep_last": FLIGHT_KEEP_LAST}, "flight-trigger": {"keep_last": FLIGHT_KEEP_LAST},
+                # without the inf/nan check: what the check itself costs
+                "flight-noscan": {"keep_last": FLIGHT_KEEP_LAST, "persist_on": ("error",)}}
 #: Configurations whose watches ask for summaries (every tensor, as the floor's).
 SUMMARY_DEBUG_OPS = {"tfdump-summary": ["DebugNumericSummary"], "tfdump-health": ["FULL_HEALTH"],
                      "tfdbg-summary": ["DebugNumericSummary"]}
@@ -160,6 +168,11 @@ class Unit:
 
     def run_step(self) -> None:
         self.session.run(self.wl.train_op)
+        if self.name == "flight-trigger" and self.inner is not None:
+            self.steps_since_trigger = getattr(self, "steps_since_trigger", 0) + 1
+            if self.steps_since_trigger >= FLIGHT_TRIGGER_EVERY:
+                self.steps_since_trigger = 0
+                self.inner.persist("benchmark")
 
     def flush(self) -> None:
         if self.inner is not None and not self.is_tfdbg:
@@ -244,6 +257,7 @@ def measure(unit: Unit, n: int) -> Dict[str, Any]:
         unit.run_step()
         times.append(time.perf_counter() - ts)
     steps_s = time.perf_counter() - t0
+    ring = _ring_memory(unit)  # before end(): closing lets the ring go
     unit.finish()
     total_s = time.perf_counter() - t0
     c1 = cpu.snapshot()
@@ -253,8 +267,21 @@ def measure(unit: Unit, n: int) -> Dict[str, Any]:
                            "first_step_ms": first_ms}
     if floor0 is not None:
         rec["floor_tensors"] = unit._floor_calls() - floor0
+    if ring is not None:
+        rec["ring"] = ring
     rec.update(unit.close_measurement(root))
     return rec
+
+
+def _ring_memory(unit: Unit) -> Optional[Dict[str, int]]:
+    """The flight recorder's held bytes and the process's RSS at the end of the steps."""
+    if unit.inner is None or not unit.name.startswith("flight"):
+        return None
+    s = unit.inner.stats()
+    with open("/proc/self/statm") as f:
+        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return {"held_bytes": int(s["held_bytes"]), "held_runs": int(s["held_runs"]), "rss_bytes": rss,
+            "tensors_written": int(s["tensors_written"]), "tensors_accepted": int(s["tensors_accepted"])}
 
 
 def run(spec: Dict[str, Any]) -> Dict[str, Any]:

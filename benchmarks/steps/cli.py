@@ -62,6 +62,12 @@ Configurations (--configs):
   tfdump-summary       DumpingDebugHook, debug_ops=["DebugNumericSummary"]: summaries
                        computed off the step by the bridge (not run by default)
   tfdump-health        DumpingDebugHook, debug_ops=["FULL_HEALTH"] (not run by default)
+  flight               DumpingDebugHook(keep_last=4): the flight recorder, no
+                       trigger (nothing but run metadata is written)
+  flight-noscan        the same with persist_on=("error",): no inf/nan check
+                       (the check's own cost is the difference to flight)
+  flight-trigger       the same as flight, with hook.persist() every 10 steps (writes the
+                       last 4 runs each time; the release path of an inf/nan)
   tfdbg                tf_debug.DumpingDebugHook (slow; not run by default)
   tfdbg-summary        tf_debug.DumpingDebugHook, debug_ops=["DebugNumericSummary"] on
                        numeric and bool dtypes only (its kernels' dtypes), tolerating

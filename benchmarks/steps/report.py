@@ -71,6 +71,28 @@ def markdown(results: Dict[str, Any]) -> str:
                 for c, e in (r.get("config_errors") or {}).items()]
     if left_out:
         lines += ["", "Configurations left out (their step failed): " + "; ".join(left_out)]
+    if any(c.startswith("flight") for *_, cfgs in _rows(results) for c in cfgs):
+        lines += ["", "## Flight recorder (keep_last=4; flight-trigger: hook.persist() every 10 steps)", "",
+                  "Ring MB: bytes held at the end of the steps; RSS: the benchmark process's resident memory then "
+                  "(every configuration's session lives in it). Tensors written/step: by the writer, incl. the "
+                  "untimed first step.", "",
+                  "| workload | load | regime | floor ms | flight ms | flight/floor | flight MB/step "
+                  "| flight tensors written/step | ring MB | RSS MB | trigger ms | trigger/floor | trigger MB/step "
+                  "| no-scan ms | no-scan/floor |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for wl, load, regime, cfgs in _rows(results):
+            g = lambda c, k: (cfgs.get(c) or {}).get(k)  # noqa: E731
+            ring = g("flight", "ring") or {}
+            if not any(cfgs.get(c) for c in ("flight", "flight-trigger", "flight-noscan")):
+                continue
+            wr = ring.get("tensors_written_per_step")
+            lines.append(
+                f"| {wl} | {load} | {regime} | {_ms(g('floor', 'per_step_ms'))} | {_ms(g('flight', 'per_step_ms'))} "
+                f"| {_ratio(g('flight', 'ratio_to_floor'))} | {_mb(g('flight', 'bytes_per_step'))} "
+                f"| {'-' if wr is None else f'{wr:.0f}'} | {_ms(ring.get('held_mb'))} | {_ms(ring.get('rss_mb'))} "
+                f"| {_ms(g('flight-trigger', 'per_step_ms'))} | {_ratio(g('flight-trigger', 'ratio_to_floor'))} "
+                f"| {_mb(g('flight-trigger', 'bytes_per_step'))} | {_ms(g('flight-noscan', 'per_step_ms'))} "
+                f"| {_ratio(g('flight-noscan', 'ratio_to_floor'))} |")
     lines += [
         "", "## CPU per step (ms of CPU time per step, timed window)", "",
         "From /proc/self/task/<tid>/stat (utime+stime). `main`: the Python main thread; `TF`: every other thread "

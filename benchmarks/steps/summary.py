@@ -44,6 +44,12 @@ def _config_figures(recs: List[Dict[str, Any]], regime: str) -> Dict[str, Any]:
         out[f"cpu_{part}_ms"] = _median([r["cpu_s"][part] / r["n"] * 1e3 for r in recs])
     if recs[0].get("floor_tensors") is not None:
         out["tensors_per_step"] = _median([r["floor_tensors"] / r["n"] for r in recs])
+    rings = [r["ring"] for r in recs if r.get("ring")]
+    if rings:  # flight recorder configurations
+        out["ring"] = {"held_mb": _median([g["held_bytes"] / 1e6 for g in rings]),
+                       "rss_mb": _median([g["rss_bytes"] / 1e6 for g in rings]),
+                       "tensors_written_per_step": _median([g["tensors_written"] / (r["n"] + 1)
+                                                            for r, g in zip(recs, rings)])}
     stats = [r["stats"] for r in recs if r.get("stats")]
     if stats:
         frames: Dict[str, int] = {}

@@ -16,7 +16,8 @@ from libcpp.utility cimport move
 from libcpp.vector cimport vector
 
 from tfdump_fast.engine cimport (
-    Backpressure, Engine, EngineOptions, EngineStats, Frame, LateDrop, RunCounters, kDropReasonMuted,
+    Backpressure, Engine, EngineOptions, EngineStats, FlightChange, Frame, LateDrop, RunCounters,
+    kDropReasonMuted,
     kBackgroundBatch, kBackgroundIdle, kBackgroundNice, kBackgroundNormal)
 from tfdump_fast.engine_api cimport (
     TFDUMP_SUBMIT_BAD_RUN, TFDUMP_SUBMIT_DROPPED, TFDUMP_SUBMIT_OK, tfdump_tensor_in)
@@ -362,7 +363,8 @@ cdef class NativeEngine:
 
     def __cinit__(self, uint64_t queue_bytes, str policy, int workers, uint64_t frame_bytes, bint shuffle,
                   uint64_t zero_copy_threshold, bint discard, uint64_t dedup_max_entries,
-                  bint defer_during_runs=True):
+                  bint defer_during_runs=True, uint32_t keep_last=0, uint64_t keep_bytes=512 << 20,
+                  bint persist_on_nonfinite=True):
         cdef EngineOptions o
         o.queue_bytes = queue_bytes
         o.policy = Backpressure.kDrop if policy == "drop" else Backpressure.kBlock
@@ -373,6 +375,9 @@ cdef class NativeEngine:
         o.discard = discard
         o.dedup_max_entries = dedup_max_entries
         o.defer_during_runs = defer_during_runs
+        o.keep_last = keep_last
+        o.keep_bytes = keep_bytes
+        o.persist_on_nonfinite = persist_on_nonfinite
         self.engine = new Engine(o)
         self.workers = workers
 
@@ -391,13 +396,54 @@ cdef class NativeEngine:
         cdef bytes d = device.encode("utf-8"), n = node.encode("utf-8"), op = debug_op.encode("utf-8")
         return self.engine.InternKey(d, len(d), n, len(n), slot, op, len(op))
 
-    def begin_run(self, uint32_t run_id):
-        self.engine.BeginRun(run_id)
+    def begin_run(self, uint32_t run_id, bint hold=False):
+        """Open a run; ``hold``: its full tensors stay in the flight recorder."""
+        self.engine.BeginRun(run_id, hold)
 
-    def end_run(self, uint32_t run_id):
-        cdef RunCounters c = self.engine.EndRun(run_id)
+    def end_run(self, uint32_t run_id, bint persist=False):
+        """End a run; ``persist``: a held run is released (a trigger) with the ring before it."""
+        cdef RunCounters c
+        with nogil:
+            c = self.engine.EndRun(run_id, persist)
         return {"tensors": c.tensors, "bytes": c.bytes,
                 "dropped_tensors": c.dropped_tensors, "dropped_bytes": c.dropped_bytes}
+
+    def persist(self):
+        """Release every ended run of the flight recorder's ring; returns how many."""
+        cdef size_t n
+        with nogil:
+            n = self.engine.Persist()
+        return n
+
+    def evict_all(self):
+        """Let every ended run of the flight recorder's ring go unwritten."""
+        with nogil:
+            self.engine.EvictAll()
+
+    def take_flight_changes(self):
+        """``[(run_id, released, tensors, bytes, executing), ...]`` since the
+        last call, in order: released (True: given to the writers) or evicted
+        (False; then ``tensors`` / ``bytes`` are the held records let go);
+        ``executing``: released before the run ended (the triggering run)."""
+        cdef vector[FlightChange] changes = self.engine.TakeFlightChanges()
+        return [(c.run_id, bool(c.released), c.tensors, c.bytes, bool(c.executing)) for c in changes]
+
+    def nonfinite_of(self, uint32_t run_id):
+        """``(key_id, seq)`` of the first inf/nan tensor found in a held run, or None."""
+        cdef uint32_t key_id = 0
+        cdef uint64_t seq = 0
+        if not self.engine.NonfiniteOf(run_id, &key_id, &seq):
+            return None
+        return (key_id, seq)
+
+    def key_name(self, uint32_t key_id):
+        """``(device, node, output_slot, debug_op)`` of an interned key, or None."""
+        cdef string device, node, debug_op
+        cdef int32_t slot = 0
+        if not self.engine.KeyName(key_id, &device, &node, &slot, &debug_op):
+            return None
+        return (device.decode("utf-8", "replace"), node.decode("utf-8", "replace"), slot,
+                debug_op.decode("utf-8", "replace"))
 
     def run_progress(self, uint32_t run_id):
         """(accepted, committed) records of a run: committed ones were
@@ -503,7 +549,12 @@ cdef class NativeEngine:
                 "records_outstanding": s.records_outstanding,
                 "worker_boosts": s.worker_boosts, "workers_boosted": bool(s.workers_boosted),
                 "producers_waiting": s.producers_waiting,
-                "worker_background": _WORKER_BACKGROUND_NAMES.get(s.worker_background, "unset")}
+                "worker_background": _WORKER_BACKGROUND_NAMES.get(s.worker_background, "unset"),
+                "held_bytes": s.held_bytes, "held_runs": s.held_runs,
+                "held_runs_evicted": s.held_runs_evicted, "held_tensors_evicted": s.held_tensors_evicted,
+                "held_runs_released": s.held_runs_released,
+                "held_overflow_tensors": s.held_overflow_tensors,
+                "nonfinite_triggers": s.nonfinite_triggers}
 
     def take_late_drops(self):
         cdef vector[LateDrop] drops = self.engine.TakeLateDrops()

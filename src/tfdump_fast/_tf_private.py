@@ -42,6 +42,7 @@ __all__ = [
     "is_plain_session",
     "make_callable_from_options",
     "monitored_session_hooks",
+    "on_coordinator_stop",
     "op_def",
     "raw_session",
     "session_feeds",
@@ -241,3 +242,34 @@ def fetches_constantly(hook) -> bool:
         except Exception:  # noqa: BLE001 - cannot tell: assume it changes the fetches
             return False
     return False
+
+
+# ---------------------------------------------------------------------------
+# When a MonitoredSession closes.
+
+
+def on_coordinator_stop(coord, callback: Callable[[], None]) -> bool:
+    """Call ``callback()`` in whichever thread calls ``coord.request_stop()``, first.
+
+    ``MonitoredSession`` closes through ``_CoordinatedSession.close``, which
+    calls ``self._coord.request_stop()`` in the closing thread -- also when
+    ``__exit__`` closes it because a ``Session.run`` raised, the case in
+    which it calls no hook's ``after_run`` or ``end()``. The coordinator is
+    the one ``SessionRunHook.after_create_session`` receives. It has no hook
+    of its own, so this instance's ``request_stop`` is wrapped (the class is
+    untouched). Returns False when ``coord`` has no ``request_stop``.
+    Since TF 1.x (monitored_session.py, ``_CoordinatedSession.close``).
+    """
+    original = getattr(coord, "request_stop", None)
+    if original is None or not callable(original):
+        return False
+
+    def request_stop(*args, **kwargs):
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 - stopping must go on whatever the callback does
+            pass
+        return original(*args, **kwargs)
+
+    coord.request_stop = request_stop
+    return True

@@ -34,6 +34,7 @@ from tfdump_fast.errors import (
     TfdumpTruncatedError,
     TfdumpUsageError,
 )
+from tfdump_fast.flight import TRIGGER_EVENT
 
 PROG = "tfdump-fast"
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
@@ -161,7 +162,8 @@ def cmd_ls(args) -> int:
     if args.json:
         st = reader.storage()
         _emit_json({"root": reader.session_root, "writers": len(reader.writers), "bytes_on_disk": st["files"],
-                    "tasks": reader.tasks(), "runs": [_run_json(r, i) for i, r in indexed]})
+                    "tasks": reader.tasks(), "runs": [_run_json(r, i) for i, r in indexed],
+                    "triggers": reader.events(TRIGGER_EVENT)})
         return EXIT_OK
     rows = []
     multi_writer = len({r.writer_id for r in runs}) > 1
@@ -185,11 +187,33 @@ def cmd_ls(args) -> int:
     tasks = reader.tasks()
     if tasks:  # a distributed job's store (README, "Distributed")
         print("tasks: %s" % ", ".join(tasks))
+    for ev in reader.events(TRIGGER_EVENT):
+        print(_trigger_line(ev, reader))
     for run in runs:
         if run.status == "failed" and run.error:
             print("run %s failed: %s" % (run.name, run.error.strip().splitlines()[0] if run.error.strip()
                                          else run.error))
     return EXIT_OK
+
+
+def _trigger_line(ev: dict, reader) -> str:
+    """One flight recorder trigger, as `ls` prints it."""
+    names = {(r.writer_id, r.run_id): r.name for r in reader.runs}
+    try:
+        writer = int(str(ev.get("writer_id", "w0"))[1:], 16)
+    except ValueError:
+        writer = 0
+    run = ev.get("run_name") or names.get((writer, ev.get("run_id")), "run id %s" % ev.get("run_id"))
+    what = str(ev.get("reason"))
+    tensor = ev.get("tensor")
+    if isinstance(tensor, dict) and tensor.get("node"):
+        what += " in %s:%s" % (tensor["node"], tensor.get("output_slot", 0))
+    if ev.get("message"):
+        what += " (%s)" % ev["message"]
+    elif ev.get("error"):
+        what += " (%s)" % str(ev["error"]).strip().splitlines()[0]
+    runs = ev.get("runs") or []
+    return "flight recorder trigger: %s at run %s; %d run(s) written" % (what, run, len(runs))
 
 
 def _select_run(reader, run_text, step):

@@ -49,7 +49,9 @@ _STEP = _obj({"tensor": _STR, "op": _OPT_STR, "device": _STR, "record": _SUMMARY
               "created_at": _SITE, "inputs": {"type": "array", "items": _INPUT}})
 
 SCHEMAS = {
-    "ls": _obj({"root": _STR, "writers": _INT, "bytes_on_disk": _INT, "tasks": {"type": "array", "items": _STR}, "runs": {"type": "array", "items": _RUN}}),
+    "ls": _obj({"root": _STR, "writers": _INT, "bytes_on_disk": _INT, "tasks": {"type": "array", "items": _STR}, "runs": {"type": "array", "items": _RUN}},
+               # flight recorder triggers: the flight_recorder_trigger events (docs/FORMAT.md)
+               {"triggers": {"type": "array", "items": {"type": "object"}}}),
     "show_run": _obj({"run": _RUN, "fetches": _OPT_STR, "feed_keys": _OPT_STR, "watch_keys": {
         "type": "array", "items": _obj({
             "watch_key": _STR, "tensor": _STR, "node": _STR, "output_slot": _INT, "debug_op": _STR,

@@ -190,6 +190,10 @@ class Dumper:
         """Return once every finished run is on disk and readable."""
         self.writer.flush()
 
+    def persist(self, reason: str) -> List[str]:
+        """The flight recorder's manual trigger (``DumpWriter.persist``)."""
+        return self.writer.persist(reason)
+
     def close(self, error=None) -> None:
         """End open runs as failed (with ``error`` when given), close the
         writer, remove the publish directory. Nothing in a forked child: the

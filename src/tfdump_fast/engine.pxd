@@ -23,6 +23,15 @@ cdef extern from "engine.h" namespace "tfdump" nogil:
         bool discard
         uint64_t dedup_max_entries
         bool defer_during_runs
+        uint32_t keep_last
+        uint64_t keep_bytes
+        bool persist_on_nonfinite
+
+    cdef cppclass FlightChange:
+        uint32_t run_id
+        bool released
+        uint64_t tensors, bytes
+        bool executing
 
     cdef cppclass RunCounters:
         uint64_t tensors, bytes, dropped_tensors, dropped_bytes
@@ -43,6 +52,8 @@ cdef extern from "engine.h" namespace "tfdump" nogil:
         bool workers_boosted
         uint64_t producers_waiting
         int worker_background
+        uint64_t held_bytes, held_runs, held_runs_evicted, held_tensors_evicted
+        uint64_t held_runs_released, held_overflow_tensors, nonfinite_triggers
 
     cdef enum WorkerBackground:
         kBackgroundUnset
@@ -63,8 +74,13 @@ cdef extern from "engine.h" namespace "tfdump" nogil:
         uint32_t InternKey(const char* device, size_t device_len, const char* node, size_t node_len,
                            int32_t slot, const char* debug_op, size_t debug_op_len)
         int Submit(const tfdump_tensor_in& inp)
-        void BeginRun(uint32_t run_id)
-        RunCounters EndRun(uint32_t run_id)
+        void BeginRun(uint32_t run_id, bool hold)
+        RunCounters EndRun(uint32_t run_id, bool persist)
+        size_t Persist()
+        void EvictAll()
+        vector[FlightChange] TakeFlightChanges()
+        bool NonfiniteOf(uint32_t run_id, uint32_t* key_id, uint64_t* seq)
+        bool KeyName(uint32_t key_id, string* device, string* node, int32_t* slot, string* debug_op)
         bool RunProgress(uint32_t run_id, uint64_t* accepted, uint64_t* committed)
         unique_ptr[Frame] NextFrame(int worker, int timeout_ms, bool* finished)
         void CommitFrame(unique_ptr[Frame] frame, int status)

@@ -208,7 +208,11 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
     **engine_options
         Passed to :class:`~tfdump_fast.writer.DumpWriter` (``queue_bytes``,
         ``policy``, ``workers``, ``codec``, ``level``, ``disk_limit_bytes``,
-        ``allow_existing``, ...).
+        ``allow_existing``, ...), among them the flight recorder's
+        ``keep_last=K``, ``keep_bytes`` and ``persist_on=("inf_nan",
+        "error")``: full tensors of the last K debugged runs stay in memory
+        and are written only when a trigger fires (see :meth:`persist` and
+        the README's "Flight recorder").
 
     Notes
     -----
@@ -261,9 +265,17 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
 
     def after_create_session(self, session, coord):  # noqa: D401 - SessionRunHook API
         """Called when a (new) session is created: cluster tasks are probed again
-        on its first debugged run (they may have restarted)."""
-        del session, coord
+        on its first debugged run (they may have restarted). With the flight
+        recorder, a run left open by a raising ``Session.run`` is also ended
+        (as failed: the "error" trigger) when the session closes, rather
+        than at the thread's next run or at exit."""
+        del session
         self._dumper.forget_cluster()
+        if coord is not None and self._dumper.writer.options.get("keep_last") is not None:
+            dumper = self._dumper
+            # The closing thread is not inside Session.run: a run it left
+            # open is one that raised.
+            _tf_private.on_coordinator_stop(coord, lambda: dumper.end_dangling(threading.get_ident()))
 
     def before_run(self, run_context):
         """Decide whether this run is debugged and add its watch options."""
@@ -352,6 +364,15 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
     def close(self):
         """End open runs (as failed), flush and close the writer. Idempotent."""
         self._dumper.close()
+
+    def persist(self, reason="manual"):
+        """Flight recorder (``keep_last=K``): write the last K ended runs now.
+
+        A trigger of the program's own (e.g. a loss spike), recorded with
+        ``reason`` in a ``flight_recorder_trigger`` event. Returns the names of
+        the runs written. Raises ``TfdumpUsageError`` without ``keep_last``.
+        """
+        return self._dumper.persist(reason)
 
     def stats(self):
         """The writer's counters (see ``DumpWriter.stats``) plus

@@ -345,6 +345,15 @@ class DumpingDebugWrapperSession(_tf_private.SessionInterface):
         """Return once every finished run is on disk and readable."""
         self._dumper.flush()
 
+    def persist(self, reason="manual"):
+        """Flight recorder (``keep_last=K``): write the last K ended runs now.
+
+        A trigger of the program's own (e.g. a loss spike), recorded with
+        ``reason`` in a ``flight_recorder_trigger`` event. Returns the names of
+        the runs written. Raises ``TfdumpUsageError`` without ``keep_last``.
+        """
+        return self._dumper.persist(reason)
+
     def stats(self):
         """The writer's counters (see ``DumpWriter.stats``) plus
         ``session_run_calls`` (Session.run calls seen), ``runs_debugged`` and

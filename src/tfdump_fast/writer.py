@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import zstandard
 
-from tfdump_fast import _native, dtypes, errors, lifecycle
+from tfdump_fast import _native, dtypes, errors, flight, lifecycle
 from tfdump_fast.store.payloads import encode_strings
 from tfdump_fast.store import frames
 from tfdump_fast.store.naming import shard_file_name, writer_name
@@ -95,6 +95,8 @@ class Run:
 # made to write (so fast steps share one write-out); the rest is for the
 # write-out itself, and for the one before it still running (a busy CPU).
 _DURABILITY_BATCH_FRACTION = 0.25
+# The flight recorder's default memory bound (DumpWriter keep_bytes).
+_DEFAULT_KEEP_BYTES = 512 << 20
 
 
 class DumpWriter:
@@ -169,6 +171,28 @@ class DumpWriter:
         (bounded), then run the handler installed before ours (see
         :mod:`tfdump_fast.lifecycle`). Installed by the first writer created
         in the main thread.
+    keep_last : int, optional
+        Turns on the flight recorder: the full tensors (``DebugIdentity``
+        watches; other debug ops are written as usual) of the last
+        ``keep_last`` ended runs, and of the runs executing, stay in memory
+        and nothing of them is written unless a trigger fires (``persist_on``,
+        or :meth:`persist`); then those runs and the triggering run are
+        written, with a ``flight_recorder_trigger`` event. Runs of no trigger
+        leave nothing in the store (not even their ``run_begin``). ``None``
+        (default): every run is written. 0: only triggering runs.
+    keep_bytes : int, default 512 MiB
+        The flight recorder's memory bound: tensor bytes (plus ~100 B of
+        bookkeeping each) held for the ring and the executing runs. The
+        oldest ended runs are evicted to stay under it; a record that does
+        not fit even then (the executing runs alone fill it) is dropped and
+        counted (``held_overflow_tensors``, the run's ``dropped_tensors``).
+        Copied small tensors share 1 MiB buffers, so up to 16 MiB more may
+        stay allocated.
+    persist_on : sequence of {"inf_nan", "error"}, default both
+        Triggers of the flight recorder: ``"inf_nan"``, an inf or nan in a
+        captured floating-point tensor (half, bfloat16, float, double,
+        complex; found on TF's thread as the tensor arrives); ``"error"``, a
+        run ended as failed (its ``Session.run`` raised).
     frame_sink : callable, optional
         Writes each data frame: called as ``frame_sink(fd, parts)`` from a
         writer thread, it must write the byte strings ``parts`` (frame
@@ -203,6 +227,9 @@ class DumpWriter:
         frame_sink: Optional[Callable[[int, Sequence[bytes]], None]] = None,
         durability_s: Optional[float] = 2.0,
         handle_signals: bool = True,
+        keep_last: Optional[int] = None,
+        keep_bytes: int = _DEFAULT_KEEP_BYTES,
+        persist_on: Sequence[str] = flight.PERSIST_ON,
     ):
         _validate_options(
             session_root=session_root, queue_bytes=queue_bytes, policy=policy, workers=workers,
@@ -212,6 +239,7 @@ class DumpWriter:
             dedup_max_entries=dedup_max_entries, worker_nice=worker_nice, worker_idle=worker_idle,
             defer_during_runs=defer_during_runs)
         self._validate_lifecycle_options(durability_s)
+        persist_on = _validate_flight_options(keep_last, keep_bytes, persist_on)
         self.session_root = os.fspath(session_root)
         self.options = {
             "queue_bytes": int(queue_bytes), "policy": policy, "workers": int(workers), "codec": codec,
@@ -220,6 +248,9 @@ class DumpWriter:
             "zero_copy_threshold": int(zero_copy_threshold), "worker_nice": int(worker_nice),
             "worker_idle": bool(worker_idle), "defer_during_runs": bool(defer_during_runs),
         }
+        if keep_last is not None:
+            self.options.update(keep_last=int(keep_last), keep_bytes=int(keep_bytes),
+                                persist_on=list(persist_on))
         if frame_sink is not None and not callable(frame_sink):
             raise errors.TfdumpUsageError(f"frame_sink={frame_sink!r} must be callable(fd, parts)")
         prepare_session_root(self.session_root, allow_existing)
@@ -256,7 +287,16 @@ class DumpWriter:
 
         self._engine = _native.NativeEngine(
             int(queue_bytes), policy, int(workers), int(frame_bytes), bool(shuffle),
-            int(zero_copy_threshold), sink == "null", int(dedup_max_entries), bool(defer_during_runs))
+            int(zero_copy_threshold), sink == "null", int(dedup_max_entries), bool(defer_during_runs),
+            int(keep_last or 0), int(keep_bytes), "inf_nan" in persist_on)
+        # Set by the writer's own exit paths: runs they end as failed are not
+        # "error" triggers (the program did not see them raise).
+        self._closing = False
+        self._flight: Optional[flight.FlightRecorder] = None
+        if keep_last is not None:
+            self._flight = flight.FlightRecorder(self._engine, int(keep_last), int(keep_bytes), persist_on,
+                                                 self._write_meta, self._note_run_released,
+                                                 self._note_run_ended)
         self._meta_compressor = zstandard.ZstdCompressor(level=_META_LEVEL)
         self._fds: List[int] = []
         self._shard_files: Dict[int, frames.ShardFile] = {}   # by fd
@@ -342,7 +382,7 @@ class DumpWriter:
         # While a run is open it keeps its writer (and so the engine the TF
         # bridge points at) alive, even if the caller drops the writer.
         run.writer = self
-        self._engine.begin_run(run_id)
+        self._engine.begin_run(run_id, self._flight is not None)
         if capture:
             from tfdump_fast.bridge import get_bridge  # imports TensorFlow
 
@@ -357,7 +397,10 @@ class DumpWriter:
         event = {"event": "run_begin", "run_id": run_id, "run_name": run.run_name, "wall_us": wall_us}
         if metadata:
             event.update(_jsonable(metadata))
-        self._write_meta(event)
+        if self._flight is not None:
+            self._flight.begin(run_id, event)  # written only if the run is persisted
+        else:
+            self._write_meta(event)
         return run
 
     def end_run(self, run: Run, status: str = "ok", error: Optional[str] = None,
@@ -415,7 +458,9 @@ class DumpWriter:
             with self._lock:
                 run.end_claimed = False  # not ended: a later end_run may try again
             raise
-        counters = self._engine.end_run(run.run_id)
+        persist = (self._flight is not None and status == "failed" and "error" in self._flight.persist_on
+                   and not self._closing)
+        counters = self._engine.end_run(run.run_id, persist)
         run.ended, run.counters, run.writer = True, counters, None
         with self._lock:
             self._open_runs.pop(run.run_id, None)
@@ -428,11 +473,52 @@ class DumpWriter:
         hashes = [_native.hash128(bytes(a)) for a in attachments or ()]
         if hashes:
             event["attachment_hashes"] = [h.hex() for h in hashes]
-        self._write_meta(event, attachments or (), hashes)
+        if self._flight is not None:
+            # Written (with the runs before it and the trigger) only if the
+            # run is persisted; its tensors reach the writers the same way.
+            self._flight.end(run.run_id, run.run_name, event, attachments or (), hashes,
+                             str(error) if status == "failed" else None)
+        else:
+            self._write_meta(event, attachments or (), hashes)
+            self._note_run_ended(run.run_id)
         self._detect_root_gone()
-        self._note_run_ended(run.run_id)
         self._raise_pending_error()
         return counters
+
+    def persist(self, reason: str = "manual") -> List[str]:
+        """Write the flight recorder's ring now: the last ``keep_last`` ended runs.
+
+        A trigger from the program (e.g. a loss spike it detected), recorded
+        as a ``flight_recorder_trigger`` event with ``reason="manual"`` and
+        ``message=reason``. Runs executing meanwhile stay held.
+
+        Parameters
+        ----------
+        reason : str
+            Why (stored in the event).
+
+        Returns
+        -------
+        list of str
+            The names of the runs written (oldest first); empty when the
+            ring was empty.
+
+        Raises
+        ------
+        TfdumpUsageError
+            The writer was created without ``keep_last``, or ``reason`` is
+            not a str.
+        """
+        if self._flight is None:
+            raise errors.TfdumpUsageError(
+                "persist() needs the flight recorder: create the writer (or hook) with keep_last=K")
+        if not isinstance(reason, str):
+            raise errors.TfdumpUsageError(f"persist(reason={reason!r}): reason must be a str")
+        self._check_usable()
+        run_ids = self._flight.persist(reason)
+        names = self._flight.run_names(run_ids)
+        self._raise_pending_error()
+        return names
 
     def _claim_end(self, run: Run) -> bool:
         """Whether this call ends ``run`` (exactly one call does, whichever
@@ -611,6 +697,7 @@ class DumpWriter:
         # during close() with nothing written.
         self._write_out(None)
         self._stop_durability()
+        self._closing = True
         first_error = None
         self._detect_root_gone()
         try:
@@ -624,6 +711,11 @@ class DumpWriter:
         except errors.TfdumpError as exc:
             first_error = exc
         self._wait_for_ends(10.0)  # runs another thread is ending: their run_end comes first
+        if self._flight is not None:
+            try:
+                self._flight.close()  # untriggered runs stay unwritten
+            except errors.TfdumpError as exc:
+                first_error = first_error or exc
         try:
             self._drain(None)
         finally:
@@ -672,7 +764,12 @@ class DumpWriter:
             measurably did not compress), ``payloads_aliased`` (records stored
             as a reference to an equal payload copied just before),
             ``disk_budget_exceeded``, ``durability_late`` (durability
-            write-outs that passed ``durability_s``), ``error``;
+            write-outs that passed ``durability_s``), ``error``; the flight
+            recorder's ``held_bytes`` / ``held_runs`` (in memory now),
+            ``held_runs_evicted`` / ``held_tensors_evicted`` (let go unwritten,
+            as asked), ``held_runs_released`` (written by a trigger),
+            ``held_overflow_tensors`` (dropped: past ``keep_bytes`` with the
+            ring empty) and ``nonfinite_triggers``;
             after the session root was deleted, ``tensors_written`` is 0 and
             ``tensors_lost`` counts what was written there.
         """
@@ -743,6 +840,21 @@ class DumpWriter:
             if self._oldest_unwritten_end is None:
                 self._oldest_unwritten_end = time.monotonic()
                 self._durability_cv.notify()
+
+    def _note_run_released(self, run_id: int) -> None:
+        # A run the flight recorder released (a trigger): written out at
+        # once, not a quarter of the bound later, so the trigger is on disk
+        # within the write-out's time.
+        if self._durability_thread is None:
+            self._engine.kick()
+            return
+        with self._durability_cv:
+            self._ended_unsettled.append(run_id)
+            now = time.monotonic()
+            due_now = now - self._durability_s * _DURABILITY_BATCH_FRACTION
+            if self._oldest_unwritten_end is None or self._oldest_unwritten_end > due_now:
+                self._oldest_unwritten_end = due_now
+            self._durability_cv.notify()
 
     def _stop_durability(self) -> None:
         thread = getattr(self, "_durability_thread", None)
@@ -870,6 +982,7 @@ class DumpWriter:
         deadline = time.monotonic() + timeout
         self._accepting_runs = False
         self._stop_durability()
+        self._closing = True
         with self._lock:
             implicit, self._implicit_run = self._implicit_run, None
             open_runs = [r for r in self._open_runs.values() if r is not implicit]
@@ -1164,7 +1277,7 @@ class DumpWriter:
 
 # Event types the writer writes itself (record_event refuses them), and the
 # fields it or the reader set on a recorded event.
-_WRITER_EVENTS = frozenset(("writer_open", "run_begin", "run_end", "drops", "codec_change",
+_WRITER_EVENTS = frozenset((flight.TRIGGER_EVENT, "writer_open", "run_begin", "run_end", "drops", "codec_change",
                             "disk_budget_exceeded", "writer_error", "writer_close"))
 _EVENT_FIELDS = ("event", "wall_us", "writer_id")
 _EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -1267,6 +1380,7 @@ def _as_array(array) -> np.ndarray:
 # Bounds of the integer options: beyond them a value is a mistake, and the
 # native engine (64-bit fields) would raise OverflowError on it.
 _MAX_QUEUE_BYTES = 1 << 50
+_MAX_KEEP_LAST = 1024  # well under the engine's ring of 4096 run states
 _MAX_DISK_LIMIT = 1 << 62
 _MAX_DEDUP_ENTRIES = 1 << 31
 _MAX_INT64 = (1 << 63) - 1
@@ -1327,6 +1441,24 @@ def _validate_options(*, session_root, queue_bytes, policy, workers, codec, leve
                         ("worker_idle", worker_idle), ("defer_during_runs", defer_during_runs)):
         if not _is_bool(value):
             bad(f"{name}={value!r} must be True or False")
+
+
+def _validate_flight_options(keep_last, keep_bytes, persist_on) -> tuple:
+    """Check the flight recorder's options; returns ``persist_on`` as a tuple."""
+    if keep_last is not None and (not _is_int(keep_last) or not 0 <= keep_last <= _MAX_KEEP_LAST):
+        raise errors.TfdumpUsageError(
+            f"keep_last={keep_last!r} must be None (no flight recorder) or an integer from 0 to "
+            f"{_MAX_KEEP_LAST} (ended runs kept in memory until a trigger)")
+    if not _is_int(keep_bytes) or not 1 << 20 <= keep_bytes <= _MAX_QUEUE_BYTES:
+        raise errors.TfdumpUsageError(
+            f"keep_bytes={keep_bytes!r} must be an integer of at least 1 MiB (1048576): the flight "
+            "recorder's memory bound")
+    if isinstance(persist_on, str) or not all(isinstance(p, str) for p in persist_on) or \
+            any(p not in flight.PERSIST_ON for p in persist_on):
+        raise errors.TfdumpUsageError(
+            f"persist_on={persist_on!r} must be a sequence of triggers from {flight.PERSIST_ON} "
+            "(e.g. ('inf_nan',)); DumpWriter.persist() is always available")
+    return tuple(persist_on)
 
 
 def check_session_root(path, what: str = "session_root") -> str:

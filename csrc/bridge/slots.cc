@@ -138,7 +138,6 @@ struct Binding {
 
 struct alignas(64) Slot {
   std::atomic<Binding*> binding{nullptr};
-  // Callbacks in flight on threads without a ThreadGate (see below).
   std::atomic<int64_t> inflight{0};
   // Guarded by g_slots_mu.
   bool registered = false;
@@ -148,52 +147,6 @@ struct alignas(64) Slot {
 std::mutex g_slots_mu;
 Slot g_slots[kMaxSlots];
 uint64_t g_epoch_counter = 0;  // guarded by g_slots_mu
-
-// ---------------------------------------------------------------------------
-// In-flight callbacks, per thread. release_slot must wait for every callback
-// that saw the slot's binding. One shared counter per slot would be bumped
-// twice per tensor by every executor thread: a cache line moving between
-// cores at each tensor (~17k per step of the rnn benchmark). Instead each
-// thread marks its own line: gate->seq[slot] is odd while the thread is inside
-// a callback of that slot. ReleaseSlot clears the binding, then waits, for
-// every thread whose sequence is odd, until it changes. A thread whose gate
-// could not be allocated counts in the slot's shared `inflight` instead.
-
-struct alignas(64) ThreadGate {
-  std::atomic<uint32_t> seq[kMaxSlots];
-  ThreadGate* next = nullptr;  // the gate registered before this one
-  ThreadGate() {
-    for (auto& q : seq) q.store(0, std::memory_order_relaxed);
-  }
-};
-
-std::mutex g_gates_mu;
-// Every gate, newest first; a list so that ReleaseSlot walks it without a
-// lock or an allocation. Gates are leaked on purpose, like the stats blocks:
-// a gate outlives its thread (an exited thread's gate stays even) and the
-// library is never unloaded.
-std::atomic<ThreadGate*> g_gates{nullptr};
-
-// This thread's gate, or nullptr when it could not be registered. Never throws.
-ThreadGate* MyGate() noexcept {
-  thread_local ThreadGate* mine = nullptr;
-  thread_local bool failed = false;
-  if (mine == nullptr && !failed) {
-    try {
-      std::unique_ptr<ThreadGate> g(new ThreadGate());
-      // Registered before its first use: a releaser that does not find it
-      // in the list read the list head before our store, after it had
-      // cleared the binding, so we will see the cleared binding.
-      std::lock_guard<std::mutex> lock(g_gates_mu);
-      g->next = g_gates.load(std::memory_order_relaxed);
-      g_gates.store(g.get(), std::memory_order_seq_cst);
-      mine = g.release();
-    } catch (...) {
-      failed = true;
-    }
-  }
-  return mine;
-}
 
 // ---------------------------------------------------------------------------
 // Per-thread key-id cache. intern_key takes the engine's lock and hashes
@@ -243,20 +196,11 @@ uint32_t InternKey(const Binding& b, const DebugNodeKey& k) {
 void OnTensor(int slot_index, const DebugNodeKey& k, const Tensor& t) noexcept {
   Slot& s = g_slots[slot_index];
   ThreadStats* st = MyStats();
-  ThreadGate* gate = MyGate();
   // Announce ourselves before looking at the binding: release_slot clears
-  // the binding and then reads the gates (and inflight), and sequentially
+  // the binding and then waits for inflight to reach 0, and sequentially
   // consistent ordering guarantees that either we see the cleared binding or
-  // release_slot sees our odd sequence (never neither). Only this thread
-  // writes its gate, so a plain store plus a fence does.
-  uint32_t seq = 0;
-  if (gate != nullptr) {
-    seq = gate->seq[slot_index].load(std::memory_order_relaxed);
-    gate->seq[slot_index].store(seq + 1, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-  } else {
-    s.inflight.fetch_add(1, std::memory_order_seq_cst);
-  }
+  // release_slot sees our increment (never neither).
+  s.inflight.fetch_add(1, std::memory_order_seq_cst);
   Binding* b = s.binding.load(std::memory_order_seq_cst);
   if (b == nullptr) {
     Bump(st->orphaned);
@@ -275,11 +219,7 @@ void OnTensor(int slot_index, const DebugNodeKey& k, const Tensor& t) noexcept {
       Bump(st->failed);
     }
   }
-  if (gate != nullptr) {
-    gate->seq[slot_index].store(seq + 2, std::memory_order_release);
-  } else {
-    s.inflight.fetch_sub(1, std::memory_order_release);
-  }
+  s.inflight.fetch_sub(1, std::memory_order_release);
 }
 
 std::string SlotKey(int i) { return "tfdump_slot_" + std::to_string(i); }
@@ -348,21 +288,13 @@ void ReleaseSlot(int slot) {
   // engine submit under the `block` policy; the engine's workers drain it),
   // so the caller may close the engine as soon as we return.
   int spins = 0;
-  auto pause = [&spins] {
+  while (s.inflight.load(std::memory_order_acquire) != 0) {
     if (++spins < 64) {
       std::this_thread::yield();
     } else {
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
-  };
-  for (ThreadGate* g = g_gates.load(std::memory_order_seq_cst); g != nullptr; g = g->next) {
-    const uint32_t seq = g->seq[slot].load(std::memory_order_seq_cst);
-    if ((seq & 1u) == 0) continue;
-    // Inside a callback that may have seen the binding: wait until it leaves
-    // (a later callback of that thread sees the cleared binding).
-    while (g->seq[slot].load(std::memory_order_acquire) == seq) pause();
   }
-  while (s.inflight.load(std::memory_order_acquire) != 0) pause();
   delete b;
   std::lock_guard<std::mutex> lock(g_slots_mu);
   s.busy = false;  // only now may the slot be handed out again

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -649,3 +650,51 @@ def test_slots_are_lowest_free_first_stable_and_bounded(tmp_path, bridge):
             if r is not freed:
                 w.end_run(r)
         w.end_run(again)
+
+
+def test_ending_a_run_while_its_callbacks_arrive_waits_for_them(tmp_path, bridge):
+    # release_slot (inside end_run) must wait for callbacks that already saw
+    # the run's binding, on every executor thread, and make later ones
+    # orphans: no tensor fails, none is lost uncounted, the process survives.
+    g = tf.Graph()
+    with g.as_default():
+        base = tf1.placeholder(tf.float32, shape=[1024], name="base")
+        outs = [tf.add(base, float(c), name=f"c{c}") for c in range(8)]
+        _, looped = tf.while_loop(lambda i, v: i < 400, lambda i, v: (i + 1, v * 1.0001),
+                                  [tf.constant(0), tf.add_n(outs)], parallel_iterations=8)
+    config = tf1.ConfigProto(inter_op_parallelism_threads=4, intra_op_parallelism_threads=1)
+    feed = {base: np.zeros(1024, np.float32)}
+    with tf1.Session(graph=g, config=config) as sess:
+        with DumpWriter(str(tmp_path / "full")) as w:
+            before = bridge.stats()
+            _captured_run(w, sess, looped, feed_dict=feed)
+            per_run = bridge.stats()["tensors_forwarded"] - before["tensors_forwarded"]
+        assert per_run > 1000
+        with DumpWriter(str(tmp_path / "cut"), policy="block", queue_bytes=1 << 20,
+                        frame_bytes=256 << 10) as w:
+            before = bridge.stats()
+            run = w.begin_run()
+            options = _watch(run.debug_urls, g)
+            started = threading.Event()
+            result = []
+
+            def step():
+                started.set()
+                result.append(sess.run(looped, feed_dict=feed, options=options))
+
+            th = threading.Thread(target=step)
+            th.start()
+            started.wait()
+            # Once the step's callbacks are arriving (some blocked on the queue).
+            while th.is_alive() and bridge.stats()["tensors_forwarded"] - before["tensors_forwarded"] < 200:
+                time.sleep(0.001)
+            w.end_run(run)
+            th.join()
+            after = bridge.stats()
+    assert len(result) == 1
+    assert after["tensors_failed"] == before["tensors_failed"]
+    forwarded = after["tensors_forwarded"] - before["tensors_forwarded"]
+    orphaned = after["tensors_orphaned"] - before["tensors_orphaned"]
+    assert forwarded + orphaned == per_run
+    cut = _only_run(str(tmp_path / "cut"))
+    assert 0 < len(cut) <= forwarded

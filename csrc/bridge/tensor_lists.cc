@@ -512,16 +512,21 @@ const ListMemoEntry* ShadowEntry(const ListSnapshot& snap, tfdump_encode_sink* s
     e.offsets.assign(child.offsets.begin(), child.offsets.begin() + n);
   } else {
     uint32_t from = 0;
+    e.offsets.reserve(n);
     if (above != states.begin()) {
-      // A push: a shorter state plus the elements after it.
+      // A push: a shorter state plus the elements after it. Room for the new
+      // elements is reserved up front (sized like the parent's last
+      // element): inside a loop every state is its parent plus one element,
+      // and growing an exact-size copy would allocate and copy it twice.
       const ListMemoEntry& parent = *std::prev(above)->second;
-      e.list_blob = parent.list_blob;
-      e.offsets = parent.offsets;
       from = std::prev(above)->first;
+      const size_t last = parent.offsets.empty() ? 64 : parent.list_blob.size() - parent.offsets.back();
+      e.list_blob.reserve(parent.list_blob.size() + (n - from) * last);
+      e.list_blob.append(parent.list_blob);
+      e.offsets.assign(parent.offsets.begin(), parent.offsets.end());
     } else {
       AppendListBlobCount(&e.list_blob, 0);
     }
-    e.offsets.reserve(n);
     for (uint32_t i = from; i < n; ++i) {
       e.offsets.push_back(static_cast<uint32_t>(e.list_blob.size()));
       PutListBlobTensor(sh.at(i), sink, &e.list_blob);

@@ -102,6 +102,9 @@ class PublishDirectory:
         # Unique in the process (a forked child has its own ram:// copy).
         self._root = f"{RAM_ROOT}/{os.getpid()}-{next(_instances)}{_SUFFIX}"
         self._created = False
+        # Directories for_url made or found, so later runs skip the check (a
+        # file-system call per run); forgotten when remove() deletes them.
+        self._known: set = set()
         self.unavailable: Optional[str] = None
 
     @property
@@ -118,6 +121,8 @@ class PublishDirectory:
         if self.unavailable is not None:
             return None
         path = f"{self._root}/{url.rsplit('/', 1)[-1]}{_SUFFIX}"
+        if path in self._known:
+            return path
         try:
             if not _gfile.isdir(path):
                 _gfile.makedirs(path)
@@ -125,6 +130,7 @@ class PublishDirectory:
                     raise OSError(f"{path} does not exist after creating it")
             with self._lock:
                 self._created = True
+                self._known.add(path)
             return path
         except (tf.errors.OpError, OSError) as exc:
             self.unavailable = f"TensorFlow's ram:// file system is unusable ({exc})"
@@ -170,6 +176,7 @@ class PublishDirectory:
         """Delete what this instance left in ``ram://`` (the tree below :attr:`root`)."""
         with self._lock:
             created, self._created = self._created, False
+            self._known = set()
         if created:
             try:
                 _gfile.rmtree(self._root)

@@ -133,6 +133,9 @@ def summarize(blocks: Dict[str, List[Dict[str, Any]]], steps: int) -> Dict[str, 
             f["tensors_per_step"] = statistics.median(
                 [(sum(w["floor_tensors"] for w in rec["workers"]) + rec["ps"]["floor_calls"] * steps
                   / (steps + rec["warmup"])) / (steps * len(rec["workers"])) for rec in recs])
+        hook = [w["hook_ms"] for rec in recs for w in rec["workers"] if w.get("hook_ms")]
+        if hook:
+            f["hook_ms_per_step"] = {k: statistics.median([h[k] for h in hook]) for k in hook[0]}
         if name.startswith("ours"):
             f["ps_tensors_per_step"] = statistics.median([rec["ps"]["served_tensors"] / run_steps for rec in recs])
             f["ps_bytes_per_step"] = statistics.median([rec["ps_bytes"] / run_steps for rec in recs])
@@ -158,7 +161,8 @@ def summarize(blocks: Dict[str, List[Dict[str, Any]]], steps: int) -> Dict[str, 
 
 def watch_check(first_watches: Dict[str, List[str]]) -> Dict[str, Any]:
     """The floor watches the same tensors as ours (with every task covered)."""
-    floor, ours = set(first_watches.get("floor", [])), set(first_watches.get("ours", []))
+    # watch_graph's "*" pseudo-watch (node "*", slot -1) names no tensor.
+    floor, ours = ({w for w in first_watches.get(name, []) if not w.startswith("*:")} for name in ("floor", "ours"))
     out: Dict[str, Any] = {"floor_watches": len(floor), "ours_watches": len(ours),
                            "ours_ps_off_watches": len(first_watches.get("ours-ps-off", []))}
     if floor and ours:
@@ -184,7 +188,7 @@ def run(args) -> Dict[str, Any]:
     first_watches: Dict[str, List[str]] = {}
     t_start = time.monotonic()
     try:
-        base = {"cluster": spec, "model": model}
+        base = {"cluster": spec, "model": model, "keep_dumps": bool(args.workdir)}
         ps = Task(dict(base, job="ps", task=0, serve_root=ps_root), os.path.join(work, "ps.log"))
         tasks.append(ps)
         workers = [Task(dict(base, job="worker", task=i), os.path.join(work, f"worker{i}.log")) for i in range(2)]
@@ -273,6 +277,12 @@ def markdown(results: Dict[str, Any]) -> str:
     if cost:
         lines += ["", f"Capture on the ps costs the workers {cost['ms_per_step']:+.2f} ms/step "
                       f"(ours / ours-ps-off = {cost['ours_over_ps_off']:.3f})."]
+    for name in ("ours", "ours-ps-off"):
+        h = (summary.get(name) or {}).get("hook_ms_per_step")
+        if h:
+            lines += ["", f"{name}: the hook's own time per step on a worker: before_run {h['before_run']:.2f} ms "
+                          f"(of which the global-step read, a Session.run of its own, {h['global_step_read']:.2f} ms), "
+                          f"after_run {h['after_run']:.2f} ms."]
     wc = results["watch_check"]
     lines += ["", f"Watches: floor {wc['floor_watches']}, ours {wc['ours_watches']} (equal: {wc.get('equal')}), "
                   f"ours-ps-off {wc['ours_ps_off_watches']}.",

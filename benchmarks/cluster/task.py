@@ -108,6 +108,27 @@ def build_model(tf, spec, params):
     return train, worker_device
 
 
+def _time_hook(hook) -> Dict[str, list]:
+    """Seconds spent in the hook's before_run and after_run, and in its
+    global-step read (a Session.run of its own: on a cluster, a master step
+    that reads the ps), per call; the profile of the hook's share of a step."""
+    timers: Dict[str, list] = {"before_run": [], "after_run": [], "global_step_read": []}
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                timers[name].append(time.perf_counter() - t)
+        return wrapper
+
+    hook.before_run = timed("before_run", hook.before_run)
+    hook.after_run = timed("after_run", hook.after_run)
+    hook._current_step = timed("global_step_read", hook._current_step)
+    return timers
+
+
 def run_worker(params) -> None:
     tf, spec, server = make_server(params)
     tf.compat.v1.disable_eager_execution()
@@ -134,6 +155,15 @@ def run_worker(params) -> None:
     # (init, ready checks, saver) to the graph; the floor watches what the
     # hook watches, which is the graph as it is at the first run.
     floor_hook = make_floor_hook(graph)
+    # watch_graph adds a wildcard watch (node "*", slot -1) that makes every
+    # partition also dump the Recv nodes TF's partitioning adds (copies of
+    # tensors sent from another task). Our hook leaves it out on a cluster (a
+    # wildcard would reach tasks it cannot place), so the floor does too:
+    # both watch the same tensors.
+    opts = floor_hook.run_options.debug_options
+    kept = [w for w in opts.debug_tensor_watch_opts if w.node_name != "*"]
+    del opts.debug_tensor_watch_opts[:]
+    opts.debug_tensor_watch_opts.extend(kept)
     say({"session": True})
     keep_alive = []  # tfdbg's hooks wrap the session; their __del__ would close it
     while True:
@@ -160,6 +190,7 @@ def run_worker(params) -> None:
                 cluster.placement = lambda s, g, allow_served=True: placement(s, g, allow_served=False)
         else:
             inner = None
+        timers = _time_hook(inner) if isinstance(inner, tfdump_fast.DumpingDebugHook) else None
         swap.swap(inner)
         t = time.perf_counter()
         for _ in range(WARMUP_STEPS):
@@ -173,6 +204,9 @@ def run_worker(params) -> None:
         say({"ready": True})
         cmd = read_command()
         assert cmd["cmd"] == "go", cmd
+        if timers is not None:
+            for v in timers.values():
+                v.clear()  # the warm-up step is not in the profile
         floor0, cpu0 = floor_calls(), process_cpu_s()
         step_ms = []
         t0 = time.perf_counter()
@@ -193,10 +227,12 @@ def run_worker(params) -> None:
                                            "payload_bytes", "bytes_written")}
         swap.swap(None)
         files, nbytes = du(root)
-        shutil.rmtree(root, ignore_errors=True)
+        if not params.get("keep_dumps"):
+            shutil.rmtree(root, ignore_errors=True)
         say({"step_ms": step_ms, "steps_s": t1 - t0, "window_s": t2 - t0, "first_ms": first_ms,
              "cpu_s": cpu_s, "floor_tensors": floor_tensors, "stats": stats, "files": files,
-             "bytes": nbytes, "watches": watches})
+             "bytes": nbytes, "watches": watches,
+             "hook_ms": {k: sum(v) * 1e3 / steps for k, v in timers.items()} if timers else None})
 
 
 def main(argv=None) -> int:

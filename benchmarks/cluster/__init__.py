@@ -24,6 +24,11 @@ configuration's median step time and its ratio to the floor:
     do when the ps did not call ``serve()``): nothing is captured on the ps,
     and the worker-side nodes tied to its variables are not watched. Against
     ``ours`` it gives what capture on the ps costs the workers.
+``ours-no-step-read``
+    ``ours`` without the hook's read of the global step (a ``Session.run``
+    of its own per dumped run, which on a cluster is a master step reading
+    the ps): the step's metadata gets the call count instead. A profile
+    configuration: it shows that read's share of ``ours``.
 ``tfdbg``
     tfdbg's ``DumpingDebugHook`` (``file://``) on each worker; every task
     writes its own dumps.

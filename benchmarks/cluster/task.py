@@ -179,7 +179,7 @@ def run_worker(params) -> None:
         elif name == "tfdbg":
             inner = tf_debug.DumpingDebugHook(root)
             keep_alive.append(inner)
-        elif name in ("ours", "ours-ps-off"):
+        elif name in ("ours", "ours-ps-off", "ours-no-step-read"):
             inner = tfdump_fast.DumpingDebugHook(root, log_usage=False)
             if name == "ours-ps-off":
                 # What the workers do when the ps did not call serve(): the
@@ -188,6 +188,11 @@ def run_worker(params) -> None:
                 cluster = inner._dumper.cluster
                 placement = cluster.placement
                 cluster.placement = lambda s, g, allow_served=True: placement(s, g, allow_served=False)
+            if name == "ours-no-step-read":
+                # Profile only: the hook's global-step read (a Session.run of
+                # its own per dumped run; on a cluster a master step that
+                # reads the ps) replaced by the call count, to measure its share.
+                inner._current_step = lambda session, call: (call - 1, None)
         else:
             inner = None
         timers = _time_hook(inner) if isinstance(inner, tfdump_fast.DumpingDebugHook) else None

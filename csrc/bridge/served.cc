@@ -278,6 +278,15 @@ REGISTER_OP("TfdumpIdentity")
 
 REGISTER_KERNEL_BUILDER(Name("TfdumpIdentity").Device(tensorflow::DEVICE_CPU),
                         TfdumpIdentityOp);
+// On a GPU the op reads its input from host memory, as TF's own DebugIdentity
+// GPU kernel does (TF inserts the device-to-host copy): a watch of a node
+// placed on a GPU must not fail the run for want of a kernel. A plain
+// registration; nothing here needs CUDA.
+REGISTER_KERNEL_BUILDER(Name("TfdumpIdentity")
+                            .Device(tensorflow::DEVICE_GPU)
+                            .HostMemory("input")
+                            .HostMemory("output"),
+                        TfdumpIdentityOp);
 
 }  // namespace bridge
 }  // namespace tfdump

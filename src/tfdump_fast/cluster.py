@@ -333,6 +333,9 @@ class ClusterCoverage:
         return placement
 
     def _warn(self, view: ClusterView, allow_served: bool) -> None:
+        if allow_served and view.tasks and TaskState.LOCAL not in view.tasks.values() \
+                and TaskState.SERVED in view.tasks.values():
+            self._warn_unjoined(view)
         missing = [t for t in sorted(view.tasks) if not view.covered(t, allow_served)]
         if view.master_task is None:
             missing_text = "the session's master (it has no tfdump-fast)"
@@ -349,3 +352,26 @@ class ClusterCoverage:
             "watched (their process has no tfdump-fast capture; sending it a memcbk:// URL would "
             "abort it). To cover a task, call tfdump_fast.serve(session_root) in its process "
             "before server.join() or training.", self.owner, view.target, missing_text)
+
+    def _warn_unjoined(self, view: ClusterView) -> None:
+        """A client with no task of its own: served runs cannot be joined to its runs.
+
+        The master step id that joins a client's run to the served runs of
+        the same ``Session.run`` is recorded by a debug op on one of the
+        client's own partitions; a process that hosts no task of the cluster
+        has none. Its runs keep fetches, feeds and partition graphs; the
+        tensors are in the served runs, grouped per master step.
+        """
+        key = ("unjoined", view.target)
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        log.warning(
+            "tfdump-fast: %s: this process hosts no task of %s, so its runs cannot be joined to the "
+            "runs that served tasks capture for them (the step id that joins them is only seen by a "
+            "partition of the client's own process). The tensors are stored by the served tasks, one "
+            "run per master step (DumpReader.step_runs(served_run); `convert` writes one directory per "
+            "step); this process's runs hold fetches, feeds and partition graphs but no tensors. To "
+            "join them, run the client in a task's process: start a tf.distribute.Server there and "
+            "use its target (MonitoredTrainingSession(master=server.target)).",
+            self.owner, view.target)

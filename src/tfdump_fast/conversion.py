@@ -135,7 +135,7 @@ def _step_units(reader: DumpReader, selected: Sequence[Run]) -> List[tuple]:
         if run.key in done:
             continue
         members = reader.step_runs(run) if run.master_step_id is not None else [run]
-        primary = next((r for r in members if r.served_task is None), run)
+        primary = next((r for r in members if not r.metadata.get("served")), run)
         members = [primary] + [r for r in members if r is not primary]
         done.update(r.key for r in members)
         units.append((primary, members))

@@ -273,6 +273,10 @@ class Run:
         # captured for the same Session.run; served runs name their task.
         self.master_step_id: Optional[int] = self.metadata.get("master_step_id")
         self.served_task: Optional[str] = self.metadata.get("served_task") if begin.get("served") else None
+        if begin.get("served") and len(gidx):
+            # A served run is opened ahead of its step (serve()'s pool): the
+            # step began on this task with its first tensor.
+            self.begin_us = int(reader.index.tensors["wall_us"][gidx].min())
         md = self.metadata
         self.core_metadata = md.get("core_metadata")
         if isinstance(self.core_metadata, str):

@@ -133,6 +133,8 @@ def summarize(blocks: Dict[str, List[Dict[str, Any]]], steps: int) -> Dict[str, 
             f["tensors_per_step"] = statistics.median(
                 [(sum(w["floor_tensors"] for w in rec["workers"]) + rec["ps"]["floor_calls"] * steps
                   / (steps + rec["warmup"])) / (steps * len(rec["workers"])) for rec in recs])
+        splits = [w["cpu_split_ms"] for rec in recs for w in rec["workers"]]
+        f["worker_cpu_split_ms_per_step"] = {k: statistics.median([x[k] for x in splits]) for k in splits[0]}
         hook = [w["hook_ms"] for rec in recs for w in rec["workers"] if w.get("hook_ms")]
         if hook:
             f["hook_ms_per_step"] = {k: statistics.median([h[k] for h in hook]) for k in hook[0]}
@@ -273,6 +275,14 @@ def markdown(results: Dict[str, Any]) -> str:
                      f"{fmt(f['ratio_to_none'])} | {f['window_ms_per_step']:.2f} | "
                      f"{f['worker_cpu_ms_per_step']:.2f} | {f['ps_cpu_ms_per_step']:.2f} | "
                      f"{fmt(f.get('ps_tensors_per_step'), '.1f')} | {fmt(f.get('ps_bytes_per_step'), '.0f')} |")
+    lines += ["", "Worker CPU per step, split by thread (ms): Python main thread (hooks) / TensorFlow's threads "
+                  "(kernels, debug ops, gRPC) / our writer threads (hash, compress, write):", ""]
+    for name in meta["configs"]:
+        f = summary.get(name)
+        if f is None:
+            continue
+        c = f["worker_cpu_split_ms_per_step"]
+        lines.append(f"- {name}: {c['main']:.2f} / {c['tf']:.2f} / {c['named']:.2f} (total {c['total']:.2f})")
     cost = summary.get("ps_capture_cost")
     if cost:
         lines += ["", f"Capture on the ps costs the workers {cost['ms_per_step']:+.2f} ms/step "

@@ -136,6 +136,7 @@ def run_worker(params) -> None:
     from tensorflow.python import debug as tf_debug
 
     from benchmarks.compare.measure import du
+    from benchmarks.steps import cpu
     from benchmarks.steps.child import make_swappable_hook
     from benchmarks.steps.floor import floor_calls, make_floor_hook
 
@@ -212,7 +213,7 @@ def run_worker(params) -> None:
         if timers is not None:
             for v in timers.values():
                 v.clear()  # the warm-up step is not in the profile
-        floor0, cpu0 = floor_calls(), process_cpu_s()
+        floor0, cpu0, snap0 = floor_calls(), process_cpu_s(), cpu.snapshot()
         step_ms = []
         t0 = time.perf_counter()
         for _ in range(steps):
@@ -224,6 +225,9 @@ def run_worker(params) -> None:
             inner.end(None)  # what MonitoredSession calls at the end: flush, close
         t2 = time.perf_counter()
         cpu_s = process_cpu_s() - cpu0
+        # main: the Python thread (hooks); tf: TensorFlow's threads (kernels,
+        # debug ops, gRPC); named: our writer threads (hash, compress, write)
+        split = cpu.split(snap0, cpu.snapshot(), cpu.thread_ids(("tfdump-",)))
         floor_tensors = floor_calls() - floor0
         stats = None
         if isinstance(inner, tfdump_fast.DumpingDebugHook):
@@ -235,7 +239,8 @@ def run_worker(params) -> None:
         if not params.get("keep_dumps"):
             shutil.rmtree(root, ignore_errors=True)
         say({"step_ms": step_ms, "steps_s": t1 - t0, "window_s": t2 - t0, "first_ms": first_ms,
-             "cpu_s": cpu_s, "floor_tensors": floor_tensors, "stats": stats, "files": files,
+             "cpu_s": cpu_s, "cpu_split_ms": {k: v * 1e3 / steps for k, v in split.items()},
+             "floor_tensors": floor_tensors, "stats": stats, "files": files,
              "bytes": nbytes, "watches": watches,
              "hook_ms": {k: sum(v) * 1e3 / steps for k, v in timers.items()} if timers else None})
 

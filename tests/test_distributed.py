@@ -589,6 +589,8 @@ def test_hook_shares_the_root_of_its_own_process_serve(tmp_path):
     # allow_existing, and the error says so.
     import tensorflow as tf
 
+    import tfdump_fast.hooks  # noqa: F401 - imports the served-capture module
+    assert callable(tfdump_fast.serve)  # still the function, not a module of that name
     root = tmp_path / "shared"
     served = tfdump_fast.serve(root)
     try:

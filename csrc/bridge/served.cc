@@ -1,5 +1,5 @@
 // Served capture: the TfdumpIdentity debug op and the state behind
-// tfdump_fast.serve() (src/tfdump_fast/serve.py).
+// tfdump_fast.serve() (src/tfdump_fast/serving.py).
 //
 // TensorFlow's memcbk callback gets (DebugNodeKey, Tensor) and no step id,
 // and several clients may run steps on one ps at the same time, so a served

@@ -31,7 +31,7 @@ from tfdump_fast.errors import TfdumpError, TfdumpUsageError
 from tfdump_fast.tfdbg_limit import TfdbgByteLimit
 from tfdump_fast.published import CORE_METADATA_KEYS, PublishDirectory
 from tfdump_fast.run_names import IoNames, NamesCache
-from tfdump_fast.serve import serves_into
+from tfdump_fast.serving import serves_into
 from tfdump_fast.sampling import StepSampler, as_sampler
 from tfdump_fast.watches import DEFAULT_WATCH_SPEC, WatchCache, WatchSpec, watch_spec
 from tfdump_fast.writer import DumpWriter, Run, prepare_session_root

@@ -13,6 +13,10 @@ this task in the metadata, once no tensor of that step arrived for
 ``idle_s``; the client records the same ``master_step_id`` in its run, and
 :class:`~tfdump_fast.reader.DumpReader` joins them. See docs/DESIGN.md,
 "Distributed capture".
+
+The module is ``serving``, not ``serve``: importing a submodule sets the
+package attribute of its name, which would hide the function
+``tfdump_fast.serve`` (the hook layer imports this module).
 """
 
 from __future__ import annotations

@@ -608,3 +608,22 @@ def test_hook_shares_the_root_of_its_own_process_serve(tmp_path):
     np.testing.assert_allclose(reader.runs[-1].get("y")[0], [3.0, 6.0])
     with pytest.raises(tfdump_fast.TfdumpUsageError, match="allow_existing=True to every hook sharing it"):
         tfdump_fast.DumpingDebugHook(root)
+
+
+def test_a_worker_that_is_down_does_not_stall_the_probes(cluster, tmp_path):
+    # Between-graph replication: the chief's session talks to the ps and
+    # itself only (device_filters), so it trains while worker 1 is not up.
+    # The probes' sessions must keep to the same tasks: a session without
+    # the filters waits for every task of the cluster, without end.
+    spec = cluster.spec(ps=1, worker=2)  # worker 1 never starts
+    ps_root = tmp_path / "ps_dump"
+    ps = cluster.start_server(spec, "ps", 0, serve_root=ps_root)
+    root = tmp_path / "w0_dump"
+    rc, out = cluster.run_client(spec, "hook", root, "worker", 0)
+    assert rc == 0, out[-3000:]
+    assert ps.poll() is None
+    assert not _warnings(out), out[-3000:]  # the ps was probed and found served
+    runs = [r for r in tfdump_fast.DumpReader(root).runs if any(rec.node_name == "y" for rec in r.records)]
+    assert len(runs) == 3 and all(r.master_step_id for r in runs)
+    assert runs[0].metadata["cluster_tasks"] == {"/job:ps/replica:0/task:0": "served",
+                                                 "/job:worker/replica:0/task:0": "local"}

@@ -260,6 +260,13 @@ def test_remote_worker_without_tfdump_is_never_sent_a_capture_url(cluster, tmp_p
     # client hung. The hook, the wrapper and capture_run, against the same worker.
     spec = cluster.spec(worker=1)
     worker = cluster.start_server(spec, "worker", 0)
+    # Meanwhile, on a cluster of its own: the same client against a worker
+    # that called serve(). Its tensors are captured there, but the client
+    # hosts no task, so its runs cannot be joined to them: it says so once.
+    served_spec = cluster.spec(worker=1)
+    served_root = tmp_path / "served_worker"
+    served_worker = cluster.start_server(served_spec, "worker", 0, serve_root=served_root)
+    pure_client = cluster.start_client(served_spec, "hook", tmp_path / "pure_client")
     for mode in ("hook", "wrapper", "capture"):
         root = tmp_path / f"{mode}_dump"
         rc, out = cluster.run_client(spec, mode, root)
@@ -276,6 +283,29 @@ def test_remote_worker_without_tfdump_is_never_sent_a_capture_url(cluster, tmp_p
         for run in reader.runs:
             assert run.status == "complete"
             assert len(run.records) == 0  # nothing ran in a process that can take our URLs
+    rc, out = cluster.finish(pure_client)
+    assert rc == 0, out[-3000:]
+    assert served_worker.poll() is None and "Check failed" not in out
+    assert not _warnings(out), out[-3000:]  # the served worker is covered
+    unjoined = [ln for ln in out.splitlines() if "hosts no task" in ln]
+    assert len(unjoined) == 1 and "server.target" in unjoined[0], out[-3000:]
+    client_runs = tfdump_fast.DumpReader(tmp_path / "pure_client").runs
+    assert client_runs and all(r.master_step_id is None and len(r) == 0 for r in client_runs)
+    deadline = time.monotonic() + 60
+    while True:  # served runs end once their step is idle (serve's idle_s)
+        served = [r for r in tfdump_fast.DumpReader(served_root).runs if r.served_task]
+        if sum(any(rec.node_name == "y" for rec in r.records) for r in served) >= 3 or \
+                time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    train = [r for r in served if any(rec.node_name == "y" for rec in r.records)]
+    assert len(train) == 3 and all(r.served_task == "/job:worker/replica:0/task:0" for r in train)
+    expected = _expected_outputs(3)
+    for run, (y, _) in zip(train, expected):
+        np.testing.assert_allclose(run.get("y")[0], y, rtol=1e-5)
+    # convert: one directory per step, from the served runs alone
+    dirs = tfdump_fast.convert(served_root, tmp_path / "served_converted")
+    assert len(dirs) == len({r.master_step_id for r in served})
 
 
 def test_ps_without_serve_keeps_running_and_worker_tensors_are_captured(cluster, tmp_path):
@@ -373,6 +403,13 @@ def test_two_workers_concurrent_steps_on_a_served_ps_are_never_mixed(cluster, tm
     reader = tfdump_fast.DumpReader(_gather([ps_root, *roots], tmp_path / "all"))
     assert set(reader.tasks()) == {"/job:ps/replica:0/task:0", "/job:worker/replica:0/task:0",
                                    "/job:worker/replica:0/task:1"}
+    # The tasks' roots given as several roots read as the gathered folder does.
+    several = tfdump_fast.DumpReader([ps_root, *roots])
+    assert several.tasks() == reader.tasks()
+    assert [(r.key, r.master_step_id, len(r)) for r in several.runs] == \
+        [(r.key, r.master_step_id, len(r)) for r in reader.runs]
+    with pytest.raises(tfdump_fast.TfdumpUsageError, match="in both"):
+        tfdump_fast.DumpReader([ps_root, tmp_path / "all"])
     from tfdump_fast import cli
     capsys.readouterr()
     assert cli.main(["ls", str(tmp_path / "all")]) == 0
@@ -445,18 +482,24 @@ def test_keys_and_values_match_tfdbgs_per_task_dumps(cluster, tmp_path):
     # watch keys and values must agree.
     from tensorflow.python.debug.lib import debug_data
 
-    def run_job(mode):
+    from tfdump_fast.conversion import run_dir_name
+
+    def start_job(mode):
         spec = cluster.spec(ps=1, worker=1)
         root = tmp_path / f"{mode}_dump"
         ps_root = tmp_path / f"{mode}_ps"
         ps = cluster.start_server(spec, "ps", 0, serve_root=ps_root if mode == "hook" else "")
-        rc, out = cluster.run_client(spec, mode, root, "worker", 0)
+        return ps, cluster.start_client(spec, mode, root, "worker", 0), root, ps_root
+
+    def finish_job(ps, client, root, ps_root):
+        rc, out = cluster.finish(client)
         assert rc == 0, out[-3000:]
         assert ps.poll() is None
         return root, ps_root
 
-    tfdbg_root, _ = run_job("tfdbg")
-    ours_root, ours_ps = run_job("hook")
+    # Two clusters at once (each its own ports): the jobs do not interact.
+    jobs = [start_job("tfdbg"), start_job("hook")]
+    (tfdbg_root, _), (ours_root, ours_ps) = [finish_job(*job) for job in jobs]
     _wait_for_served_steps(ours_ps, [ours_root])
     reader = tfdump_fast.DumpReader(_gather([ours_root, ours_ps], tmp_path / "all"))
     ours = [r for r in reader.runs if any(rec.node_name == "y" for rec in r.records)]
@@ -490,3 +533,97 @@ def test_keys_and_values_match_tfdbgs_per_task_dumps(cluster, tmp_path):
             np.testing.assert_array_equal(np.asarray(mine[key]), np.asarray(value), err_msg=str(key))
             compared += 1
         assert compared >= 10 and any(k[0].startswith("/job:ps") for k in want)
+
+    # convert writes one tfdbg dump per master step, merging the step's runs
+    # of every task, with one _tfdbg_device_* folder per device: tfdbg's own
+    # distributed layout (same folders, same dump files but for the Recv
+    # nodes), which tfdbg's DebugDumpDir reads with the same values.
+    converted = tfdump_fast.convert(reader, tmp_path / "converted")
+    assert len(converted) == len([r for r in reader.runs if r.served_task is None])  # no served run alone
+
+    def layout(run_dir):
+        out = set()
+        for dirpath, _, files in os.walk(run_dir):
+            rel = os.path.relpath(dirpath, run_dir)
+            if not rel.startswith("_tfdbg_device_"):
+                continue
+            for name in files:
+                if name.startswith("_tfdbg_graph_"):
+                    out.add((rel.split(os.sep)[0], "graph"))
+                    continue
+                stem = re.sub(r"_\d+(-\d+)?$", "", name)  # the wall-time suffix
+                if re.search(r"_S\d+_\d+_DebugIdentity$", stem) or name.startswith("_recv_"):
+                    continue
+                out.add((rel, stem))
+        return out
+
+    by_name = {os.path.basename(p): p for p in converted}
+    theirs_dirs = [d for d in sorted(os.listdir(tfdbg_root))
+                   if any(x.node_name == "y" for x in debug_data.DebugDumpDir(
+                       os.path.join(tfdbg_root, d)).dumped_tensor_data)]
+    for run, theirs_dir in zip(ours, theirs_dirs):
+        mine_dir = by_name[run_dir_name(run)]
+        want_layout = layout(os.path.join(tfdbg_root, theirs_dir))
+        assert {d.split(os.sep)[0] for d, _ in want_layout} == {d.split(os.sep)[0] for d, _ in layout(mine_dir)} == {
+            "_tfdbg_device_,job_ps,replica_0,task_0,device_CPU_0",
+            "_tfdbg_device_,job_worker,replica_0,task_0,device_CPU_0"}
+        assert layout(mine_dir) == want_layout, (sorted(want_layout ^ layout(mine_dir))[:10])
+        stored = {}
+        for r in reader.step_runs(run):
+            for rec, value in zip(r.records, r.values()):
+                stored[(short(rec.device), rec.node_name, rec.output_slot)] = value
+        dump = debug_data.DebugDumpDir(mine_dir)
+        got = {(short(d.device_name), d.node_name, d.output_slot): d.get_tensor()
+               for d in dump.dumped_tensor_data}
+        assert set(got) == set(stored) and any(k[0].startswith("/job:ps") for k in got)
+        for key, value in got.items():
+            if isinstance(value, debug_data.InconvertibleTensorProto):
+                continue
+            np.testing.assert_array_equal(np.asarray(value), np.asarray(stored[key]), err_msg=str(key))
+
+
+def test_hook_shares_the_root_of_its_own_process_serve(tmp_path):
+    # A worker process that calls serve(root) and trains with a hook on the
+    # same root: no allow_existing needed; both writers' shards read as one.
+    # A root another process wrote into (a shared file system) still needs
+    # allow_existing, and the error says so.
+    import tensorflow as tf
+
+    import tfdump_fast.hooks  # noqa: F401 - imports the served-capture module
+    assert callable(tfdump_fast.serve)  # still the function, not a module of that name
+    root = tmp_path / "shared"
+    served = tfdump_fast.serve(root)
+    try:
+        assert any(n.endswith(".tfds") for n in os.listdir(root))
+        graph = tf.Graph()
+        with graph.as_default():
+            y = tf.identity(tf.constant([1.0, 2.0]) * 3.0, name="y")
+            hook = tfdump_fast.DumpingDebugHook(root)
+            with tf.compat.v1.train.MonitoredSession(hooks=[hook]) as sess:
+                sess.run(y)
+    finally:
+        served.close()
+    reader = tfdump_fast.DumpReader(root)
+    assert len(reader.writers) == 2
+    np.testing.assert_allclose(reader.runs[-1].get("y")[0], [3.0, 6.0])
+    with pytest.raises(tfdump_fast.TfdumpUsageError, match="allow_existing=True to every hook sharing it"):
+        tfdump_fast.DumpingDebugHook(root)
+
+
+def test_a_worker_that_is_down_does_not_stall_the_probes(cluster, tmp_path):
+    # Between-graph replication: the chief's session talks to the ps and
+    # itself only (device_filters), so it trains while worker 1 is not up.
+    # The probes' sessions must keep to the same tasks: a session without
+    # the filters waits for every task of the cluster, without end.
+    spec = cluster.spec(ps=1, worker=2)  # worker 1 never starts
+    ps_root = tmp_path / "ps_dump"
+    ps = cluster.start_server(spec, "ps", 0, serve_root=ps_root)
+    root = tmp_path / "w0_dump"
+    rc, out = cluster.run_client(spec, "hook", root, "worker", 0)
+    assert rc == 0, out[-3000:]
+    assert ps.poll() is None
+    assert not _warnings(out), out[-3000:]  # the ps was probed and found served
+    runs = [r for r in tfdump_fast.DumpReader(root).runs if any(rec.node_name == "y" for rec in r.records)]
+    assert len(runs) == 3 and all(r.master_step_id for r in runs)
+    assert runs[0].metadata["cluster_tasks"] == {"/job:ps/replica:0/task:0": "served",
+                                                 "/job:worker/replica:0/task:0": "local"}

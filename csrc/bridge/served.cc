@@ -1,5 +1,5 @@
 // Served capture: the TfdumpIdentity debug op and the state behind
-// tfdump_fast.serve() (src/tfdump_fast/serve.py).
+// tfdump_fast.serve() (src/tfdump_fast/serving.py).
 //
 // TensorFlow's memcbk callback gets (DebugNodeKey, Tensor) and no step id,
 // and several clients may run steps on one ps at the same time, so a served
@@ -277,6 +277,15 @@ REGISTER_OP("TfdumpIdentity")
     .Doc("tfdump-fast's debug op: DebugIdentity that also sees the step id.");
 
 REGISTER_KERNEL_BUILDER(Name("TfdumpIdentity").Device(tensorflow::DEVICE_CPU),
+                        TfdumpIdentityOp);
+// On a GPU the op reads its input from host memory, as TF's own DebugIdentity
+// GPU kernel does (TF inserts the device-to-host copy): a watch of a node
+// placed on a GPU must not fail the run for want of a kernel. A plain
+// registration; nothing here needs CUDA.
+REGISTER_KERNEL_BUILDER(Name("TfdumpIdentity")
+                            .Device(tensorflow::DEVICE_GPU)
+                            .HostMemory("input")
+                            .HostMemory("output"),
                         TfdumpIdentityOp);
 
 }  // namespace bridge

@@ -34,7 +34,7 @@ _LAZY = {
     "StepSampler": "tfdump_fast.sampling",
     "capture_run": "tfdump_fast.capture",
     "CapturedRun": "tfdump_fast.capture",
-    "serve": "tfdump_fast.serve",
+    "serve": "tfdump_fast.serving",
 }
 
 

@@ -127,8 +127,15 @@ def local_token() -> str:
         return _local_token
 
 
-def probe_task(target: str, device: Optional[str]) -> Optional[Dict[str, str]]:
+def probe_task(target: str, device: Optional[str],
+               device_filters: Optional[List[str]] = None) -> Optional[Dict[str, str]]:
     """Run the probe on ``device`` (None: where the master puts unassigned ops).
+
+    ``device_filters``: the tasks the probe's session may talk to. The
+    client's session usually has such filters (between-graph replication: a
+    worker talks to the ps and itself); a session without them makes the
+    master wait, without end, for every task of the cluster to answer, so a
+    worker that is down or not started yet would hang the probe.
 
     Returns the parsed report, or None when the task has no tfdump-fast
     bridge, did not answer within :data:`PROBE_TIMEOUT_MS`, or the probe
@@ -136,7 +143,8 @@ def probe_task(target: str, device: Optional[str]) -> Optional[Dict[str, str]]:
     """
     try:
         graph, out = _probe_graph(device)
-        config = tf.compat.v1.ConfigProto(operation_timeout_in_ms=PROBE_TIMEOUT_MS)
+        config = tf.compat.v1.ConfigProto(operation_timeout_in_ms=PROBE_TIMEOUT_MS,
+                                          device_filters=list(device_filters or ()))
         options = tf.compat.v1.RunOptions(timeout_in_ms=PROBE_TIMEOUT_MS)
         with tf.compat.v1.Session(target, graph=graph, config=config) as sess:
             return _parse_report(sess.run(out, options=options))
@@ -167,9 +175,12 @@ class ClusterView:
             log.debug("tfdump-fast: list_devices on %s failed: %s", target, exc)
             devices = []
         names = sorted({t for t in (task_of(d) for d in devices) if t is not None})
+        # The tasks the client's session sees (its device_filters applied):
+        # the probes' sessions talk to those and no other.
+        filters = list(names)
         tasks: Dict[str, str] = {}
         for name in names:
-            report = probe_task(target, name + "/device:CPU:0")
+            report = probe_task(target, name + "/device:CPU:0", filters)
             if report is None:
                 tasks[name] = TaskState.UNCOVERED
             elif report["token"] == token:
@@ -178,7 +189,7 @@ class ClusterView:
                 tasks[name] = TaskState.SERVED
             else:  # the bridge is loaded there, but serve() was not called
                 tasks[name] = TaskState.UNCOVERED
-        master = probe_task(target, None) if tasks else None
+        master = probe_task(target, None, filters) if tasks else None
         master_task = task_of(master["device"]) if master is not None else None
         return cls(target, tasks, master_task)
 
@@ -333,6 +344,9 @@ class ClusterCoverage:
         return placement
 
     def _warn(self, view: ClusterView, allow_served: bool) -> None:
+        if allow_served and view.tasks and TaskState.LOCAL not in view.tasks.values() \
+                and TaskState.SERVED in view.tasks.values():
+            self._warn_unjoined(view)
         missing = [t for t in sorted(view.tasks) if not view.covered(t, allow_served)]
         if view.master_task is None:
             missing_text = "the session's master (it has no tfdump-fast)"
@@ -349,3 +363,26 @@ class ClusterCoverage:
             "watched (their process has no tfdump-fast capture; sending it a memcbk:// URL would "
             "abort it). To cover a task, call tfdump_fast.serve(session_root) in its process "
             "before server.join() or training.", self.owner, view.target, missing_text)
+
+    def _warn_unjoined(self, view: ClusterView) -> None:
+        """A client with no task of its own: served runs cannot be joined to its runs.
+
+        The master step id that joins a client's run to the served runs of
+        the same ``Session.run`` is recorded by a debug op on one of the
+        client's own partitions; a process that hosts no task of the cluster
+        has none. Its runs keep fetches, feeds and partition graphs; the
+        tensors are in the served runs, grouped per master step.
+        """
+        key = ("unjoined", view.target)
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        log.warning(
+            "tfdump-fast: %s: this process hosts no task of %s, so its runs cannot be joined to the "
+            "runs that served tasks capture for them (the step id that joins them is only seen by a "
+            "partition of the client's own process). The tensors are stored by the served tasks, one "
+            "run per master step (DumpReader.step_runs(served_run); `convert` writes one directory per "
+            "step); this process's runs hold fetches, feeds and partition graphs but no tensors. To "
+            "join them, run the client in a task's process: start a tf.distribute.Server there and "
+            "use its target (MonitoredTrainingSession(master=server.target)).",
+            self.owner, view.target)

@@ -13,7 +13,11 @@ and ``tensorflow/python/debug/wrappers/dumping_wrapper.py``)::
             <node path>_<slot>_<debug op>_<wall us>[-<k>]   one Event per dump
 
 so that ``tensorflow.python.debug.lib.debug_data.DebugDumpDir`` and the
-offline analyzer read it. The core metadata's ``global_step`` stays what
+offline analyzer read it. A distributed store (``tfdump_fast.serve``) is
+written as tfdbg's distributed dumps are: one directory per master step,
+holding the tensors of every task that ran the step (the client's run and
+the served runs of the same ``master_step_id``), one ``_tfdbg_device_*``
+folder per device. The core metadata's ``global_step`` stays what
 TensorFlow recorded (the debug options' value, as in tfdbg); the training
 global step the hook recorded goes into that Event's ``step`` field, which
 tfdbg leaves unset (runs imported from tfdbg keep their files as they were). Each dump file holds, byte for byte, the Event
@@ -30,7 +34,7 @@ Neither function imports TensorFlow.
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, List, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -94,24 +98,48 @@ def convert(session_root, dest, runs=None, progress: Union[bool, Callable[[int, 
     if os.path.exists(dest) and not os.path.isdir(dest):
         raise TfdumpUsageError("dest=%r is a file, not a directory: pass the directory to write "
                                "tfdbg's run directories into (created if missing)" % dest)
-    names = _unique_run_dir_names(selected)
+    units = _step_units(reader, selected)
+    names = _unique_run_dir_names([primary for primary, _ in units])
     for name in names:
         path = os.path.join(dest, name)
         if os.path.exists(path) and os.listdir(path) and not overwrite:
             raise TfdumpUsageError("%s already exists and is not empty: pick another destination or "
                                    "pass overwrite=True" % path)
-    total = sum(len(r) for r in selected)
+    total = sum(len(r) for _, members in units for r in members)
     bar, report = progress_reporter(progress, total, "converting")
     out = []
     try:
-        for run, name in zip(selected, names):
+        for (run, members), name in zip(units, names):
             path = os.path.join(dest, name)
-            _write_run(reader, run, path, report)
+            _write_run(reader, run, path, report, members)
             out.append(path)
     finally:
         if bar is not None:
             bar.close()
     return out
+
+
+def _step_units(reader: DumpReader, selected: Sequence[Run]) -> List[tuple]:
+    """``(run, members)`` per directory to write: one per master step.
+
+    A run with a ``master_step_id`` is written with every run of its step
+    (:meth:`DumpReader.step_runs`): the client's run names the directory and
+    gives the metadata (fetches, feeds, core metadata, partition graphs of
+    every task); the tasks' served runs add their tensors. Served runs of a
+    step whose client run is not in the store (a client without a local
+    partition, or a client store not gathered) make one directory of their
+    own. Every other run is written alone.
+    """
+    units, done = [], set()
+    for run in selected:
+        if run.key in done:
+            continue
+        members = reader.step_runs(run) if run.master_step_id is not None else [run]
+        primary = next((r for r in members if not r.metadata.get("served")), run)
+        members = [primary] + [r for r in members if r is not primary]
+        done.update(r.key for r in members)
+        units.append((primary, members))
+    return units
 
 
 def run_dir_name(run: Run) -> str:
@@ -166,15 +194,15 @@ def _graph_hash64(graph: bytes, h: bytes) -> int:
     return v
 
 
-def _write_run(reader: DumpReader, run: Run, run_dir: str, report) -> None:
+def _write_run(reader: DumpReader, run: Run, run_dir: str, report, members=None) -> None:
     try:
         os.makedirs(run_dir, exist_ok=True)
-        _write_run_files(reader, run, run_dir, report)
+        _write_run_files(reader, run, run_dir, report, members or [run])
     except OSError as exc:
         raise TfdumpIOError(exc.errno, "writing %s failed: %s" % (exc.filename or run_dir, exc.strerror)) from None
 
 
-def _write_run_files(reader: DumpReader, run: Run, run_dir: str, report) -> None:
+def _write_run_files(reader: DumpReader, run: Run, run_dir: str, report, members: Sequence[Run]) -> None:
     md = run.metadata
     tfdbg = md.get("tfdbg") or {}
     begin_us = run.begin_us or run.t0 or 0
@@ -222,9 +250,15 @@ def _write_run_files(reader: DumpReader, run: Run, run_dir: str, report) -> None
     # were tried: GIL hand-offs cost more than the overlap gains on 2 cores.)
     enc = _EventEncoder(reader)
     key_fields: Dict[int, tuple] = {}
-    cols = reader.index.columns(run.tensor_ids)
     dims_all = reader.index.dims_list()
-    for i, (g, kid, folder, name, wall) in reported(enumerate(dump_file_names(reader, run)), report):
+    used: set = set()  # file names taken: the runs of one step share the directory
+    for member in members:
+        _write_dumps(reader, member, run_dir, report, enc, key_fields, dims_all, made_dirs, used)
+
+
+def _write_dumps(reader, run, run_dir, report, enc, key_fields, dims_all, made_dirs, used) -> None:
+    cols = reader.index.columns(run.tensor_ids)
+    for i, (g, kid, folder, name, wall) in reported(enumerate(dump_file_names(reader, run, used)), report):
         kf = key_fields.get(kid)
         if kf is None:
             key = reader.index.keys[kid]
@@ -386,7 +420,7 @@ def _write_file_parts(path: str, parts) -> None:
         os.close(fd)
 
 
-def dump_file_names(reader: DumpReader, run: Run):
+def dump_file_names(reader: DumpReader, run: Run, used: Optional[set] = None):
     """Where tfdbg puts each dump of a run, in execution order.
 
     Yields ``(tensor index, key index, folder, file name, wall_us)`` with
@@ -394,12 +428,14 @@ def dump_file_names(reader: DumpReader, run: Run):
     node's name scopes) and the file name ``<node>_<slot>_<op>_<us>``, with
     tfdbg's ``-1``, ``-2``, ... suffix when a watch key dumps twice within
     one microsecond (debug_io_utils.cc, AppendTimestampToFilePath).
+    ``used``: ``(folder, name)`` pairs already taken in the directory (the
+    runs of one master step share it); updated.
     """
     g_all = run.tensor_ids
     key_of = reader.index.key_of[g_all].tolist()
     walls = reader.index.tensors["wall_us"][g_all].tolist()
     key_parts: Dict[int, tuple] = {}
-    used = set()
+    used = set() if used is None else used
     for g, kid, wall in zip(g_all.tolist(), key_of, walls):
         kp = key_parts.get(kid)
         if kp is None:

@@ -31,6 +31,7 @@ from tfdump_fast.errors import TfdumpError, TfdumpUsageError
 from tfdump_fast.tfdbg_limit import TfdbgByteLimit
 from tfdump_fast.published import CORE_METADATA_KEYS, PublishDirectory
 from tfdump_fast.run_names import IoNames, NamesCache
+from tfdump_fast.serving import serves_into
 from tfdump_fast.sampling import StepSampler, as_sampler
 from tfdump_fast.watches import DEFAULT_WATCH_SPEC, WatchCache, WatchSpec, watch_spec
 from tfdump_fast.writer import DumpWriter, Run, prepare_session_root
@@ -155,6 +156,8 @@ class Dumper:
         # compiler or a broken build is reported here with its fix, not as a
         # logged "could not start a debugged run" once training has begun,
         # and before the writer puts files into the root.
+        if serves_into(self.session_root):  # this process's serve() writes there: share the root
+            self.engine_options["allow_existing"] = True
         prepare_session_root(self.session_root, bool(self.engine_options.get("allow_existing")))
         # Summary counters are process-wide; this dumper reports its own share.
         self._summary_base = _summary_counters(get_bridge())

@@ -279,6 +279,10 @@ class Run:
         # captured for the same Session.run; served runs name their task.
         self.master_step_id: Optional[int] = self.metadata.get("master_step_id")
         self.served_task: Optional[str] = self.metadata.get("served_task") if begin.get("served") else None
+        if begin.get("served") and len(gidx):
+            # A served run is opened ahead of its step (serve()'s pool): the
+            # step began on this task with its first tensor.
+            self.begin_us = int(reader.index.tensors["wall_us"][gidx].min())
         md = self.metadata
         self.core_metadata = md.get("core_metadata")
         if isinstance(self.core_metadata, str):
@@ -677,8 +681,10 @@ class DumpReader:
 
     Parameters
     ----------
-    session_root : str or os.PathLike
-        Directory holding the ``*.tfds`` shard files of one or more writers.
+    session_root : str, os.PathLike, or a list of them
+        Directory holding the ``*.tfds`` shard files of one or more writers;
+        several directories (e.g. the session roots of a cluster's hosts,
+        copied to one machine) are read as one store.
     cache_bytes : int, default 256 MiB
         Bound of the cache of decompressed data blocks.
     on_corruption : {"raise", "skip"}, default "raise"
@@ -722,13 +728,19 @@ class DumpReader:
                  on_corruption: str = "raise"):
         if on_corruption not in ("raise", "skip"):
             raise TfdumpUsageError("on_corruption=%r must be 'raise' or 'skip'" % (on_corruption,))
-        if not isinstance(session_root, (str, bytes, os.PathLike)):
-            raise TfdumpUsageError("session_root=%r must be a path (str or os.PathLike) to a dump "
-                                   "directory, not %s" % (session_root, type(session_root).__name__))
+        roots = list(session_root) if isinstance(session_root, (list, tuple)) else [session_root]
+        for root in roots:
+            if not isinstance(root, (str, bytes, os.PathLike)):
+                raise TfdumpUsageError("session_root=%r must be a path (str or os.PathLike) to a dump "
+                                       "directory, or a list of them, not %s" % (root, type(root).__name__))
+        if not roots:
+            raise TfdumpUsageError("session_root=[] names no dump directory")
         if not isinstance(cache_bytes, (int, np.integer)) or isinstance(cache_bytes, bool) or cache_bytes < 0:
             raise TfdumpUsageError("cache_bytes=%r must be a non-negative integer (bytes of "
                                    "decompressed blocks kept)" % (cache_bytes,))
-        self.session_root = os.fsdecode(os.fspath(session_root))
+        #: Every directory read (one unless a list was given); ``session_root`` is the first.
+        self.session_roots: List[str] = [os.fsdecode(os.fspath(r)) for r in roots]
+        self.session_root = self.session_roots[0]
         self.cache_bytes = int(cache_bytes)
         self._lock = threading.RLock()
         self._closed = False
@@ -750,7 +762,10 @@ class DumpReader:
     # ---- opening
 
     def _check_root(self):
-        root = self.session_root
+        for root in self.session_roots:
+            self._check_one_root(root)
+
+    def _check_one_root(self, root):
         if not os.path.exists(root):
             raise TfdumpIOError(2, "session root %s does not exist" % root)
         if not os.path.isdir(root):
@@ -759,25 +774,40 @@ class DumpReader:
             raise TfdumpFormatError("%s is not a directory, so not a tfdump-fast session root" % root)
 
     def _list_shards(self) -> List[Tuple[str, ShardName]]:
+        out: List[Tuple[str, ShardName]] = []
+        where: Dict[str, str] = {}
+        for root in self.session_roots:
+            for path, shard in self._list_root(root):
+                name = os.path.basename(path)
+                if name in where:
+                    raise TfdumpUsageError(
+                        "shard %s is in both %s and %s: a store read from several directories must "
+                        "hold each writer's shards once; pass each directory once (a gathered copy, "
+                        "or the originals, not both)" % (name, where[name], root))
+                where[name] = root
+                out.append((path, shard))
+        return out
+
+    def _list_root(self, root: str) -> List[Tuple[str, ShardName]]:
         try:
-            names = os.listdir(self.session_root)
+            names = os.listdir(root)
         except OSError as exc:
-            raise TfdumpIOError(exc.errno, "cannot list %s: %s" % (self.session_root, exc.strerror)) from None
+            raise TfdumpIOError(exc.errno, "cannot list %s: %s" % (root, exc.strerror)) from None
         out = []
         for name in sorted(names):
             shard = parse_shard_file_name(name)
             if shard is not None:
-                path = os.path.join(self.session_root, name)
+                path = os.path.join(root, name)
                 _check_regular_file(path)
                 out.append((path, shard))
-        if not out and not self._shards:
+        if not out and not any(s.path.startswith(os.path.join(root, "")) for s in self._shards):
             hint = ""
             if any(n.startswith("run_") for n in names) or any(n.startswith("_tfdbg_") for n in names):
                 hint = (" It looks like a tfdbg dump: read it with tfdbg's DebugDumpDir, or import it "
                         "with `tfdump-fast import`.")
             raise TfdumpFormatError(
                 "%s is not a tfdump-fast session root: it holds no *.tfds shard files.%s"
-                % (self.session_root, hint))
+                % (root, hint))
         return out
 
     def refresh(self) -> "DumpReader":

@@ -1487,11 +1487,19 @@ def prepare_session_root(root: str, allow_existing: bool) -> None:
     if os.path.isfile(root):
         raise errors.TfdumpUsageError(f"session_root path points to a file: {root}")
     if os.path.isdir(root):
-        if os.listdir(root) and not allow_existing:
+        names = os.listdir(root)
+        if names and not allow_existing:
+            shared = ""
+            if any(n.endswith(".tfds") for n in names):
+                # e.g. another task of a cluster writing to a shared file system
+                shared = (" It holds tfdump-fast shards: if other processes (tfdump_fast.serve() on "
+                          "a ps, other workers' hooks) write to this root too, pass "
+                          "allow_existing=True to every hook sharing it, or give each process a root "
+                          "of its own and read them together (DumpReader([root, ...])).")
             raise errors.TfdumpUsageError(
                 f"session_root path points to a non-empty directory: {root}. Use an empty or new "
                 "directory, or pass allow_existing=True to add this session's shards beside the "
-                "existing ones.")
+                f"existing ones.{shared}")
         return
     try:
         os.makedirs(root, exist_ok=True)

@@ -13,12 +13,17 @@ this task in the metadata, once no tensor of that step arrived for
 ``idle_s``; the client records the same ``master_step_id`` in its run, and
 :class:`~tfdump_fast.reader.DumpReader` joins them. See docs/DESIGN.md,
 "Distributed capture".
+
+The module is ``serving``, not ``serve``: importing a submodule sets the
+package attribute of its name, which would hide the function
+``tfdump_fast.serve`` (the hook layer imports this module).
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 from typing import Any, Dict, List, Optional
 
@@ -27,7 +32,7 @@ from tfdump_fast.bridge import get_bridge
 from tfdump_fast.errors import TfdumpError, TfdumpUsageError
 from tfdump_fast.writer import DumpWriter, Run
 
-__all__ = ["ServedCapture", "serve"]
+__all__ = ["ServedCapture", "serve", "serves_into"]
 
 log = logging.getLogger("tfdump_fast")
 
@@ -153,6 +158,23 @@ class ServedCapture:
             with _lock:
                 if _active is self:
                     _active = None
+
+
+def serves_into(session_root) -> bool:
+    """Whether this process's :func:`serve` writes into ``session_root``.
+
+    Package-internal: a hook or wrapper of the same process given the same
+    root adds its shards beside the served ones without ``allow_existing``
+    (each writer has its own shard names; the reader merges them).
+    """
+    with _lock:
+        active = _active
+    if active is None or active.writer.closed:
+        return False
+    try:
+        return os.path.samefile(active.writer.session_root, os.fspath(session_root))
+    except OSError:
+        return False
 
 
 def _task_of_server(server) -> Optional[str]:

@@ -35,6 +35,8 @@ _LAZY = {
     "capture_run": "tfdump_fast.capture",
     "CapturedRun": "tfdump_fast.capture",
     "serve": "tfdump_fast.serve",
+    "enable_dump_debug_info": "tfdump_fast.tf2",
+    "disable_dump_debug_info": "tfdump_fast.tf2",
 }
 
 

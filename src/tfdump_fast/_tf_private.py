@@ -301,19 +301,22 @@ def in_xla_context(graph) -> bool:
 
 def add_graph_op(op_type: str, name: str, input_tensor, **attrs):
     """Create an op of a type registered by a loaded library (no generated
-    Python wrapper exists) in the default graph: ``op_def_library._apply_op_helper``."""
+    Python wrapper exists) in the default graph: ``op_def_library._apply_op_helper``
+    (returns ``(output_structure, is_stateful, op, outputs)`` since TF 2.3)."""
     from tensorflow.python.framework import op_def_library
 
-    _, _, op = op_def_library._apply_op_helper(op_type, name=name, input=input_tensor, **attrs)  # noqa: SLF001
-    return op
+    result = op_def_library._apply_op_helper(op_type, name=name, input=input_tensor, **attrs)  # noqa: SLF001
+    return result[2]
 
 
 def run_eager_op(op_type: str, input_tensor, attrs: tuple):
-    """Execute a one-input, one-output op eagerly (``execute.execute``; attrs
-    flattened as name, value, ...; the dtype attr ``T`` is added). Op
-    callbacks are not invoked for it and no gradient tape records it."""
+    """Execute a one-input, one-output op eagerly (``execute.quick_execute``;
+    attrs flattened as name, value, ...; the dtype attr ``T`` is added). Op
+    callbacks are not invoked for it (``execute.execute`` is replaced by a
+    version that invokes them while any is registered; ``quick_execute`` is
+    not) and no gradient tape records it."""
     from tensorflow.python.eager import context, execute
 
-    return execute.execute(op_type.encode(), 1, inputs=[input_tensor],
+    return execute.quick_execute(op_type.encode(), 1, inputs=[input_tensor],
                            attrs=("T", input_tensor.dtype.as_datatype_enum, *attrs),
                            ctx=context.context())

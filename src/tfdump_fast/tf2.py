@@ -202,6 +202,7 @@ class _Tf2Dumper:
         if function_name is not None:
             md["tf2_context_id"] = self._function_contexts.get(function_name)
         md.update(self.keras)
+        self.keras = {}   # a Keras note describes one step
         if "global_step" not in md:
             md["global_step"] = self.execution
         self.writer.end_run(run, status=status, metadata=md)
@@ -359,6 +360,8 @@ class _Tf2Dumper:
     def callback(self, op_type, inputs, attrs, outputs, op_name=None, graph=None):
         del attrs
         try:
+            if isinstance(op_type, bytes):
+                op_type = op_type.decode()
             if graph is not None:
                 return self.graph_op(op_type, inputs, outputs, op_name, graph)
             self.eager_op(op_type, outputs)

@@ -203,3 +203,38 @@ def test_argument_errors_name_the_fix(tmp_path):
             tf2.enable_dump_debug_info(tmp_path / "b")
     finally:
         tf2.disable_dump_debug_info()
+
+
+def test_convert_tfdbg2_is_read_by_tensorflows_debug_data_reader(tmp_path):
+    from tensorflow.python.debug.lib import debug_events_reader
+
+    root = tmp_path / "ours"
+    run_model("ours", root, 4)
+    dump = Tf2Dump(DumpReader(str(root)))
+    files = tfdump_fast.convert(str(root), tmp_path / "v2", layout="tfdbg2")
+    assert {os.path.basename(f).rsplit(".", 1)[1] for f in files} >= {
+        "metadata", "source_files", "stack_frames", "graphs", "execution", "graph_execution_traces"}
+    ours = [(dump.graph_of(r).name, r.node_name, r.output_slot, r.value)
+            for run in dump.reader.runs for r in run if dump.graph_of(r) is not None]
+    with debug_events_reader.DebugDataReader(str(tmp_path / "v2")) as reader:
+        reader.update()
+        traces = reader.graph_execution_traces()
+        assert len(traces) == len(ours)
+        for trace, (graph, op, slot, value) in zip(traces, ours):
+            assert (reader.graph_by_id(trace.graph_id).name, trace.op_name, trace.output_slot) == (
+                graph, op, slot)
+            np.testing.assert_array_equal(reader.graph_execution_trace_to_tensor_value(trace), value)
+        # the NaN's op, its type and its creation line through tfdbg v2's reader
+        sqrt = next(t for t in traces if t.op_name.endswith("Sqrt")
+                    and np.isnan(reader.graph_execution_trace_to_tensor_value(t)).any())
+        assert sqrt.op_type == "Sqrt"
+        graph = reader.graph_by_id(sqrt.graph_id)
+        op = graph.get_op_creation_digest(sqrt.op_name)
+        frames = [reader._stack_frame_by_id[i] for i in op.stack_frame_ids]   # noqa: SLF001
+        assert (MODEL, nan_line()) in {(f[1], f[2]) for f in frames}
+        execs = reader.executions()
+        functions = [e for e in execs if e.op_type.startswith("__inference_")]
+        assert len(functions) == 4
+        assert reader.graph_by_id(functions[0].graph_id) is not None
+        with pytest.raises(TfdumpUsageError, match="not empty"):
+            tfdump_fast.convert(str(root), tmp_path / "v2", layout="tfdbg2")

@@ -341,3 +341,101 @@ def test_debug_dump_dir_privates_that_store_dump_dir_relies_on_exist():
                                             for d in store.dumped_tensor_data)
     for d in store.dumped_tensor_data[:20]:
         assert d in store.watch_key_to_data(d.watch_key, device_name=d.device_name)
+
+
+# ---------------------------------------------------------------- TF2 capture (tfdump_fast.tf2)
+
+
+def test_op_callback_skip_ops_are_tfdbg_v2s_control_flow_and_call_ops():
+    skip = _tf_private.op_callback_skip_ops()
+    assert {"Identity", "While", "If", "StatefulPartitionedCall"} <= skip
+    assert all(isinstance(t, str) for t in skip)
+
+
+def test_op_callbacks_see_traced_graph_ops_and_eager_ops_on_this_thread():
+    seen = []
+
+    def cb(op_type, inputs, attrs, outputs, op_name=None, graph=None):
+        seen.append((op_type if isinstance(op_type, str) else op_type.decode(), op_name, graph))
+
+    @tf.function
+    def f(x):
+        return tf.sin(x)
+
+    _tf_private.add_op_callback(cb)
+    try:
+        f(tf.constant([1.0]))
+        tf.exp(tf.constant(1.0))
+    finally:
+        _tf_private.remove_op_callback(cb)
+    _tf_private.remove_op_callback(cb)   # absent: no error
+    graph_ops = [(t, n) for t, n, g in seen if g is not None]
+    assert ("Sin", "Sin") in graph_ops
+    eager = [t for t, n, g in seen if g is None]
+    assert any(t.startswith("__inference_f_") for t in eager) and "Exp" in eager
+
+
+def test_concrete_function_callbacks_get_each_traced_function():
+    got = []
+    callbacks = _tf_private.concrete_function_callbacks()
+    callbacks.append(got.append)
+    try:
+        @tf.function
+        def g(x):
+            return x + 1.0
+
+        g(tf.constant(1.0))
+    finally:
+        callbacks.remove(got.append)
+    assert len(got) == 1 and hasattr(got[0], "graph")
+    name = got[0].name
+    assert (name.decode() if isinstance(name, bytes) else name).startswith("__inference_g_")
+
+
+def test_executing_eagerly_outside_functions_is_false_while_building_a_tf1_graph():
+    assert _tf_private.executing_eagerly_outside_functions() is True
+    with tf.Graph().as_default():
+        assert _tf_private.executing_eagerly_outside_functions() is False
+
+
+def test_in_xla_context_tells_jit_compiled_traces():
+    found = {}
+
+    def cb(op_type, inputs, attrs, outputs, op_name=None, graph=None):
+        if graph is not None:
+            found.setdefault(graph.name, _tf_private.in_xla_context(graph))
+
+    @tf.function(jit_compile=True)
+    def xla_f(x):
+        return x * 2.0
+
+    @tf.function
+    def plain_f(x):
+        return x * 2.0
+
+    _tf_private.add_op_callback(cb)
+    try:
+        xla_f(tf.constant(1.0))
+        plain_f(tf.constant(1.0))
+    finally:
+        _tf_private.remove_op_callback(cb)
+    assert found == {"xla_f": True, "plain_f": False}
+
+
+def test_add_graph_op_and_run_eager_op_build_and_run_a_registered_op():
+    from tfdump_fast.bridge import get_bridge
+
+    get_bridge()   # registers TfdumpCaptureV2
+
+    @tf.function
+    def f(x):
+        y = x * 2.0
+        op = _tf_private.add_graph_op("TfdumpCaptureV2", "cap", y, context_id="t", op_name="mul",
+                                      output_slot=0, tensor_debug_mode=7)
+        assert op.type == "TfdumpCaptureV2" and op.get_attr("op_name") == b"mul"
+        return op.outputs[0]
+
+    assert f(tf.constant(3.0)).numpy() == 6.0
+    out = _tf_private.run_eager_op("TfdumpCaptureV2", tf.constant([1, 2]), (
+        "context_id", "eager", "op_name", "x", "output_slot", 0, "tensor_debug_mode", 7))
+    assert out[0].numpy().tolist() == [1, 2]

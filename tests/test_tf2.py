@@ -101,7 +101,10 @@ def test_same_instrumented_tensors_and_values_as_tfdbg_v2(tmp_path):
     assert len(theirs) > 50
     assert set(ours) == set(theirs)
     for key, values in theirs.items():
-        assert len(ours[key]) == len(values), key
+        # tf.data functions run ahead of the steps on prefetch threads: how many
+        # elements they made by the end depends on timing, in both tools
+        if not key[0].startswith("Dataset_"):
+            assert len(ours[key]) == len(values), key
         for a, b in zip(ours[key], values):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(key))
 

@@ -29,7 +29,6 @@
 #include <mutex>
 #include <string>
 #include <thread>
-#include <unordered_map>
 
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/device_base.h"
@@ -48,19 +47,43 @@ namespace {
 
 constexpr int kFullTensor = 7;  // tensorflow.DebugEvent's TensorDebugMode.FULL_TENSOR
 
+// The bound (engine, run) is published as an epoch: a kernel registers in
+// the current epoch's in-flight counter, checks the epoch did not move, and
+// only then reads the binding; a switch publishes the new binding under a new
+// epoch and waits until the old epoch's counter drains. Switches come from one
+// Python thread at a time (serialized by switch_mu) and each waits for its
+// predecessor's epoch, so two counters suffice. No lock on the per-tensor path.
 struct Tf2State {
-  std::mutex mu;
-  const tfdump_engine_api* api = nullptr;          // guarded by mu
-  uint32_t run_id = 0;                             // guarded by mu
-  uint64_t generation = 0;                         // guarded by mu: changes on every bind
-  std::unordered_map<uint32_t, int> inflight;      // guarded by mu: run -> submitting threads
-  std::atomic<uint32_t> bound_run{0};              // run_id, read without the lock
+  std::mutex switch_mu;                               // serializes bind / switch / unbind
+  std::atomic<uint64_t> epoch{0};
+  std::atomic<int64_t> inflight[2];
+  // The binding of the current epoch (written only between epochs).
+  std::atomic<const tfdump_engine_api*> api{nullptr};
+  std::atomic<uint32_t> run_id{0};
+  std::atomic<uint32_t> generation{0};                // changes on every bind
   std::atomic<uint64_t> submitted{0}, unbound{0}, failed{0};
+  Tf2State() {
+    inflight[0].store(0);
+    inflight[1].store(0);
+  }
 };
 
 Tf2State& State() {
   static Tf2State* s = new Tf2State();  // never destroyed: TF threads may outlive exit
   return *s;
+}
+
+// Publishes (api, run_id) under a new epoch and waits until no thread is left
+// in the old one. Caller holds switch_mu.
+void Publish(Tf2State& s, const tfdump_engine_api* api, uint32_t run_id) {
+  const uint64_t old = s.epoch.load(std::memory_order_seq_cst);
+  s.api.store(api, std::memory_order_seq_cst);
+  s.run_id.store(run_id, std::memory_order_seq_cst);
+  s.epoch.store(old + 1, std::memory_order_seq_cst);
+  // submitting threads may block in the engine (backpressure): wait, do not spin hard
+  while (s.inflight[old & 1].load(std::memory_order_seq_cst) != 0) {
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
 }
 
 class TfdumpCaptureV2Op : public tensorflow::OpKernel {
@@ -83,50 +106,48 @@ class TfdumpCaptureV2Op : public tensorflow::OpKernel {
     const tensorflow::Tensor& input = ctx->input(0);
     ctx->set_output(0, input);
     Tf2State& s = State();
-    if (s.bound_run.load(std::memory_order_acquire) == 0) {
+    if (s.run_id.load(std::memory_order_relaxed) == 0) {  // sampled out or unbound: cheap exit
       s.unbound.fetch_add(1, std::memory_order_relaxed);
       return;
     }
-    const tfdump_engine_api* api;
-    uint32_t run_id;
-    uint64_t generation;
-    {
-      std::lock_guard<std::mutex> lock(s.mu);
-      api = s.api;
-      run_id = s.run_id;
-      generation = s.generation;
-      if (api == nullptr || run_id == 0) {
-        s.unbound.fetch_add(1, std::memory_order_relaxed);
-        return;
-      }
-      s.inflight[run_id]++;
+    uint64_t e;
+    for (;;) {
+      e = s.epoch.load(std::memory_order_seq_cst);
+      s.inflight[e & 1].fetch_add(1, std::memory_order_seq_cst);
+      if (s.epoch.load(std::memory_order_seq_cst) == e) break;
+      s.inflight[e & 1].fetch_sub(1, std::memory_order_seq_cst);
     }
-    int rc = -1;
-    try {
-      uint32_t key;
-      {
-        std::lock_guard<std::mutex> lock(key_mu_);
-        if (key_generation_ != generation) {
-          const std::string& device = ctx->device()->name();
-          key_ = api->intern_key(api->engine, device.data(), device.size(), op_name_.data(),
-                                 op_name_.size(), output_slot_, debug_op_.data(),
-                                 debug_op_.size());
-          key_generation_ = generation;
-        }
-        key = key_;
-      }
-      rc = SubmitTensor(api, run_id, key, nullptr, input);
-    } catch (...) {
-      rc = -1;
-    }
-    if (rc == TFDUMP_SUBMIT_OK || rc == TFDUMP_SUBMIT_DROPPED) {
-      s.submitted.fetch_add(1, std::memory_order_relaxed);
+    const tfdump_engine_api* api = s.api.load(std::memory_order_seq_cst);
+    const uint32_t run_id = s.run_id.load(std::memory_order_seq_cst);
+    const uint32_t generation = s.generation.load(std::memory_order_seq_cst);
+    if (api == nullptr || run_id == 0) {
+      s.unbound.fetch_add(1, std::memory_order_relaxed);
     } else {
-      s.failed.fetch_add(1, std::memory_order_relaxed);
+      int rc = -1;
+      try {
+        // (generation << 32 | key): interned once per binding, no lock
+        uint64_t cached = key_.load(std::memory_order_acquire);
+        uint32_t key;
+        if (cached >> 32 == generation && generation != 0) {
+          key = static_cast<uint32_t>(cached);
+        } else {
+          const std::string& device = ctx->device()->name();
+          key = api->intern_key(api->engine, device.data(), device.size(), op_name_.data(),
+                                op_name_.size(), output_slot_, debug_op_.data(),
+                                debug_op_.size());
+          key_.store(static_cast<uint64_t>(generation) << 32 | key, std::memory_order_release);
+        }
+        rc = SubmitTensor(api, run_id, key, nullptr, input);
+      } catch (...) {
+        rc = -1;
+      }
+      if (rc == TFDUMP_SUBMIT_OK || rc == TFDUMP_SUBMIT_DROPPED) {
+        s.submitted.fetch_add(1, std::memory_order_relaxed);
+      } else {
+        s.failed.fetch_add(1, std::memory_order_relaxed);
+      }
     }
-    std::lock_guard<std::mutex> lock(s.mu);
-    auto it = s.inflight.find(run_id);
-    if (it != s.inflight.end() && --it->second == 0) s.inflight.erase(it);
+    s.inflight[e & 1].fetch_sub(1, std::memory_order_seq_cst);
   }
 
   bool IsExpensive() override { return false; }
@@ -134,21 +155,8 @@ class TfdumpCaptureV2Op : public tensorflow::OpKernel {
  private:
   std::string op_name_, debug_op_;
   int32_t output_slot_ = 0;
-  std::mutex key_mu_;
-  uint64_t key_generation_ = 0;  // guarded by key_mu_; 0: never interned
-  uint32_t key_ = 0;             // guarded by key_mu_
+  std::atomic<uint64_t> key_{0};
 };
-
-void WaitIdle(uint32_t run_id) {
-  Tf2State& s = State();
-  for (;;) {  // submitting threads may block in the engine (backpressure)
-    {
-      std::lock_guard<std::mutex> lock(s.mu);
-      if (run_id == 0 ? s.inflight.empty() : s.inflight.count(run_id) == 0) return;
-    }
-    std::this_thread::sleep_for(std::chrono::microseconds(50));
-  }
-}
 
 }  // namespace
 
@@ -176,38 +184,27 @@ TFDUMP_EXPORT int tfdump_tf2_api_version(void) { return TFDUMP_TF2_API_VERSION; 
 TFDUMP_EXPORT int tfdump_tf2_bind(const tfdump_engine_api* engine) {
   if (engine == nullptr || engine->api_version != TFDUMP_ENGINE_API_VERSION) return -1;
   auto& s = tfdump::bridge::State();
-  std::lock_guard<std::mutex> lock(s.mu);
-  if (s.api != nullptr) return -1;
-  s.api = engine;
-  s.run_id = 0;
-  s.generation++;
-  s.bound_run.store(0, std::memory_order_release);
+  std::lock_guard<std::mutex> lock(s.switch_mu);
+  if (s.api.load() != nullptr) return -1;
+  uint32_t g = s.generation.load() + 1;
+  s.generation.store(g == 0 ? 1 : g);
+  tfdump::bridge::Publish(s, engine, 0);
   return 0;
 }
 
 TFDUMP_EXPORT uint32_t tfdump_tf2_switch_run(uint32_t run_id) {
   auto& s = tfdump::bridge::State();
-  uint32_t previous;
-  {
-    std::lock_guard<std::mutex> lock(s.mu);
-    previous = s.run_id;
-    if (s.api == nullptr) run_id = 0;
-    s.run_id = run_id;
-    s.bound_run.store(run_id, std::memory_order_release);
-  }
-  if (previous != 0 && previous != run_id) tfdump::bridge::WaitIdle(previous);
+  std::lock_guard<std::mutex> lock(s.switch_mu);
+  const tfdump_engine_api* api = s.api.load();
+  const uint32_t previous = s.run_id.load();
+  tfdump::bridge::Publish(s, api, api == nullptr ? 0 : run_id);
   return previous;
 }
 
 TFDUMP_EXPORT void tfdump_tf2_unbind(void) {
   auto& s = tfdump::bridge::State();
-  {
-    std::lock_guard<std::mutex> lock(s.mu);
-    s.api = nullptr;
-    s.run_id = 0;
-    s.bound_run.store(0, std::memory_order_release);
-  }
-  tfdump::bridge::WaitIdle(0);
+  std::lock_guard<std::mutex> lock(s.switch_mu);
+  tfdump::bridge::Publish(s, nullptr, 0);
 }
 
 TFDUMP_EXPORT void tfdump_tf2_get_stats(tfdump_tf2_stats* out) {

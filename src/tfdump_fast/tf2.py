@@ -344,7 +344,7 @@ class _Tf2Dumper:
         is_function = op_type.startswith(_FUNCTION_PREFIXES)
         if self.run is not None and outputs and (self._capture_eager or is_function):
             self._eager_ops += 1
-            if self._op_regex is None or is_function or self._op_regex.match(op_type):
+            if self._op_regex is None or self._op_regex.match(op_type):   # as tfdbg v2
                 for slot, tensor in enumerate(outputs):
                     dtype = tensor.dtype
                     if not dtype.is_numpy_compatible:

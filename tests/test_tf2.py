@@ -137,10 +137,11 @@ def test_nested_functions_tf_data_and_eager_ops(capture, caplog):
     outer(x)
     outer(x)
     eager = tf.exp(tf.constant([0.0, 1.0]))
-    tf2.disable_dump_debug_info()
+    tfdump_fast.disable_dump_debug_info()
     assert not [m for m in caplog.messages if "tfdump-fast" in m]
 
-    dump = Tf2Dump(DumpReader(str(root)))
+    dump = tfdump_fast.Tf2Dump(DumpReader(str(root)))
+    assert [r.node_name for r in dump.eager_records()].count("Exp") == 1
     names = {g.name: g for g in dump.graphs.values()}
     assert {"outer", "inner", "Dataset_map_lambda", "reduce_lambda"} <= set(names)
     assert names["inner"].outer_context_id == names["outer"].context_id
@@ -229,7 +230,7 @@ def test_convert_tfdbg2_is_read_by_tensorflows_debug_data_reader(tmp_path):
     assert {os.path.basename(f).rsplit(".", 1)[1] for f in files} >= {
         "metadata", "source_files", "stack_frames", "graphs", "execution", "graph_execution_traces"}
     ours = [(dump.graph_of(r).name, r.node_name, r.output_slot, r.value)
-            for run in dump.reader.runs for r in run if dump.graph_of(r) is not None]
+            for r in dump.graph_execution_traces()]
     with debug_events_reader.DebugDataReader(str(tmp_path / "v2")) as reader:
         reader.update()
         traces = reader.graph_execution_traces()

@@ -37,6 +37,7 @@ _LAZY = {
     "serve": "tfdump_fast.serve",
     "enable_dump_debug_info": "tfdump_fast.tf2",
     "disable_dump_debug_info": "tfdump_fast.tf2",
+    "Tf2Dump": "tfdump_fast.tf2_reader",
 }
 
 

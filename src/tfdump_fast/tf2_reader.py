@@ -100,6 +100,16 @@ class Tf2Dump:
         in order; runs holding only eager ops executed after the last function are left out."""
         return [r for r in self.reader.runs if r.metadata.get("tf2_function")]
 
+    def graph_execution_traces(self) -> list:
+        """Every record of a graph tensor (tfdbg v2's graph execution traces),
+        in run order, then arrival order."""
+        return [rec for run in self.reader.runs for rec in run if self.graph_of(rec) is not None]
+
+    def eager_records(self) -> list:
+        """Every record of an eager op's output (function executions' outputs included)."""
+        return [rec for run in self.reader.runs for rec in run
+                if context_of_debug_op(rec.debug_op) == EAGER_CONTEXT]
+
     def graph_of_run(self, run) -> Optional[Tf2Graph]:
         """The graph a run executed (its top-level function)."""
         cid = run.metadata.get("tf2_context_id")

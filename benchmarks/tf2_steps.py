@@ -140,6 +140,30 @@ def child(model, config, regime, steps, block, scale, root):
                       "steps": steps + 2}))
 
 
+def report(results) -> str:
+    """A markdown table of a results JSON (step ms, ratio to undebugged, MB/step)."""
+    lines = ["| model | regime | undebugged ms | tfdbg v2 ms (x) | ours ms (x) | ours / tfdbg v2 | "
+             "MB/step tfdbg v2 | MB/step ours |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for model, regimes in results["models"].items():
+        for regime, s in regimes.items():
+            def cell(c):
+                f = s.get(c, {})
+                if "step_ms" not in f:
+                    return "error"
+                return f"{f['step_ms']:.1f} ({f.get('ratio_to_none', float('nan')):.2f}x)"
+
+            def mb(c):
+                f = s.get(c, {})
+                return f"{f['bytes_per_step'] / 1e6:.2f}" if "bytes_per_step" in f else "-"
+
+            base = s.get("none", {}).get("step_ms")
+            ratio = s.get("ours_over_tfdbg2")
+            lines.append(f"| {model} | {regime} | {base:.1f} | {cell('tfdbg2')} | {cell('ours')} | "
+                         f"{ratio:.2f} | {mb('tfdbg2')} | {mb('ours')} |" if base and ratio else
+                         f"| {model} | {regime} | error | | | | | |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
@@ -150,8 +174,13 @@ def main(argv=None):
     ap.add_argument("--block", type=int, default=4)
     ap.add_argument("--scale", default="full")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--report", metavar="JSON", help="print the markdown table of a results file and exit")
     ap.add_argument("--child", nargs=4, metavar=("MODEL", "CONFIG", "REGIME", "ROOT"))
     args = ap.parse_args(argv)
+    if args.report:
+        with open(args.report) as f:
+            print(report(json.load(f)))
+        return 0
     if args.child:
         model, config, regime, root = args.child
         child(model, config, regime, args.steps, args.block, args.scale, root)

@@ -26,6 +26,32 @@ from conftest import PKG_PARENT  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = os.path.join(HERE, "tf2_keras_model.py")
 
+# Tests that enable capture in this process need eager execution, which other
+# test files of the suite turn off for the whole pytest process
+# (tf.compat.v1.disable_eager_execution): they run in one fresh pytest process,
+# started by test_eager_tests_in_a_fresh_process.
+IN_EAGER_CHILD = os.environ.get("TFDUMP_EAGER_CHILD") == "1"
+eager_child = pytest.mark.skipif(not IN_EAGER_CHILD, reason="runs in the fresh process of "
+                                 "test_eager_tests_in_a_fresh_process")
+EAGER_TESTS = ("test_nested_functions_tf_data_and_eager_ops", "test_filters_sampling_and_disable",
+               "test_xla_compiled_function_is_refused_clearly_and_still_runs",
+               "test_argument_errors_name_the_fix")
+
+
+def run_eager_tests(path, names):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TFDUMP_EAGER_CHILD="1",
+               PYTHONPATH=os.pathsep.join([PKG_PARENT, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path,
+                           "-k", " or ".join(names)], env=env, cwd=os.path.dirname(path),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert f"{len(names)} passed" in proc.stdout, proc.stdout[-3000:]
+
+
+@pytest.mark.skipif(IN_EAGER_CHILD, reason="this is the fresh process")
+def test_eager_tests_in_a_fresh_process():
+    run_eager_tests(os.path.abspath(__file__), EAGER_TESTS)
+
 
 def run_model(which, root, steps):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
@@ -120,6 +146,7 @@ def _value_key(value):
     return (arr.dtype.str, arr.shape, arr.tobytes())
 
 
+@eager_child
 def test_nested_functions_tf_data_and_eager_ops(capture, caplog):
     root = capture()
 
@@ -140,6 +167,12 @@ def test_nested_functions_tf_data_and_eager_ops(capture, caplog):
     tfdump_fast.disable_dump_debug_info()
     assert not [m for m in caplog.messages if "tfdump-fast" in m]
 
+    from test_meta_events import check_events, check_values
+    from conftest import scan_store
+
+    _, events = scan_store(str(root))
+    assert {"tf2_graph", "tf2_source_file"} <= check_events(events)   # as FORMAT.md's table says
+    check_values(events)
     dump = tfdump_fast.Tf2Dump(DumpReader(str(root)))
     assert [r.node_name for r in dump.eager_records()].count("Exp") == 1
     names = {g.name: g for g in dump.graphs.values()}
@@ -166,6 +199,7 @@ def test_nested_functions_tf_data_and_eager_ops(capture, caplog):
     assert len(exp) == 1 and np.array_equal(exp[0].value, eager.numpy())
 
 
+@eager_child
 def test_filters_sampling_and_disable(capture):
     root = capture(sample=2, op_regex="(Mul|Sin)$", tensor_dtypes=[tf.float32])
 
@@ -187,6 +221,7 @@ def test_filters_sampling_and_disable(capture):
     assert stats["tensors_unbound"] > 0
 
 
+@eager_child
 def test_xla_compiled_function_is_refused_clearly_and_still_runs(capture, caplog):
     root = capture()
 
@@ -199,12 +234,17 @@ def test_xla_compiled_function_is_refused_clearly_and_still_runs(capture, caplog
     assert y.numpy().tolist() == [3.0]
     assert any("XLA" in m and "NOT captured" in m for m in caplog.messages)
     tf2.disable_dump_debug_info()
+    from test_meta_events import check_events
+    from conftest import scan_store
+
+    assert tf2.XLA_EVENT in check_events(scan_store(str(root))[1])
     reader = DumpReader(str(root))
     assert [e["graph_name"] for e in reader.events(tf2.XLA_EVENT)] == ["f"]
     dump = Tf2Dump(reader)
     assert all(dump.graph_of(r) is None for run in reader.runs for r in run)
 
 
+@eager_child
 def test_argument_errors_name_the_fix(tmp_path):
     with pytest.raises(TfdumpUsageError, match="FULL_TENSOR"):
         tf2.enable_dump_debug_info(tmp_path / "a", tensor_debug_mode="CURT_HEALTH")

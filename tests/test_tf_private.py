@@ -345,6 +345,21 @@ def test_debug_dump_dir_privates_that_store_dump_dir_relies_on_exist():
 
 # ---------------------------------------------------------------- TF2 capture (tfdump_fast.tf2)
 
+# These need eager execution, which other test files turn off for the whole
+# pytest process: they run in one fresh pytest process (see test_tf2.py).
+from test_tf2 import IN_EAGER_CHILD, eager_child, run_eager_tests  # noqa: E402
+
+TF2_EAGER_TESTS = ("test_op_callbacks_see_traced_graph_ops_and_eager_ops_on_this_thread",
+                   "test_concrete_function_callbacks_get_each_traced_function",
+                   "test_executing_eagerly_outside_functions_is_false_while_building_a_tf1_graph",
+                   "test_in_xla_context_tells_jit_compiled_traces",
+                   "test_add_graph_op_and_run_eager_op_build_and_run_a_registered_op")
+
+
+@pytest.mark.skipif(IN_EAGER_CHILD, reason="this is the fresh process")
+def test_tf2_privates_in_a_fresh_eager_process():
+    run_eager_tests(os.path.abspath(__file__), TF2_EAGER_TESTS)
+
 
 def test_op_callback_skip_ops_are_tfdbg_v2s_control_flow_and_call_ops():
     skip = _tf_private.op_callback_skip_ops()
@@ -352,6 +367,7 @@ def test_op_callback_skip_ops_are_tfdbg_v2s_control_flow_and_call_ops():
     assert all(isinstance(t, str) for t in skip)
 
 
+@eager_child
 def test_op_callbacks_see_traced_graph_ops_and_eager_ops_on_this_thread():
     seen = []
 
@@ -375,6 +391,7 @@ def test_op_callbacks_see_traced_graph_ops_and_eager_ops_on_this_thread():
     assert any(t.startswith("__inference_f_") for t in eager) and "Exp" in eager
 
 
+@eager_child
 def test_concrete_function_callbacks_get_each_traced_function():
     got = []
     callbacks = _tf_private.concrete_function_callbacks()
@@ -392,12 +409,14 @@ def test_concrete_function_callbacks_get_each_traced_function():
     assert (name.decode() if isinstance(name, bytes) else name).startswith("__inference_g_")
 
 
+@eager_child
 def test_executing_eagerly_outside_functions_is_false_while_building_a_tf1_graph():
     assert _tf_private.executing_eagerly_outside_functions() is True
     with tf.Graph().as_default():
         assert _tf_private.executing_eagerly_outside_functions() is False
 
 
+@eager_child
 def test_in_xla_context_tells_jit_compiled_traces():
     found = {}
 
@@ -422,6 +441,7 @@ def test_in_xla_context_tells_jit_compiled_traces():
     assert found == {"xla_f": True, "plain_f": False}
 
 
+@eager_child
 def test_add_graph_op_and_run_eager_op_build_and_run_a_registered_op():
     from tfdump_fast.bridge import get_bridge
 

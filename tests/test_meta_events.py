@@ -174,7 +174,9 @@ def test_writer_events_match_format_md(tmp_path):
         _, events = scan_store(root)
         seen |= check_events(events)
         check_values(events)
-    assert seen == set(DOCUMENTED), f"not written by these stores: {sorted(set(DOCUMENTED) - seen)}"
+    # TF2 capture's events (tf2_*) are written and checked against the table by test_tf2.py
+    expected = {k for k in DOCUMENTED if not k.startswith("tf2_")}
+    assert seen == expected, f"not written by these stores: {sorted(expected - seen)}"
 
 
 def test_full_disk_is_recorded_as_error_and_drops(tmp_path):

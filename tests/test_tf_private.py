@@ -364,3 +364,121 @@ def test_on_coordinator_stop_runs_in_the_thread_closing_a_monitored_session_afte
             sess.run(check, feed_dict={x: -1.0})
     assert calls and calls[0] == threading.get_ident(), \
         f"{TF}: closing a MonitoredSession no longer calls coord.request_stop() in the closing thread"
+
+
+# ---------------------------------------------------------------- TF2 capture (tfdump_fast.tf2)
+
+# These need eager execution, which other test files turn off for the whole
+# pytest process: they run in one fresh pytest process (see test_tf2.py).
+from test_tf2 import IN_EAGER_CHILD, eager_child, run_eager_tests  # noqa: E402
+
+TF2_EAGER_TESTS = ("test_op_callbacks_see_traced_graph_ops_and_eager_ops_on_this_thread",
+                   "test_concrete_function_callbacks_get_each_traced_function",
+                   "test_executing_eagerly_outside_functions_is_false_while_building_a_tf1_graph",
+                   "test_in_xla_context_tells_jit_compiled_traces",
+                   "test_add_graph_op_and_run_eager_op_build_and_run_a_registered_op")
+
+
+@pytest.mark.skipif(IN_EAGER_CHILD, reason="this is the fresh process")
+def test_tf2_privates_in_a_fresh_eager_process():
+    run_eager_tests(os.path.abspath(__file__), TF2_EAGER_TESTS)
+
+
+def test_op_callback_skip_ops_are_tfdbg_v2s_control_flow_and_call_ops():
+    skip = _tf_private.op_callback_skip_ops()
+    assert {"Identity", "While", "If", "StatefulPartitionedCall"} <= skip
+    assert all(isinstance(t, str) for t in skip)
+
+
+@eager_child
+def test_op_callbacks_see_traced_graph_ops_and_eager_ops_on_this_thread():
+    seen = []
+
+    def cb(op_type, inputs, attrs, outputs, op_name=None, graph=None):
+        seen.append((op_type if isinstance(op_type, str) else op_type.decode(), op_name, graph))
+
+    @tf.function
+    def f(x):
+        return tf.sin(x)
+
+    _tf_private.add_op_callback(cb)
+    try:
+        f(tf.constant([1.0]))
+        tf.exp(tf.constant(1.0))
+    finally:
+        _tf_private.remove_op_callback(cb)
+    _tf_private.remove_op_callback(cb)   # absent: no error
+    graph_ops = [(t, n) for t, n, g in seen if g is not None]
+    assert ("Sin", "Sin") in graph_ops
+    eager = [t for t, n, g in seen if g is None]
+    assert any(t.startswith("__inference_f_") for t in eager) and "Exp" in eager
+
+
+@eager_child
+def test_concrete_function_callbacks_get_each_traced_function():
+    got = []
+    callbacks = _tf_private.concrete_function_callbacks()
+    callbacks.append(got.append)
+    try:
+        @tf.function
+        def g(x):
+            return x + 1.0
+
+        g(tf.constant(1.0))
+    finally:
+        callbacks.remove(got.append)
+    assert len(got) == 1 and hasattr(got[0], "graph")
+    name = got[0].name
+    assert (name.decode() if isinstance(name, bytes) else name).startswith("__inference_g_")
+
+
+@eager_child
+def test_executing_eagerly_outside_functions_is_false_while_building_a_tf1_graph():
+    assert _tf_private.executing_eagerly_outside_functions() is True
+    with tf.Graph().as_default():
+        assert _tf_private.executing_eagerly_outside_functions() is False
+
+
+@eager_child
+def test_in_xla_context_tells_jit_compiled_traces():
+    found = {}
+
+    def cb(op_type, inputs, attrs, outputs, op_name=None, graph=None):
+        if graph is not None:
+            found.setdefault(graph.name, _tf_private.in_xla_context(graph))
+
+    @tf.function(jit_compile=True)
+    def xla_f(x):
+        return x * 2.0
+
+    @tf.function
+    def plain_f(x):
+        return x * 2.0
+
+    _tf_private.add_op_callback(cb)
+    try:
+        xla_f(tf.constant(1.0))
+        plain_f(tf.constant(1.0))
+    finally:
+        _tf_private.remove_op_callback(cb)
+    assert found == {"xla_f": True, "plain_f": False}
+
+
+@eager_child
+def test_add_graph_op_and_run_eager_op_build_and_run_a_registered_op():
+    from tfdump_fast.bridge import get_bridge
+
+    get_bridge()   # registers TfdumpCaptureV2
+
+    @tf.function
+    def f(x):
+        y = x * 2.0
+        op = _tf_private.add_graph_op("TfdumpCaptureV2", "cap", y, context_id="t", op_name="mul",
+                                      output_slot=0, tensor_debug_mode=7)
+        assert op.type == "TfdumpCaptureV2" and op.get_attr("op_name") == b"mul"
+        return op.outputs[0]
+
+    assert f(tf.constant(3.0)).numpy() == 6.0
+    out = _tf_private.run_eager_op("TfdumpCaptureV2", tf.constant([1, 2]), (
+        "context_id", "eager", "op_name", "x", "output_slot", 0, "tensor_debug_mode", 7))
+    assert out[0].numpy().tolist() == [1, 2]

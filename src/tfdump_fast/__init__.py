@@ -35,6 +35,9 @@ _LAZY = {
     "capture_run": "tfdump_fast.capture",
     "CapturedRun": "tfdump_fast.capture",
     "serve": "tfdump_fast.serving",
+    "enable_dump_debug_info": "tfdump_fast.tf2",
+    "disable_dump_debug_info": "tfdump_fast.tf2",
+    "Tf2Dump": "tfdump_fast.tf2_reader",
 }
 
 

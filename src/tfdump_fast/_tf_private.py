@@ -273,3 +273,81 @@ def on_coordinator_stop(coord, callback: Callable[[], None]) -> bool:
 
     coord.request_stop = request_stop
     return True
+
+
+# TF2 capture (tfdump_fast.tf2): what tfdbg v2's dumping_callback.py uses too.
+
+def op_callback_skip_ops() -> frozenset:
+    """Op types tfdbg v2 leaves uninstrumented (``op_callbacks_common.OP_CALLBACK_SKIP_OPS``)."""
+    from tensorflow.python.debug.lib import op_callbacks_common
+
+    return frozenset(t.decode() if isinstance(t, bytes) else str(t)
+                     for t in op_callbacks_common.OP_CALLBACK_SKIP_OPS)
+
+
+def add_op_callback(callback) -> None:
+    """Register ``callback(op_type, inputs, attrs, outputs, op_name=None, graph=None)``
+    for the calling thread (``framework.op_callbacks.add_op_callback``, TF 2.0
+    onwards): called after each eager op with its outputs, and for each op
+    created while a graph is built (tf.function tracing), where it may add ops."""
+    from tensorflow.python.framework import op_callbacks
+
+    op_callbacks.add_op_callback(callback)
+
+
+def remove_op_callback(callback) -> None:
+    """Unregister a callback of :func:`add_op_callback` (no-op if absent)."""
+    from tensorflow.python.framework import op_callbacks
+
+    try:
+        op_callbacks.remove_op_callback(callback)
+    except KeyError:
+        pass
+
+
+def concrete_function_callbacks() -> list:
+    """The list of callables TF calls with each new ConcreteFunction after
+    tracing (``polymorphic_function.transform.CONCRETE_FUNCTION_CALLBACKS``,
+    TF 2.14 onwards; tfdbg v2 maps function names to graphs through it)."""
+    from tensorflow.python.eager.polymorphic_function import transform
+
+    return transform.CONCRETE_FUNCTION_CALLBACKS
+
+
+def executing_eagerly_outside_functions() -> bool:
+    """False in TF1 graph mode (``tf.compat.v1.disable_eager_execution``), where
+    op callbacks would instrument every graph (``ops.executing_eagerly_outside_functions``)."""
+    from tensorflow.python.framework import ops
+
+    return ops.executing_eagerly_outside_functions()
+
+
+def in_xla_context(graph) -> bool:
+    """Whether ``graph`` is traced for XLA (``tf.function(jit_compile=True)``):
+    ``control_flow_util.GraphOrParentsInXlaContext`` (TF 2.5 onwards)."""
+    from tensorflow.python.ops import control_flow_util
+
+    return bool(control_flow_util.GraphOrParentsInXlaContext(graph))
+
+
+def add_graph_op(op_type: str, name: str, input_tensor, **attrs):
+    """Create an op of a type registered by a loaded library (no generated
+    Python wrapper exists) in the default graph: ``op_def_library._apply_op_helper``
+    (returns ``(output_structure, is_stateful, op, outputs)`` since TF 2.3)."""
+    from tensorflow.python.framework import op_def_library
+
+    result = op_def_library._apply_op_helper(op_type, name=name, input=input_tensor, **attrs)  # noqa: SLF001
+    return result[2]
+
+
+def run_eager_op(op_type: str, input_tensor, attrs: tuple):
+    """Execute a one-input, one-output op eagerly (``execute.quick_execute``;
+    attrs flattened as name, value, ...; the dtype attr ``T`` is added). Op
+    callbacks are not invoked for it (``execute.execute`` is replaced by a
+    version that invokes them while any is registered; ``quick_execute`` is
+    not) and no gradient tape records it."""
+    from tensorflow.python.eager import context, execute
+
+    return execute.quick_execute(op_type.encode(), 1, inputs=[input_tensor],
+                           attrs=("T", input_tensor.dtype.as_datatype_enum, *attrs),
+                           ctx=context.context())

@@ -57,8 +57,14 @@ __all__ = ["convert", "tensor_event", "tensor_proto", "run_dir_name", "dump_file
 # --------------------------------------------------------------------------- export
 
 def convert(session_root, dest, runs=None, progress: Union[bool, Callable[[int, int], None]] = False,
-            *, overwrite: bool = False) -> List[str]:
+            *, overwrite: bool = False, layout: str = "tfdbg") -> List[str]:
     """Write runs of a tfdump-fast store in tfdbg's dump layout.
+
+    ``layout="tfdbg2"`` writes a TF2 store (:func:`tfdump_fast.enable_dump_debug_info`)
+    as tfdbg v2's DebugEvents files instead, for TensorFlow's ``DebugDataReader``
+    and TensorBoard's Debugger V2 (:func:`tfdump_fast.tf2_conversion.convert_tfdbg2`;
+    needs TensorFlow; all runs, ``runs`` and ``progress`` must be left out; returns the
+    files written).
 
     Parameters
     ----------
@@ -88,6 +94,17 @@ def convert(session_root, dest, runs=None, progress: Union[bool, Callable[[int, 
     TfdumpUsageError
         A run directory already exists (and ``overwrite`` is false).
     """
+    if layout == "tfdbg2":
+        if runs is not None or progress is not False:
+            raise TfdumpUsageError("convert(layout='tfdbg2') converts the whole store: leave runs and "
+                                   "progress out")
+        from tfdump_fast.tf2_conversion import convert_tfdbg2
+
+        root = session_root.session_root if isinstance(session_root, DumpReader) else session_root
+        return convert_tfdbg2(root, dest, overwrite=overwrite)
+    if layout != "tfdbg":
+        raise TfdumpUsageError(f"convert(layout={layout!r}): the layouts are 'tfdbg' (tfdbg's "
+                               "per-run directories) and 'tfdbg2' (tfdbg v2's DebugEvents files)")
     reader = session_root if isinstance(session_root, DumpReader) else DumpReader(session_root)
     selected = reader.runs if runs is None else [r if isinstance(r, Run) else reader.run(r) for r in
                                                  ([runs] if isinstance(runs, (str, int, tuple)) else runs)]

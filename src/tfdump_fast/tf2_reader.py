@@ -1,0 +1,157 @@
+"""Reading TF2 dumps (``tfdump_fast.enable_dump_debug_info``), without TensorFlow.
+
+A TF2 dump is an ordinary store: :class:`~tfdump_fast.DumpReader` lists its
+runs (one per top-level ``tf.function`` execution, see :mod:`tfdump_fast.tf2`)
+and records. :class:`Tf2Dump` adds what the ``tf2_graph`` and
+``tf2_source_file`` META events say: the traced graphs, each op's type,
+inputs and creation stack, and the user's source lines.
+
+>>> from tfdump_fast import DumpReader
+>>> from tfdump_fast.tf2_reader import Tf2Dump
+>>> dump = Tf2Dump(DumpReader("/tmp/dump"))              # doctest: +SKIP
+>>> rec = dump.first_non_finite()                        # doctest: +SKIP
+>>> dump.op_of(rec).op_type, dump.creation_site(rec)     # doctest: +SKIP
+('Sqrt', ('/home/me/train.py', 12, 'call'))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from tfdump_fast.creation_sites import user_frame
+
+__all__ = ["Tf2Dump", "Tf2Graph", "Tf2Op", "EAGER_CONTEXT", "context_of_debug_op"]
+
+#: the context id of eager ops' records
+EAGER_CONTEXT = "eager"
+_DEBUG_OP_PREFIX = "TfdumpCaptureV2."
+
+Frame = Tuple[str, int, str]
+
+
+def context_of_debug_op(debug_op: str) -> Optional[str]:
+    """The graph context id in a TF2 record's debug op (``TfdumpCaptureV2.<id>``), else None."""
+    if debug_op.startswith(_DEBUG_OP_PREFIX):
+        return debug_op[len(_DEBUG_OP_PREFIX):]
+    return None
+
+
+@dataclass
+class Tf2Op:
+    """One op of a traced graph: its type, input tensor names, number of
+    outputs and creation stack (``(file, line, function)``, outermost first)."""
+
+    name: str
+    op_type: str
+    inputs: List[str]
+    num_outputs: int
+    stack: List[Frame]
+
+
+@dataclass
+class Tf2Graph:
+    """One traced graph (a tf.function, a nested function, a tf.data function)."""
+
+    context_id: str
+    name: Optional[str]
+    function_name: Optional[str]
+    outer_context_id: Optional[str]
+    xla: bool = False
+    ops: Dict[str, Tf2Op] = field(default_factory=dict)
+
+
+class Tf2Dump:
+    """The TF2 view of a :class:`~tfdump_fast.DumpReader`.
+
+    Parameters
+    ----------
+    reader : DumpReader
+    """
+
+    def __init__(self, reader):
+        self.reader = reader
+        self.graphs: Dict[str, Tf2Graph] = {}
+        self._sources: Dict[str, List[str]] = {}
+        for ev in reader.events():
+            name = ev.get("event")
+            if name == "tf2_graph":
+                self._add_graph_event(ev)
+            elif name == "tf2_source_file":
+                self._sources[str(ev.get("path"))] = list(ev.get("lines") or [])
+
+    def _add_graph_event(self, ev) -> None:
+        cid = str(ev["context_id"])
+        g = self.graphs.get(cid)
+        if g is None:
+            g = self.graphs[cid] = Tf2Graph(cid, ev.get("graph_name"), ev.get("function_name"),
+                                           ev.get("outer_context_id"), bool(ev.get("xla")))
+        if ev.get("function_name"):
+            g.function_name = ev["function_name"]
+        files = ev.get("files") or []
+        frames = [(files[f[0]], int(f[1]), str(f[2])) for f in ev.get("frames") or []]
+        for name, op_type, inputs, n_out, stack in ev.get("ops") or []:
+            g.ops[name] = Tf2Op(name, op_type, list(inputs), int(n_out), [frames[i] for i in stack])
+
+    # -- executions
+
+    def executions(self) -> list:
+        """The runs of top-level function executions (``Run.metadata['tf2_function']`` set),
+        in order; runs holding only eager ops executed after the last function are left out."""
+        return [r for r in self.reader.runs if r.metadata.get("tf2_function")]
+
+    def graph_execution_traces(self) -> list:
+        """Every record of a graph tensor (tfdbg v2's graph execution traces),
+        in run order, then arrival order."""
+        return [rec for run in self.reader.runs for rec in run if self.graph_of(rec) is not None]
+
+    def eager_records(self) -> list:
+        """Every record of an eager op's output (function executions' outputs included)."""
+        return [rec for run in self.reader.runs for rec in run
+                if context_of_debug_op(rec.debug_op) == EAGER_CONTEXT]
+
+    def graph_of_run(self, run) -> Optional[Tf2Graph]:
+        """The graph a run executed (its top-level function)."""
+        cid = run.metadata.get("tf2_context_id")
+        return self.graphs.get(cid) if cid else None
+
+    # -- records
+
+    def graph_of(self, record) -> Optional[Tf2Graph]:
+        """The traced graph of a graph record (None for eager ops and other records)."""
+        cid = context_of_debug_op(record.debug_op)
+        return self.graphs.get(cid) if cid and cid != EAGER_CONTEXT else None
+
+    def op_of(self, record) -> Optional[Tf2Op]:
+        """The op that produced a graph record."""
+        g = self.graph_of(record)
+        return g.ops.get(record.node_name) if g is not None else None
+
+    def creation_stack(self, record) -> List[Frame]:
+        """The op's creation stack, outermost first (empty when unknown)."""
+        op = self.op_of(record)
+        return list(op.stack) if op is not None else []
+
+    def creation_site(self, record) -> Optional[Frame]:
+        """The innermost frame of user code in the op's creation stack."""
+        return user_frame(self.creation_stack(record))
+
+    def source_line(self, path: str, line: int) -> Optional[str]:
+        """A line of a recorded source file (1-based), or None."""
+        lines = self._sources.get(path)
+        if lines is None or not 1 <= line <= len(lines):
+            return None
+        return lines[line - 1]
+
+    def source_files(self) -> List[str]:
+        return sorted(self._sources)
+
+    def first_non_finite(self):
+        """The first record (run order, then arrival order) holding inf or nan, or None."""
+        from tfdump_fast.reader import has_inf_or_nan
+
+        for run in self.reader.runs:
+            hits = run.find(has_inf_or_nan, first_n=1)
+            if hits:
+                return hits[0]
+        return None

@@ -348,6 +348,15 @@ def _check_ps_without_serve(cluster, tmp_path, spec, ps, mode):
         # Nodes on the ps, and those tied to its variable, are not watched.
         names = {rec.node_name for rec in run.records}
         assert "w" not in names and "w/Read/ReadVariableOp" not in names
+    # Every dumped run has the exact global step it began with: the hook
+    # fetches it in the run itself (no master step of its own), the wrapper
+    # reads it before the run. The hook's read node is never watched nor
+    # listed among the run's outputs (the dump is what tfdbg's would be).
+    assert [r.global_step for r in train_runs] == [0, 1, 2]
+    for run in train_runs:
+        assert run.metadata.get("global_step_read") == ("in_run" if mode == "hook" else None)
+        assert not [n for n in run.core_metadata["output_names"] if n.startswith("tfdump_fast_internal/")]
+        assert not [rec for rec in run.records if rec.node_name.startswith("tfdump_fast_internal/")]
 
 
 def _wait_for_served_steps(ps_root, client_roots, timeout_s=60):
@@ -436,6 +445,12 @@ def test_two_workers_concurrent_steps_on_a_served_ps_are_never_mixed(cluster, tm
             w_worker = np.asarray(run.get("mul")[0]) / np.float32(i + 1)
             np.testing.assert_allclose(ps_run.get("ReadVariableOp")[0], w_worker, rtol=1e-5)
             joined += 1
+        # Each worker's steps began at ever larger global steps (the other
+        # worker's steps come in between), read in the run itself.
+        gsteps = [r.global_step for r in worker_runs]
+        assert all(r.metadata.get("global_step_read") == "in_run" for r in worker_runs)
+        assert all(isinstance(g, int) and 0 <= g < 2 * steps for g in gsteps), gsteps
+        assert gsteps == sorted(set(gsteps)), gsteps
     assert joined == 2 * steps
 
 

@@ -19,16 +19,20 @@ configuration's median step time and its ratio to the floor:
 ``ours``
     ``tfdump_fast.DumpingDebugHook`` on each worker, ``tfdump_fast.serve()``
     on the ps: every tensor of every task captured.
+``ours-separate-read``
+    ``ours`` as it was before: the hook reads the global step with a
+    ``Session.run`` of its own before every dumped run (on a cluster a
+    master step reading the ps) instead of fetching it in the debugged run.
 ``ours-ps-off``
     the same hooks, but the workers treat the ps as not covered (what they
     do when the ps did not call ``serve()``): nothing is captured on the ps,
     and the worker-side nodes tied to its variables are not watched. Against
     ``ours`` it gives what capture on the ps costs the workers.
 ``ours-no-step-read``
-    ``ours`` without the hook's read of the global step (a ``Session.run``
-    of its own per dumped run, which on a cluster is a master step reading
-    the ps): the step's metadata gets the call count instead. A profile
-    configuration: it shows that read's share of ``ours``.
+    ``ours`` without any read of the global step (neither the in-run fetch
+    nor a separate ``Session.run``): the step's metadata gets the call count
+    instead. A profile configuration: it shows what recording the global
+    step costs.
 ``tfdbg``
     tfdbg's ``DumpingDebugHook`` (``file://``) on each worker; every task
     writes its own dumps.

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional
 from benchmarks.compare.env import REPO, child_env, log
 from benchmarks.compare.measure import du
 
-CONFIGS = ("none", "floor", "ours", "ours-ps-off", "ours-no-step-read", "tfdbg")
+CONFIGS = ("none", "floor", "ours", "ours-separate-read", "ours-ps-off", "ours-no-step-read", "tfdbg")
 #: The issue's target: ours within 1.3x of the capture floor per step.
 TARGET_RATIO = 1.3
 MODEL = {"width": 256, "layers": 4, "batch": 64}
@@ -287,11 +287,11 @@ def markdown(results: Dict[str, Any]) -> str:
     if cost:
         lines += ["", f"Capture on the ps costs the workers {cost['ms_per_step']:+.2f} ms/step "
                       f"(ours / ours-ps-off = {cost['ours_over_ps_off']:.3f})."]
-    for name in ("ours", "ours-ps-off", "ours-no-step-read"):
+    for name in ("ours", "ours-separate-read", "ours-ps-off", "ours-no-step-read"):
         h = (summary.get(name) or {}).get("hook_ms_per_step")
         if h:
             lines += ["", f"{name}: the hook's own time per step on a worker: before_run {h['before_run']:.2f} ms "
-                          f"(of which the global-step read, a Session.run of its own, {h['global_step_read']:.2f} ms), "
+                          f"(of which the global-step read, a Session.run of its own where one is made, {h['global_step_read']:.2f} ms), "
                           f"after_run {h['after_run']:.2f} ms."]
     wc = results["watch_check"]
     lines += ["", f"Watches: floor {wc['floor_watches']}, ours {wc['ours_watches']} (equal: {wc.get('equal')}), "

@@ -142,6 +142,12 @@ def run_worker(params) -> None:
 
     graph = tf.compat.v1.get_default_graph()
     train, worker_device = build_model(tf, spec, params)
+    # What DumpingDebugHook.begin() adds when MonitoredTrainingSession calls
+    # it (before finalizing the graph): the node that reads the global step
+    # inside a debugged run on a cluster. The benchmark swaps hooks in after
+    # the graph is finalized, so it is added here, as the hook would.
+    from tfdump_fast.sampling import in_run_global_step_read
+    in_run_global_step_read(graph, tf.compat.v1.train.get_global_step())
     swap = make_swappable_hook()
     say({"built": True, "pid": os.getpid()})
     cmd = read_command()
@@ -162,7 +168,9 @@ def run_worker(params) -> None:
     # wildcard would reach tasks it cannot place), so the floor does too:
     # both watch the same tensors.
     opts = floor_hook.run_options.debug_options
-    kept = [w for w in opts.debug_tensor_watch_opts if w.node_name != "*"]
+    # Nor does it watch its own in-run global-step read (never in the floor's runs anyway).
+    kept = [w for w in opts.debug_tensor_watch_opts
+            if w.node_name != "*" and not w.node_name.startswith("tfdump_fast_internal/")]
     del opts.debug_tensor_watch_opts[:]
     opts.debug_tensor_watch_opts.extend(kept)
     say({"session": True})
@@ -180,7 +188,7 @@ def run_worker(params) -> None:
         elif name == "tfdbg":
             inner = tf_debug.DumpingDebugHook(root)
             keep_alive.append(inner)
-        elif name in ("ours", "ours-ps-off", "ours-no-step-read"):
+        elif name in ("ours", "ours-separate-read", "ours-ps-off", "ours-no-step-read"):
             inner = tfdump_fast.DumpingDebugHook(root, log_usage=False)
             if name == "ours-ps-off":
                 # What the workers do when the ps did not call serve(): the
@@ -189,11 +197,16 @@ def run_worker(params) -> None:
                 cluster = inner._dumper.cluster
                 placement = cluster.placement
                 cluster.placement = lambda s, g, allow_served=True: placement(s, g, allow_served=False)
+            if name == "ours-separate-read":
+                # Before: the global step read with a Session.run of its own
+                # (a master step reading the ps) before every dumped run.
+                inner._reads_step_in_run = lambda session: False
             if name == "ours-no-step-read":
-                # Profile only: the hook's global-step read (a Session.run of
-                # its own per dumped run; on a cluster a master step that
-                # reads the ps) replaced by the call count, to measure its share.
+                # Profile only: no global step at all (neither the in-run
+                # fetch nor a separate read), replaced by the call count, to
+                # measure what recording it costs.
                 inner._current_step = lambda session, call: (call - 1, None)
+                inner._reads_step_in_run = lambda session: False
         else:
             inner = None
         timers = _time_hook(inner) if isinstance(inner, tfdump_fast.DumpingDebugHook) else None

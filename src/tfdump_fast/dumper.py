@@ -32,7 +32,7 @@ from tfdump_fast.tfdbg_limit import TfdbgByteLimit
 from tfdump_fast.published import CORE_METADATA_KEYS, PublishDirectory
 from tfdump_fast.run_names import IoNames, NamesCache
 from tfdump_fast.serving import serves_into
-from tfdump_fast.sampling import StepSampler, as_sampler
+from tfdump_fast.sampling import StepSampler, as_sampler, is_internal_name
 from tfdump_fast.watches import DEFAULT_WATCH_SPEC, WatchCache, WatchSpec, watch_spec
 from tfdump_fast.writer import DumpWriter, Run, prepare_session_root
 
@@ -342,12 +342,16 @@ class Dumper:
 
     def finish_run(self, pending: PendingRun, run_metadata=None, error: Optional[BaseException] = None,
                    error_text: Optional[str] = None, full_io_names=None,
-                   core_global_step: Optional[int] = None) -> None:
+                   core_global_step: Optional[int] = None,
+                   end_metadata: Optional[Dict[str, Any]] = None) -> None:
         """End a run: core metadata, partition graphs, status.
 
         ``full_io_names``: the names of everything the Session.run really
         fed and fetched, when known after the fact (the hook reads them from
         MonitoredSession); they identify the executor exactly.
+        ``end_metadata``: more ``run_end`` fields (the hook's in-run global step).
+        tfdump-fast's own fetches (``tfdump_fast_internal/...``) are left out
+        of the recorded output names, as tfdbg's run would not have them.
         """
         with self._lock:
             if self._pending.get(pending.thread_id) is pending:
@@ -389,9 +393,9 @@ class Dumper:
                             executor.graph_hashes = hashes
             gstep = pending.core_global_step if core_global_step is None else core_global_step
             if published_core is not None:
-                end_meta["core_metadata"] = {k: published_core.get(k) for k in CORE_METADATA_KEYS}
+                core = {k: published_core.get(k) for k in CORE_METADATA_KEYS}
             else:  # TF published nothing (ram:// unusable, say): our own account
-                end_meta["core_metadata"] = {
+                core = {
                     "global_step": int(gstep),
                     "session_run_index": pending.call_index,
                     "executor_step_index": step_index,
@@ -399,6 +403,9 @@ class Dumper:
                     "output_names": list(names[1]),
                     "target_nodes": list(names[2]),
                 }
+            if isinstance(core.get("output_names"), list):
+                core["output_names"] = [n for n in core["output_names"] if not is_internal_name(str(n))]
+            end_meta["core_metadata"] = core
             end_meta["graph_hashes"] = hashes
             if pending.step_slot is not None:
                 step_id = get_bridge().take_slot_step(pending.step_slot)
@@ -415,6 +422,8 @@ class Dumper:
                     # in the run_end of the first run it concerns.
                     self._record_event("tf_publish_degraded", reason=self.published.unavailable)
                     end_meta["degraded"] = {"tf_publish": self.published.unavailable}
+        if end_metadata:
+            end_meta.update(end_metadata)
         status, text = "ok", None
         if error is not None or error_text is not None:
             status = "failed"

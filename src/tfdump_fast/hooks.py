@@ -41,7 +41,11 @@ What each debugged run records
 ``step``, ``global_step``
     The step (what the sampler sees) and, when the graph has a global step,
     its value before the run (``None`` otherwise): recorded for every dumped
-    run, with or without ``sample=``.
+    run, with or without ``sample=``. On a cluster session the hook (without
+    ``sample=``) fetches the global step in the debugged run itself (a
+    separate read would be a master step with a round trip to the ps per
+    dumped run): both are ``None`` here and recorded at ``run_end`` with
+    ``global_step_read: "in_run"`` (see the README's "Distributed").
 
 ``run_end`` (``DumpWriter.end_run`` metadata): ``status`` / ``error``,
 ``core_metadata`` (tfdbg's ``_tfdbg_core_metadata_``: ``global_step`` -- the
@@ -127,10 +131,11 @@ from typing import Any, Dict, Optional, Tuple
 import tensorflow as tf
 
 from tfdump_fast import _tf_private
+from tfdump_fast.cluster import is_cluster_target, session_target
 from tfdump_fast.dumper import Dumper
 from tfdump_fast.errors import TfdumpError
 from tfdump_fast.run_names import feed_keys_repr
-from tfdump_fast.sampling import SampleSpec, step_of_run
+from tfdump_fast.sampling import SampleSpec, in_run_global_step_read, step_of_run
 from tfdump_fast.watches import WatchOptions
 from tfdump_fast.wrapper import DumpingDebugWrapperSession
 from tfdump_fast.writer import DumpWriter, check_session_root
@@ -240,6 +245,12 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
         # The TFDBG_DISK_BYTES_LIMIT signature of each thread's debugged run.
         self._signatures = threading.local()
         self._global_step_tensor = None
+        # On a cluster session: a node of our own that reads the global step
+        # inside the debugged run (sampling.in_run_global_step_read); None
+        # where it could not be added (graph finalized before begin()).
+        self._in_run_step = None
+        # Per thread: whether the current debugged run fetches it.
+        self._fetching_step = threading.local()
 
     @property
     def session_root(self) -> str:
@@ -262,6 +273,10 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
             self._global_step_tensor = tf.compat.v1.train.get_global_step()
         except (TypeError, ValueError):
             self._global_step_tensor = None
+        # begin() may add ops (the graph is finalized after it): the in-run
+        # read a cluster session uses instead of a master step of its own.
+        self._in_run_step = in_run_global_step_read(tf.compat.v1.get_default_graph(),
+                                                    self._global_step_tensor)
 
     def after_create_session(self, session, coord):  # noqa: D401 - SessionRunHook API
         """Called when a (new) session is created: cluster tasks are probed again
@@ -282,6 +297,7 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
         d = self._dumper
         # A run of this thread that raised never reached after_run: close it.
         d.end_dangling(threading.get_ident())
+        self._fetching_step.value = False
         call = d.count_run_call()
         if not d.thread_enabled():
             return None
@@ -301,9 +317,15 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
         signature = (metadata["fetches"], metadata["feed_keys"])
         if not self._dumper.byte_limit.allows(signature):
             return None
-        if sampled_at is None:  # no sampler: read it now (a Session.run), only for a dumped run
-            sampled_at = self._current_step(session, call)
-        metadata["step"], metadata["global_step"] = sampled_at
+        in_run = sampled_at is None and self._reads_step_in_run(session)
+        if in_run:
+            # Known at the run's end (after_run): None until then, also for
+            # a run that raises (its global step is unknown).
+            metadata["step"], metadata["global_step"] = None, None
+        else:
+            if sampled_at is None:  # no sampler: read it now (a Session.run), only for a dumped run
+                sampled_at = self._current_step(session, call)
+            metadata["step"], metadata["global_step"] = sampled_at
         spec = d.watch_spec(fetches, feed_dict)
         graph = session.graph
         # MonitoredSession merges only the watches of a hook's RunOptions, so
@@ -315,11 +337,13 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
             return None
         pending, debug_options = started
         self._signatures.value = signature
+        self._fetching_step.value = in_run
         options = tf.compat.v1.RunOptions()
         if debug_options is not None:
             options.debug_options.CopyFrom(debug_options)
             options.output_partition_graphs = pending.want_graphs
-        return tf.compat.v1.train.SessionRunArgs(None, feed_dict=None, options=options)
+        return tf.compat.v1.train.SessionRunArgs(self._in_run_step if in_run else None,
+                                                 feed_dict=None, options=options)
 
     def after_run(self, run_context, run_values):
         """Finish the run: record graphs (new executors) and core metadata."""
@@ -336,7 +360,18 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
             actual = _tf_private.hooked_run_args(run_context)
             if actual is not None:
                 full = d.names.names(pending.graph, actual[0], actual[1])
-        d.finish_run(pending, run_values.run_metadata, full_io_names=full, core_global_step=gstep)
+        end_metadata = None
+        if getattr(self._fetching_step, "value", False):
+            self._fetching_step.value = False
+            try:
+                value = int(run_values.results)
+            except (TypeError, ValueError):
+                value = None
+            # global_step_read: how the value was read ("in_run": fetched by
+            # the run itself; absent: a separate read just before the run).
+            end_metadata = {"step": value, "global_step": value, "global_step_read": "in_run"}
+        d.finish_run(pending, run_values.run_metadata, full_io_names=full, core_global_step=gstep,
+                     end_metadata=end_metadata)
         self._dumper.byte_limit.record(getattr(self._signatures, "value", None), pending.run)
 
     def end(self, session):
@@ -382,4 +417,17 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
 
     def _current_step(self, session, call: int) -> Tuple[int, Optional[int]]:
         return step_of_run(session, self._global_step_tensor, call)
+
+    def _reads_step_in_run(self, session) -> bool:
+        """Whether this run fetches the global step itself instead of a separate read.
+
+        Only on a cluster session: there a separate read is a master step
+        of its own, with a round trip to the task that holds the variable
+        (a parameter server), before every dumped step; in one process it
+        costs ~40 us and gives the value before the run whatever the run
+        does. With ``sample=`` the sampler reads it before the run anyway.
+        """
+        read = self._in_run_step
+        return (read is not None and session is not None and read.graph is session.graph
+                and is_cluster_target(session_target(session)))
 

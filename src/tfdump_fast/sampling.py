@@ -22,6 +22,11 @@ What a *step* is depends on the caller: :class:`DumpingDebugHook` uses the
 graph's global step when the graph has one (read before the run) and the
 0-based index of the ``Session.run`` call otherwise; see the class docs and
 :func:`step_of_run` (package-internal, as is :func:`read_global_step`).
+
+On a cluster session the hook reads the global step *inside* the debugged run
+instead (:func:`in_run_global_step_read`): a separate read there is a master
+step of its own, with a round trip to the parameter server that holds the
+variable, for every dumped step.
 """
 
 from __future__ import annotations
@@ -200,6 +205,53 @@ def read_global_step(session, tensor) -> Optional[int]:
         return int(cached[1]())
     except Exception:  # noqa: BLE001 - e.g. not initialised yet; caller falls back
         return None
+
+
+#: Name scope of the nodes tfdump-fast adds to a graph (only the hook's
+#: in-run global-step read): never watched, and stripped from the output
+#: names of the core metadata a run records, so the dump holds what tfdbg's
+#: would.
+INTERNAL_SCOPE = "tfdump_fast_internal"
+IN_RUN_STEP_NAME = INTERNAL_SCOPE + "/global_step"
+
+
+def is_internal_name(name: str) -> bool:
+    """Whether a node or tensor name is one of tfdump-fast's own nodes."""
+    return name.startswith(INTERNAL_SCOPE + "/")
+
+
+def in_run_global_step_read(graph, global_step) -> Any:
+    """A tensor that reads ``global_step`` when fetched with a run; None if impossible.
+
+    Package-internal. Added to ``graph`` once (``tfdump_fast_internal/global_step``,
+    an ``Identity`` of the variable's value, placed with the variable) and
+    reused after; None when the graph is finalized and lacks it, or when
+    ``global_step`` is None. Fetched together with a training step, it
+    reads the value the step began with: nothing in it waits for the step's
+    own computation, while the step's increment waits for the gradients
+    (TensorFlow's ``StopAtStepHook`` and ``CheckpointSaverHook`` rely on the
+    same order when they fetch the global step with the step).
+    """
+    if global_step is None:
+        return None
+    try:
+        return graph.get_tensor_by_name(IN_RUN_STEP_NAME + ":0")
+    except (KeyError, ValueError):
+        pass
+    if graph.finalized:
+        return None
+    import tensorflow as tf  # only the hook gets here; the reader never imports TensorFlow
+
+    try:
+        op = global_step.op
+        # Every node it needs (a resource variable's ReadVariableOp too)
+        # goes under the internal scope, at the root of the graph's names.
+        with graph.as_default(), graph.name_scope(INTERNAL_SCOPE + "/"), \
+                graph.colocate_with(op, ignore_existing=True):
+            read = tf.identity(global_step, name="global_step")
+    except Exception:  # noqa: BLE001 - no in-run read: the hook falls back to a separate read
+        return None
+    return read if read.name == IN_RUN_STEP_NAME + ":0" else None
 
 
 def step_of_run(session: Any, global_step_tensor: Any, call: int) -> Tuple[int, Optional[int]]:

@@ -24,6 +24,7 @@ from tfdump_fast import _tf_private
 from tfdump_fast.cluster import SERVED_URL, STEP_DEBUG_OP
 from tfdump_fast.errors import TfdumpUsageError
 from tfdump_fast.published import add_publish_watch
+from tfdump_fast.sampling import is_internal_name
 from tfdump_fast.summaries import HEALTH_MODES, native_debug_op
 
 __all__ = ["DEFAULT_DEBUG_OPS", "DEFAULT_WATCH_SPEC", "WatchCache", "WatchOptions", "WatchSpec",
@@ -297,6 +298,13 @@ class WatchCache:
             # Only meaningful for file:// URLs; leave tfdbg's byte counter alone.
             reset_disk_byte_usage=False)
         opts = run_options.debug_options
+        # tfdump-fast's own nodes (the hook's in-run global-step read) are
+        # never watched: the dump holds the tensors tfdbg's would.
+        own = [w for w in opts.debug_tensor_watch_opts if is_internal_name(w.node_name)]
+        if own:
+            kept = [w for w in opts.debug_tensor_watch_opts if not is_internal_name(w.node_name)]
+            del opts.debug_tensor_watch_opts[:]
+            opts.debug_tensor_watch_opts.extend(kept)
         for watch in opts.debug_tensor_watch_opts:
             # Summaries are computed by the bridge's ops, off the step
             # (tfdump_fast.summaries); TF's kernels would compute them inside it.

@@ -33,6 +33,11 @@ configuration's median step time and its ratio to the floor:
     nor a separate ``Session.run``): the step's metadata gets the call count
     instead. A profile configuration: it shows what recording the global
     step costs.
+``ours-raw``, ``ours-null-sink`` (profile only, not run by default: ``--configs``)
+    ``ours`` with the workers' writers storing tensors uncompressed
+    (``codec="raw"``), or discarding them once captured (``sink="null"``:
+    no hashing, compression or writing); the ps's ``serve()`` unchanged.
+    They show what the writers' CPU costs the workers' steps.
 ``tfdbg``
     tfdbg's ``DumpingDebugHook`` (``file://``) on each worker; every task
     writes its own dumps.

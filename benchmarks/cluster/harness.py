@@ -31,6 +31,10 @@ from benchmarks.compare.env import REPO, child_env, log
 from benchmarks.compare.measure import du
 
 CONFIGS = ("none", "floor", "ours", "ours-separate-read", "ours-ps-off", "ours-no-step-read", "tfdbg")
+# Profile only, not run by default (--configs): ours with the workers' writers
+# storing tensors uncompressed (codec="raw"), or discarding them after the
+# capture (sink="null": no hashing, compression or writes); the ps unchanged.
+PROFILE_CONFIGS = ("ours-raw", "ours-null-sink")
 #: The issue's target: ours within 1.3x of the capture floor per step.
 TARGET_RATIO = 1.3
 MODEL = {"width": 256, "layers": 4, "batch": 64}
@@ -287,7 +291,7 @@ def markdown(results: Dict[str, Any]) -> str:
     if cost:
         lines += ["", f"Capture on the ps costs the workers {cost['ms_per_step']:+.2f} ms/step "
                       f"(ours / ours-ps-off = {cost['ours_over_ps_off']:.3f})."]
-    for name in ("ours", "ours-separate-read", "ours-ps-off", "ours-no-step-read"):
+    for name in ("ours", "ours-separate-read", "ours-ps-off", "ours-no-step-read") + PROFILE_CONFIGS:
         h = (summary.get(name) or {}).get("hook_ms_per_step")
         if h:
             lines += ["", f"{name}: the hook's own time per step on a worker: before_run {h['before_run']:.2f} ms "
@@ -305,7 +309,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.cluster", description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=None, help="timed steps per block and worker (default 30; quick 3)")
     p.add_argument("--rounds", type=int, default=None, help="rounds over the configurations (default 5; quick 1)")
-    p.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    p.add_argument("--configs", nargs="+", choices=CONFIGS + PROFILE_CONFIGS, default=list(CONFIGS))
     p.add_argument("--quick", action="store_true", help="a tiny model, few steps (the smoke test)")
     p.add_argument("--out", required=True, help="directory for results.json and results.md")
     p.add_argument("--workdir", help="keep the dumps and task logs here (default: a removed temp dir)")
@@ -314,7 +318,7 @@ def parse_args(argv=None):
         args.steps = 3 if args.quick else 30
     if args.rounds is None:
         args.rounds = 1 if args.quick else 5
-    args.configs = [c for c in CONFIGS if c in args.configs]
+    args.configs = [c for c in CONFIGS + PROFILE_CONFIGS if c in args.configs]
     return args
 
 

@@ -188,8 +188,12 @@ def run_worker(params) -> None:
         elif name == "tfdbg":
             inner = tf_debug.DumpingDebugHook(root)
             keep_alive.append(inner)
-        elif name in ("ours", "ours-separate-read", "ours-ps-off", "ours-no-step-read"):
-            inner = tfdump_fast.DumpingDebugHook(root, log_usage=False)
+        elif name in ("ours", "ours-separate-read", "ours-ps-off", "ours-no-step-read", "ours-raw",
+                      "ours-null-sink"):
+            # Profile configurations: the workers' writers without compression,
+            # or discarding what they capture (no hash, compression, writes).
+            engine = {"ours-raw": {"codec": "raw"}, "ours-null-sink": {"sink": "null"}}.get(name, {})
+            inner = tfdump_fast.DumpingDebugHook(root, log_usage=False, **engine)
             if name == "ours-ps-off":
                 # What the workers do when the ps did not call serve(): the
                 # ps is not covered (benchmark-only switch of the probe's

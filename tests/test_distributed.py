@@ -348,13 +348,13 @@ def _check_ps_without_serve(cluster, tmp_path, spec, ps, mode):
         # Nodes on the ps, and those tied to its variable, are not watched.
         names = {rec.node_name for rec in run.records}
         assert "w" not in names and "w/Read/ReadVariableOp" not in names
-    # Every dumped run has the exact global step it began with: the hook
-    # fetches it in the run itself (no master step of its own), the wrapper
-    # reads it before the run. The hook's read node is never watched nor
-    # listed among the run's outputs (the dump is what tfdbg's would be).
+    # Every dumped run has the exact global step it began with, fetched in
+    # the run itself (no master step of its own) by the hook and the wrapper.
+    # The read node is never watched nor listed among the run's outputs (the
+    # dump is what tfdbg's would be).
     assert [r.global_step for r in train_runs] == [0, 1, 2]
     for run in train_runs:
-        assert run.metadata.get("global_step_read") == ("in_run" if mode == "hook" else None)
+        assert run.metadata.get("global_step_read") == "in_run"
         assert not [n for n in run.core_metadata["output_names"] if n.startswith("tfdump_fast_internal/")]
         assert not [rec for rec in run.records if rec.node_name.startswith("tfdump_fast_internal/")]
 

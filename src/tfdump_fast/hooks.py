@@ -430,4 +430,3 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
         read = self._in_run_step
         return (read is not None and session is not None and read.graph is session.graph
                 and is_cluster_target(session_target(session)))
-

@@ -18,7 +18,8 @@ from tfdump_fast import _tf_private
 from tfdump_fast.dumper import Dumper
 from tfdump_fast.errors import TfdumpTypeError, TfdumpUsageError
 from tfdump_fast.run_names import feed_keys_repr
-from tfdump_fast.sampling import SampleSpec, step_of_run
+from tfdump_fast.cluster import is_cluster_target, session_target
+from tfdump_fast.sampling import SampleSpec, in_run_global_step_read, step_of_run
 from tfdump_fast.writer import DumpWriter, check_session_root
 
 __all__ = ["DumpingDebugWrapperSession"]
@@ -90,6 +91,10 @@ class DumpingDebugWrapperSession(_tf_private.SessionInterface):
             self._global_step_tensor = tf.compat.v1.train.get_global_step(sess.graph)
         except (TypeError, ValueError):
             self._global_step_tensor = None
+        # On a cluster session the global step is fetched with the debugged
+        # run (see _in_run_step); decided on the first debugged run.
+        self._in_run_step_decided = False
+        self._in_run_step = None
         # A wrapped MonitoredSession runs its own hooks, which may add fetches
         # we cannot see; then partition graphs are requested on every run.
         hooks = _tf_private.monitored_session_hooks(sess) or ()
@@ -185,9 +190,16 @@ class DumpingDebugWrapperSession(_tf_private.SessionInterface):
                      id(callable_options) if callable_options else None)
         if not self._dumper.byte_limit.allows(signature):
             return plain()
-        if sampled_at is None:  # no sampler: read it now (a Session.run), only for a dumped run
-            sampled_at = self._current_step(call)
-        metadata["step"], metadata["global_step"] = sampled_at
+        # On a cluster, fetched with the run (plain runs; callables have
+        # fixed fetches): a separate read is a master step of its own.
+        step_read = (self._in_run_step_read()
+                     if sampled_at is None and not callable_runner and not callable_options else None)
+        if step_read is not None:
+            metadata["step"], metadata["global_step"] = None, None  # known at the run's end
+        else:
+            if sampled_at is None:  # no sampler: read it now (a Session.run), only for a dumped run
+                sampled_at = self._current_step(call)
+            metadata["step"], metadata["global_step"] = sampled_at
         spec = d.watch_spec(fetches, feed_dict)
         graph = self._sess.graph
         if callable_options:
@@ -207,6 +219,7 @@ class DumpingDebugWrapperSession(_tf_private.SessionInterface):
         if started is None:
             return plain()
         pending, debug_options = started
+        end_metadata = None
         run_metadata = run_metadata if run_metadata is not None else tf.compat.v1.RunMetadata()
         try:
             if callable_options:
@@ -225,6 +238,11 @@ class DumpingDebugWrapperSession(_tf_private.SessionInterface):
                 if callable_runner:
                     retvals = callable_runner(*runner_args, options=run_options,
                                               run_metadata=run_metadata)
+                elif step_read is not None:
+                    retvals, step_value = self._sess.run((fetches, step_read), feed_dict=feed_dict,
+                                                         options=run_options, run_metadata=run_metadata)
+                    end_metadata = {"step": int(step_value), "global_step": int(step_value),
+                                    "global_step_read": "in_run"}
                 else:
                     retvals = self._sess.run(fetches, feed_dict=feed_dict, options=run_options,
                                              run_metadata=run_metadata)
@@ -238,7 +256,7 @@ class DumpingDebugWrapperSession(_tf_private.SessionInterface):
             d.finish_run(pending, run_metadata, error=exc)
             self._dumper.byte_limit.record(signature, pending.run)
             raise
-        d.finish_run(pending, run_metadata)
+        d.finish_run(pending, run_metadata, end_metadata=end_metadata)
         self._dumper.byte_limit.record(signature, pending.run)
         return retvals
 
@@ -282,6 +300,22 @@ class DumpingDebugWrapperSession(_tf_private.SessionInterface):
             if not _tf_private.is_plain_session(raw):
                 raw = _tf_private.raw_session(raw)
         return step_of_run(raw, self._global_step_tensor, call)
+
+    def _in_run_step_read(self):
+        """The tensor that reads the global step inside a debugged run, or None.
+
+        Only for a plain session on a cluster target (there a separate read
+        is a master step with a round trip to the ps); added to the graph on
+        the first debugged run (``sampling.in_run_global_step_read``), None
+        when the graph is finalized without it: the separate read then.
+        """
+        if not self._in_run_step_decided:
+            self._in_run_step_decided = True
+            sess = self._sess
+            if self._global_step_tensor is not None and _tf_private.is_plain_session(sess) \
+                    and is_cluster_target(session_target(sess)):
+                self._in_run_step = in_run_global_step_read(sess.graph, self._global_step_tensor)
+        return self._in_run_step
 
     def make_callable(self, fetches, feed_list=None, accept_options=False):
         """Like ``Session.make_callable``; calls of the result are debugged."""

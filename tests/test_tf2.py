@@ -385,8 +385,9 @@ def test_summary_modes_same_tensors_and_values_as_tfdbg_v2(mode_dumps, mode, tmp
     _assert_same_traces(converted, theirs)
     assert len(functions) == 4 and len(their_functions) == 4
     for (name, values), (their_name, their_values) in zip(functions, their_functions):
+        values, their_values = values or (), their_values or ()   # None: no value recorded
         assert name == their_name and len(values) == len(their_values)
-        for a, b in zip(values, their_values):   # the step's outputs (the loss: NaN at step 3)
+        for a, b in zip(values, their_values):
             assert (a is None) == (b is None)
             np.testing.assert_array_equal(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
 

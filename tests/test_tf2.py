@@ -451,3 +451,26 @@ def test_circular_buffer_writes_the_last_executions_on_nan_and_at_disable(captur
     assert hit.node_name == "Sqrt" and hit.run.metadata["tf2_execution"] == 5
     for run in reader.runs[:-1]:   # full tensors of every written execution
         assert [r.node_name for r in run if r.node_name == "Sqrt"] == ["Sqrt"]
+
+
+def test_circular_buffer_written_at_interpreter_exit(tmp_path):
+    """As tfdbg v2 writes its buffer at exit: a program that never disables."""
+    root = tmp_path / "dump"
+    script = f"""
+import tensorflow as tf
+import tfdump_fast
+tfdump_fast.enable_dump_debug_info({str(root)!r}, circular_buffer_size=2)
+f = tf.function(lambda x: x * 2.0)
+for _ in range(5):
+    f(tf.constant([1.0]))
+"""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join([PKG_PARENT, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reader = DumpReader(str(root))
+    # executions 0..4 ran; the last 2 ended runs (4 and the open run after it) are written
+    assert [r.metadata["tf2_execution"] for r in reader.runs] == [4, 5]
+    assert [e["message"] for e in reader.events("flight_recorder_trigger")] == ["disable_dump_debug_info"]
+    assert [r.node_name for r in reader.runs[0] if r.node_name == "mul"] == ["mul"]

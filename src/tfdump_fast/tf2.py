@@ -25,7 +25,13 @@ sampling), ``tf2_function`` (the executed function's name), ``tf2_context_id``
 ``batch``, ``keras_mode`` and ``global_step`` (the optimizer's iterations).
 
 Records: key (device, op name, output slot, ``TfdumpCaptureV2.<context id>``);
-eager ops are keyed (device, op type, slot, ``TfdumpCaptureV2.eager``). Each
+eager ops are keyed (device, op type, slot, ``TfdumpCaptureV2.eager``); in a
+mode other than FULL_TENSOR the mode is appended
+(``TfdumpCaptureV2.<context id>.CURT_HEALTH``) and the record is tfdbg v2's
+float64 summary vector (its element 0: tfdbg v2's tensor id, numbered here
+exactly as tfdbg v2 numbers graph tensors; -1 for eager ops), computed
+natively off the step. ``circular_buffer_size=N`` runs the writer as a flight
+recorder (``keep_last=N``) written on inf/nan and at disable / exit. Each
 traced graph is described by ``tf2_graph`` META events (docs/FORMAT.md): its
 name, the function name, the outer graph, and per op its type, inputs and
 creation stack; source files of user code by ``tf2_source_file`` events.
@@ -63,8 +69,6 @@ TENSOR_DEBUG_MODES = {"NO_TENSOR": 1, "CURT_HEALTH": 2, "CONCISE_HEALTH": 3, "FU
 _IMPLEMENTED_MODES = ("NO_TENSOR", "CURT_HEALTH", "CONCISE_HEALTH", "FULL_HEALTH", "SHAPE", "FULL_TENSOR")
 #: modes recorded as DebugNumericSummaryV2 vectors (computed natively, off the step)
 SUMMARY_MODES = ("CURT_HEALTH", "CONCISE_HEALTH", "FULL_HEALTH", "SHAPE")
-#: tfdbg v2's default circular_buffer_size
-DEFAULT_CIRCULAR_BUFFER_SIZE = 1000
 _FUNCTION_PREFIXES = ("__inference_", "__forward_", "__backward_")
 _PLACEHOLDER_TYPES = ("Const", "Placeholder", "PlaceholderWithDefault")
 _MAX_SOURCE_BYTES = 4 << 20

@@ -1,4 +1,4 @@
-"""TF2 step times: undebugged vs tfdbg v2 vs tfdump-fast's TF2 capture (FULL_TENSOR).
+"""TF2 step times: undebugged vs tfdbg v2 vs tfdump-fast's TF2 capture, per tensor_debug_mode.
 
 Workloads: the tf.function twins of ``benchmarks/workloads.py`` (mlp, rnn,
 cnn, embed: ``build_function``) and ``keras``, a Keras MLP trained with
@@ -17,10 +17,15 @@ Regimes (as in BENCHMARKS.md):
 * sustained: ``--steps`` steps back to back plus the final flush and close
   (``disable_dump_debug_info``), divided by the steps.
 
+Modes: ``--modes FULL_TENSOR,CURT_HEALTH,...`` runs tfdbg v2 and ours in
+each mode (configurations ``tfdbg2`` / ``ours`` for FULL_TENSOR,
+``tfdbg2:<MODE>`` / ``ours:<MODE>`` for the others) against the one
+undebugged baseline, all in the same round-robin.
+
 Usage::
 
     python -m benchmarks.tf2_steps [--models mlp,rnn,cnn,embed,keras] [--rounds 3]
-        [--out docs/benchmarks/tf2_results.json]
+        [--modes FULL_TENSOR,CURT_HEALTH] [--out docs/benchmarks/tf2_results.json]
 """
 
 from __future__ import annotations
@@ -81,13 +86,15 @@ def child(model, config, regime, steps, block, scale, root):
     import tensorflow as tf
 
     writer = None
+    config, _, mode = config.partition(":")
+    mode = mode or "FULL_TENSOR"
     if config == "tfdbg2":
         writer = tf.debugging.experimental.enable_dump_debug_info(
-            root, tensor_debug_mode="FULL_TENSOR", circular_buffer_size=-1)
+            root, tensor_debug_mode=mode, circular_buffer_size=-1)
     elif config == "ours":
         import tfdump_fast
 
-        writer = tfdump_fast.enable_dump_debug_info(root)
+        writer = tfdump_fast.enable_dump_debug_info(root, tensor_debug_mode=mode)
 
     if model == "keras":
         fit = build_keras(scale)
@@ -142,32 +149,44 @@ def child(model, config, regime, steps, block, scale, root):
 
 def report(results) -> str:
     """A markdown table of a results JSON (step ms, ratio to undebugged, MB/step)."""
-    lines = ["| model | regime | undebugged ms | tfdbg v2 ms (x) | ours ms (x) | ours / tfdbg v2 | "
-             "MB/step tfdbg v2 | MB/step ours |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | regime | mode | undebugged ms | tfdbg v2 ms (x) | ours ms (x) | ours / tfdbg v2 | "
+             "MB/step tfdbg v2 | MB/step ours |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    modes = results.get("args", {}).get("modes", "FULL_TENSOR").split(",")
     for model, regimes in results["models"].items():
         for regime, s in regimes.items():
-            def cell(c):
-                f = s.get(c, {})
-                if "step_ms" not in f:
-                    return "error"
-                return f"{f['step_ms']:.1f} ({f.get('ratio_to_none', float('nan')):.2f}x)"
-
-            def mb(c):
-                f = s.get(c, {})
-                return f"{f['bytes_per_step'] / 1e6:.2f}" if "bytes_per_step" in f else "-"
-
-            base = s.get("none", {}).get("step_ms")
-            ratio = s.get("ours_over_tfdbg2")
-            lines.append(f"| {model} | {regime} | {base:.1f} | {cell('tfdbg2')} | {cell('ours')} | "
-                         f"{ratio:.2f} | {mb('tfdbg2')} | {mb('ours')} |" if base and ratio else
-                         f"| {model} | {regime} | error | | | | | |")
+            for mode in modes:
+                lines.append(_report_row(model, regime, mode, s))
     return "\n".join(lines)
+
+
+def _report_row(model, regime, mode, s) -> str:
+    """One table row: the configurations of ``mode`` in one (model, regime) summary."""
+    sfx = "" if mode == "FULL_TENSOR" else ":" + mode
+
+    def cell(c):
+        f = s.get(c, {})
+        if "step_ms" not in f:
+            return "error"
+        return f"{f['step_ms']:.1f} ({f.get('ratio_to_none', float('nan')):.2f}x)"
+
+    def mb(c):
+        f = s.get(c, {})
+        return f"{f['bytes_per_step'] / 1e6:.2f}" if "bytes_per_step" in f else "-"
+
+    base = s.get("none", {}).get("step_ms")
+    ratio = s.get("ours_over_tfdbg2" + sfx)
+    if not (base and ratio):
+        return f"| {model} | {regime} | {mode} | error | | | | | |"
+    return (f"| {model} | {regime} | {mode} | {base:.1f} | {cell('tfdbg2' + sfx)} | {cell('ours' + sfx)} | "
+            f"{ratio:.2f} | {mb('tfdbg2' + sfx)} | {mb('ours' + sfx)} |")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--modes", default="FULL_TENSOR",
+                    help="tensor_debug_modes of tfdbg2 and ours (comma-separated)")
     ap.add_argument("--regimes", default="burst,sustained")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=12)
@@ -193,10 +212,13 @@ def main(argv=None):
     try:
         for model in args.models.split(","):
             for regime in args.regimes.split(","):
-                raw = {c: [] for c in args.configs.split(",")}
+                raw = {}
+                for c in args.configs.split(","):
+                    for mode in ([None] if c == "none" else args.modes.split(",")):
+                        raw[c if mode in (None, "FULL_TENSOR") else f"{c}:{mode}"] = []
                 for rnd in range(args.rounds):
                     for config in raw:
-                        root = os.path.join(work, f"{model}-{config}-{regime}-{rnd}")
+                        root = os.path.join(work, f"{model}-{config.replace(':', '-')}-{regime}-{rnd}")
                         proc = subprocess.run(
                             [sys.executable, "-m", "benchmarks.tf2_steps", "--steps", str(args.steps),
                              "--block", str(args.block), "--scale", args.scale,
@@ -221,8 +243,11 @@ def main(argv=None):
                 for config, s in summary.items():
                     if base and "step_ms" in s:
                         s["ratio_to_none"] = s["step_ms"] / base
-                if "step_ms" in summary.get("ours", {}) and "step_ms" in summary.get("tfdbg2", {}):
-                    summary["ours_over_tfdbg2"] = summary["ours"]["step_ms"] / summary["tfdbg2"]["step_ms"]
+                for mode in args.modes.split(","):
+                    sfx = "" if mode == "FULL_TENSOR" else ":" + mode
+                    ours, theirs = summary.get("ours" + sfx, {}), summary.get("tfdbg2" + sfx, {})
+                    if "step_ms" in ours and "step_ms" in theirs:
+                        summary["ours_over_tfdbg2" + sfx] = ours["step_ms"] / theirs["step_ms"]
                 results["models"].setdefault(model, {})[regime] = summary
                 print(model, regime, json.dumps(summary, default=str)[:600], flush=True)
     finally:

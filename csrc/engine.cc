@@ -280,7 +280,13 @@ uint32_t Engine::InternKey(const char* device, size_t device_len, const char* no
   if (it != key_ids_.end()) return it->second;
   const uint32_t id = static_cast<uint32_t>(keys_.size());
   std::string op(debug_op, debug_op_len);
-  const bool holdable = op == "DebugIdentity";
+  // Full tensors are what the flight recorder holds: TF1's DebugIdentity and
+  // TF2 capture's FULL_TENSOR records ("TfdumpCaptureV2.<context>"; its
+  // summary modes append ".<MODE>" and are written as usual, like TF1's).
+  static const std::string kTf2Prefix = "TfdumpCaptureV2.";
+  const bool holdable = op == "DebugIdentity" ||
+                        (op.compare(0, kTf2Prefix.size(), kTf2Prefix) == 0 &&
+                         op.find('.', kTf2Prefix.size()) == std::string::npos);
   keys_.push_back(KeyInfo{slot, std::string(device, device_len), std::string(node, node_len), std::move(op),
                           holdable});
   if (id < kFastKeys) key_holdable_[id].store(holdable ? 1 : 2, std::memory_order_release);

@@ -17,12 +17,13 @@
 extern "C" {
 #endif
 
-#define TFDUMP_TF2_API_VERSION 1
+#define TFDUMP_TF2_API_VERSION 2
 
 typedef struct tfdump_tf2_stats {
   uint64_t tensors_submitted; /* handed to the engine (accepted or dropped by its policy) */
   uint64_t tensors_unbound;   /* ran while no run was bound (sampled out, or disabled) */
   uint64_t tensors_failed;    /* could not be captured (bad run, undescribable tensor) */
+  uint64_t tensors_skipped;   /* a summary mode is not defined for them (version 2) */
 } tfdump_tf2_stats;
 
 /* TFDUMP_TF2_API_VERSION. */

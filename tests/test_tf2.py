@@ -35,7 +35,10 @@ eager_child = pytest.mark.skipif(not IN_EAGER_CHILD, reason="runs in the fresh p
                                  "test_eager_tests_in_a_fresh_process")
 EAGER_TESTS = ("test_nested_functions_tf_data_and_eager_ops", "test_filters_sampling_and_disable",
                "test_xla_compiled_function_is_refused_clearly_and_still_runs",
-               "test_argument_errors_name_the_fix")
+               "test_argument_errors_name_the_fix", "test_health_mode_eager_ops_and_skipped_dtypes",
+               "test_circular_buffer_writes_the_last_executions_on_nan_and_at_disable")
+#: tfdbg v2's modes besides FULL_TENSOR that TF2 capture implements
+SUMMARY_MODES = ("CURT_HEALTH", "CONCISE_HEALTH", "FULL_HEALTH", "SHAPE", "NO_TENSOR")
 
 
 def run_eager_tests(path, names):
@@ -246,12 +249,14 @@ def test_xla_compiled_function_is_refused_clearly_and_still_runs(capture, caplog
 
 @eager_child
 def test_argument_errors_name_the_fix(tmp_path):
-    with pytest.raises(TfdumpUsageError, match="FULL_TENSOR"):
-        tf2.enable_dump_debug_info(tmp_path / "a", tensor_debug_mode="CURT_HEALTH")
+    with pytest.raises(TfdumpUsageError, match="CURT_HEALTH"):
+        tf2.enable_dump_debug_info(tmp_path / "a", tensor_debug_mode="FULL_NUMERICS")
     with pytest.raises(TfdumpUsageError, match="not one of tfdbg v2's modes"):
         tf2.enable_dump_debug_info(tmp_path / "a", tensor_debug_mode="LOUD")
     with pytest.raises(TfdumpUsageError, match="circular_buffer_size"):
-        tf2.enable_dump_debug_info(tmp_path / "a", circular_buffer_size=1000)
+        tf2.enable_dump_debug_info(tmp_path / "a", circular_buffer_size=1.5)
+    with pytest.raises(TfdumpUsageError, match="pass one"):
+        tf2.enable_dump_debug_info(tmp_path / "a", circular_buffer_size=3, keep_last=3)
     tf2.enable_dump_debug_info(tmp_path / "a")
     try:
         with pytest.raises(TfdumpUsageError, match="already enabled"):
@@ -293,3 +298,179 @@ def test_convert_tfdbg2_is_read_by_tensorflows_debug_data_reader(tmp_path):
         assert reader.graph_by_id(functions[0].graph_id) is not None
         with pytest.raises(TfdumpUsageError, match="not empty"):
             tfdump_fast.convert(str(root), tmp_path / "v2", layout="tfdbg2")
+
+
+# -- tensor_debug_mode other than FULL_TENSOR, circular_buffer_size
+
+
+@pytest.fixture(scope="module")
+def mode_dumps(tmp_path_factory):
+    """The Keras model trained 4 steps (NaN at step 3) under each summary mode,
+    ours and tfdbg v2's, in one child process: ROOT/<MODE>/{ours,tfdbg}."""
+    root = tmp_path_factory.mktemp("modes")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join([PKG_PARENT, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, MODEL, "modes", str(root), "4", *SUMMARY_MODES], env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _tfdbg_traces(path):
+    """{(graph name, op name, slot): [debug_tensor_value as float64 array]}, and
+    the function executions' debug_tensor_values, through TF's DebugDataReader."""
+    from tensorflow.python.debug.lib import debug_events_reader
+
+    traces = defaultdict(list)
+    with debug_events_reader.DebugDataReader(str(path)) as reader:
+        reader.update()
+        for t in reader.graph_execution_traces():
+            value = t.debug_tensor_value   # None in NO_TENSOR mode
+            traces[(reader.graph_by_id(t.graph_id).name, t.op_name, t.output_slot)].append(
+                None if value is None else np.asarray(value, dtype=np.float64))
+        functions = [(e.op_type.rsplit("_", 1)[0], e.debug_tensor_values) for e in reader.executions()
+                     if e.op_type.startswith("__inference_")]
+    return traces, functions
+
+
+def _assert_same_traces(ours, theirs):
+    assert set(ours) == set(theirs)
+    for key, values in theirs.items():
+        if key[0].startswith("Dataset_"):   # ran ahead on parallel threads: see the FULL_TENSOR test
+            mine, other = Counter(map(_value_key, ours[key])), Counter(map(_value_key, values))
+            fewer, more = (mine, other) if sum(mine.values()) <= sum(other.values()) else (other, mine)
+            assert not fewer - more, key
+            continue
+        assert len(ours[key]) == len(values), key
+        for a, b in zip(ours[key], values):   # bit-exact, tensor id in slot 0 included
+            np.testing.assert_array_equal(a, b, err_msg=str(key))
+
+
+@pytest.mark.parametrize("mode", SUMMARY_MODES)
+def test_summary_modes_same_tensors_and_values_as_tfdbg_v2(mode_dumps, mode, tmp_path):
+    root, stats = mode_dumps
+    assert stats[mode]["tensors_submitted"] > 0 and stats[mode]["tensors_failed"] == 0
+    dump = Tf2Dump(DumpReader(str(root / mode / "ours")))
+    ours = defaultdict(list)
+    for run in dump.reader.runs:
+        for rec in run:
+            g = dump.graph_of(rec)
+            if g is None:
+                continue
+            value = np.asarray(rec.value)
+            if mode == "NO_TENSOR":
+                assert value.dtype == np.float32 and value.shape == (0,)
+                value = None   # what DebugDataReader returns for it
+            else:
+                assert value.dtype == np.float64 and value.ndim == 1
+                # slot 0: tfdbg v2's id of the tensor, as its GraphOpCreation numbers it
+                assert value[0] == dump.op_of(rec).first_tensor_id + rec.output_slot
+            ours[(g.name, rec.node_name, rec.output_slot)].append(value)
+    theirs, their_functions = _tfdbg_traces(root / mode / "tfdbg")
+    assert len(theirs) > 20
+    _assert_same_traces(ours, theirs)
+
+    # the NaN of step 3, judged by the counts (SHAPE and NO_TENSOR carry none)
+    rec = dump.first_non_finite()
+    if mode in ("SHAPE", "NO_TENSOR"):
+        assert rec is None
+    else:
+        assert rec is not None and rec.run.metadata["batch"] == 3
+        assert dump.op_of(rec).op_type == "Sqrt"
+        assert dump.reader.runs[0].find(tfdump_fast.has_inf_or_nan) == []
+
+    # converted: DebugDataReader returns what it returns for tfdbg v2's own dump
+    tfdump_fast.convert(str(root / mode / "ours"), tmp_path / "v2", layout="tfdbg2")
+    converted, functions = _tfdbg_traces(tmp_path / "v2")
+    _assert_same_traces(converted, theirs)
+    assert len(functions) == 4 and len(their_functions) == 4
+    for (name, values), (their_name, their_values) in zip(functions, their_functions):
+        values, their_values = values or (), their_values or ()   # None: no value recorded
+        assert name == their_name and len(values) == len(their_values)
+        for a, b in zip(values, their_values):
+            assert (a is None) == (b is None)
+            np.testing.assert_array_equal(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
+
+
+@eager_child
+def test_health_mode_eager_ops_and_skipped_dtypes(capture, tmp_path):
+    root = capture(tensor_debug_mode="CONCISE_HEALTH")
+
+    @tf.function
+    def f(x):
+        return tf.math.log(x), tf.size(x)   # the int32 output is not summarised
+
+    f(tf.constant([1.0, 0.0, -1.0]))
+    tf.exp(tf.constant([0.0, 1.0]))
+    stats = tf2.disable_dump_debug_info()
+    assert stats["tensors_failed"] == 0
+    dump = Tf2Dump(DumpReader(str(root)))
+    graph = {r.node_name: r for r in dump.graph_execution_traces()}
+    assert "Size" not in graph   # int32: tfdbg v2 does not instrument it either
+    log_id = dump.op_of(graph["Log"]).first_tensor_id
+    # [tensor id, element count, -inf, +inf, nan] as DebugNumericSummaryV2
+    np.testing.assert_array_equal(graph["Log"].value, [log_id, 3, 1, 0, 1])
+    assert dump.first_non_finite().node_name == "Log"
+    eager = {(r.node_name, r.output_slot): r for r in dump.eager_records()}
+    np.testing.assert_array_equal(eager[("Exp", 0)].value, [-1, 2, 0, 0, 0])   # eager: id -1, as tfdbg v2
+    function = next(k for k in eager if k[0].startswith("__inference_f"))[0]
+    np.testing.assert_array_equal(eager[(function, 0)].value, [-1, 3, 1, 0, 1])
+    assert eager[(function, 1)].debug_op.endswith(".NO_TENSOR")   # int32 output: its place only
+    # tfdbg v2 keeps that place as an empty TensorProto: DebugDataReader reads None
+    from tensorflow.python.debug.lib import debug_events_reader
+
+    tfdump_fast.convert(str(root), tmp_path / "v2", layout="tfdbg2")
+    with debug_events_reader.DebugDataReader(str(tmp_path / "v2")) as reader:
+        reader.update()
+        ex = next(e for e in reader.executions() if e.op_type == function)
+        assert ex.debug_tensor_values == ([-1.0, 3.0, 1.0, 0.0, 1.0], None)
+
+
+@eager_child
+def test_circular_buffer_writes_the_last_executions_on_nan_and_at_disable(capture):
+    from tfdump_fast.flight import TRIGGER_EVENT
+
+    root = capture(circular_buffer_size=3)
+
+    @tf.function
+    def f(x):
+        return tf.math.sqrt(x) * 2.0
+
+    for i in range(12):
+        f(tf.constant([-1.0 if i == 5 else 1.0]))   # NaN at execution 5
+    tf2.disable_dump_debug_info()
+    reader = DumpReader(str(root))
+    # the trigger wrote executions 2..5; disable wrote the last 3 runs (10, 11 and
+    # the open run after them); 0, 1 and 6..9 were never written
+    assert [r.metadata["tf2_execution"] for r in reader.runs] == [2, 3, 4, 5, 10, 11, 12]
+    triggers = list(reader.events(TRIGGER_EVENT))
+    assert [t["reason"] for t in triggers] == ["inf_nan", "manual"]
+    assert triggers[0]["tensor"]["node"] == "Sqrt"
+    assert triggers[1]["message"] == "disable_dump_debug_info"
+    hit = Tf2Dump(reader).first_non_finite()
+    assert hit.node_name == "Sqrt" and hit.run.metadata["tf2_execution"] == 5
+    for run in reader.runs[:-1]:   # full tensors of every written execution
+        assert [r.node_name for r in run if r.node_name == "Sqrt"] == ["Sqrt"]
+
+
+def test_circular_buffer_written_at_interpreter_exit(tmp_path):
+    """As tfdbg v2 writes its buffer at exit: a program that never disables."""
+    root = tmp_path / "dump"
+    script = f"""
+import tensorflow as tf
+import tfdump_fast
+tfdump_fast.enable_dump_debug_info({str(root)!r}, circular_buffer_size=2)
+f = tf.function(lambda x: x * 2.0)
+for _ in range(5):
+    f(tf.constant([1.0]))
+"""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join([PKG_PARENT, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reader = DumpReader(str(root))
+    # executions 0..4 ran; the last 2 ended runs (4 and the open run after it) are written
+    assert [r.metadata["tf2_execution"] for r in reader.runs] == [4, 5]
+    assert [e["message"] for e in reader.events("flight_recorder_trigger")] == ["disable_dump_debug_info"]
+    assert [r.node_name for r in reader.runs[0] if r.node_name == "mul"] == ["mul"]

@@ -474,11 +474,11 @@ def test_add_graph_op_and_run_eager_op_build_and_run_a_registered_op():
     def f(x):
         y = x * 2.0
         op = _tf_private.add_graph_op("TfdumpCaptureV2", "cap", y, context_id="t", op_name="mul",
-                                      output_slot=0, tensor_debug_mode=7)
+                                      output_slot=0, tensor_debug_mode=7, tensor_id=-1)
         assert op.type == "TfdumpCaptureV2" and op.get_attr("op_name") == b"mul"
         return op.outputs[0]
 
     assert f(tf.constant(3.0)).numpy() == 6.0
     out = _tf_private.run_eager_op("TfdumpCaptureV2", tf.constant([1, 2]), (
-        "context_id", "eager", "op_name", "x", "output_slot", 0, "tensor_debug_mode", 7))
+        "context_id", "eager", "op_name", "x", "output_slot", 0, "tensor_debug_mode", 7, "tensor_id", -1))
     assert out[0].numpy().tolist() == [1, 2]

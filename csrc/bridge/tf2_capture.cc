@@ -17,9 +17,21 @@
 // so automatic control dependencies run it although nothing consumes its
 // output.
 //
-// tensor_debug_mode is an attribute so that summary modes (CURT_HEALTH, ...)
-// can be routed to the native summaries later; only FULL_TENSOR (7, tfdbg's
-// enum) is implemented: any other value is refused when the kernel is built.
+// tensor_debug_mode (tfdbg's enum) selects what is recorded, as
+// DebugIdentityV2 records for that mode:
+//   FULL_TENSOR (7)   the tensor (by reference or copied, bridge/capture.cc);
+//   CURT_HEALTH (2), CONCISE_HEALTH (3), FULL_HEALTH (4), SHAPE (5)
+//                     DebugNumericSummaryV2's float64 vector, computed on a
+//                     writer thread from a reference to the tensor
+//                     (bridge/summaries.h), element 0 = the tensor_id attr
+//                     (tfdbg v2's id of the graph tensor; -1 for eager ops,
+//                     as tfdbg v2);
+//   NO_TENSOR (1)     an empty float32 tensor: that the op ran, no value.
+// Summary and NO_TENSOR records are keyed with the mode appended to the debug
+// op ("TfdumpCaptureV2.<context_id>.CURT_HEALTH"), so that readers judge them
+// by their counts (tfdump_fast.summaries). A tensor a summary is not defined
+// for is skipped and counted (tensors_skipped), never an error. Other modes
+// are refused when the kernel is built.
 
 #include <stdint.h>
 #include <string.h>
@@ -37,6 +49,7 @@
 #include "tensorflow/core/framework/tensor.h"
 
 #include "bridge/capture.h"
+#include "bridge/summaries.h"
 #include "tf2_api.h"
 
 #define TFDUMP_EXPORT __attribute__((visibility("default")))
@@ -45,7 +58,24 @@ namespace tfdump {
 namespace bridge {
 namespace {
 
-constexpr int kFullTensor = 7;  // tensorflow.DebugEvent's TensorDebugMode.FULL_TENSOR
+// tensorflow.DebugEvent's TensorDebugMode values
+constexpr int kNoTensor = 1;
+constexpr int kCurtHealth = 2;
+constexpr int kConciseHealth = 3;
+constexpr int kFullHealth = 4;
+constexpr int kShape = 5;
+constexpr int kFullTensor = 7;
+
+// The summary for a tfdbg mode and the suffix of its records' debug op.
+bool SummaryOfMode(int mode, SummaryMode* summary, const char** suffix) {
+  switch (mode) {
+    case kCurtHealth: *summary = SummaryMode::kCurtHealth; *suffix = ".CURT_HEALTH"; return true;
+    case kConciseHealth: *summary = SummaryMode::kConciseHealth; *suffix = ".CONCISE_HEALTH"; return true;
+    case kFullHealth: *summary = SummaryMode::kFullHealth; *suffix = ".FULL_HEALTH"; return true;
+    case kShape: *summary = SummaryMode::kShape; *suffix = ".SHAPE"; return true;
+    default: return false;
+  }
+}
 
 // The bound (engine, run) is published as an epoch: a kernel registers in
 // the current epoch's in-flight counter, checks the epoch did not move, and
@@ -61,7 +91,7 @@ struct Tf2State {
   std::atomic<const tfdump_engine_api*> api{nullptr};
   std::atomic<uint32_t> run_id{0};
   std::atomic<uint32_t> generation{0};                // changes on every bind
-  std::atomic<uint64_t> submitted{0}, unbound{0}, failed{0};
+  std::atomic<uint64_t> submitted{0}, unbound{0}, failed{0}, skipped{0};
   Tf2State() {
     inflight[0].store(0);
     inflight[1].store(0);
@@ -90,16 +120,26 @@ class TfdumpCaptureV2Op : public tensorflow::OpKernel {
  public:
   explicit TfdumpCaptureV2Op(tensorflow::OpKernelConstruction* ctx) : OpKernel(ctx) {
     std::string context_id;
-    int mode = kFullTensor;
+    int64_t tensor_id = -1;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("context_id", &context_id));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("op_name", &op_name_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("output_slot", &output_slot_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("tensor_debug_mode", &mode));
-    OP_REQUIRES(ctx, mode == kFullTensor,
-                tensorflow::errors::Unimplemented(
-                    "TfdumpCaptureV2: tensor_debug_mode ", mode,
-                    " is not implemented (only FULL_TENSOR = 7)"));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("tensor_debug_mode", &mode_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("tensor_id", &tensor_id));
     debug_op_ = "TfdumpCaptureV2." + context_id;
+    const char* suffix = "";
+    if (SummaryOfMode(mode_, &summary_, &suffix)) {
+      attrs_.tensor_id = tensor_id;
+    } else if (mode_ == kNoTensor) {
+      suffix = ".NO_TENSOR";
+    } else {
+      OP_REQUIRES(ctx, mode_ == kFullTensor,
+                  tensorflow::errors::Unimplemented(
+                      "TfdumpCaptureV2: tensor_debug_mode ", mode_,
+                      " is not implemented (NO_TENSOR = 1, CURT_HEALTH = 2, CONCISE_HEALTH = 3, "
+                      "FULL_HEALTH = 4, SHAPE = 5, FULL_TENSOR = 7 are)"));
+    }
+    debug_op_ += suffix;
   }
 
   void Compute(tensorflow::OpKernelContext* ctx) override {
@@ -137,12 +177,20 @@ class TfdumpCaptureV2Op : public tensorflow::OpKernel {
                                 debug_op_.size());
           key_.store(static_cast<uint64_t>(generation) << 32 | key, std::memory_order_release);
         }
-        rc = SubmitTensor(api, run_id, key, nullptr, input);
+        if (mode_ == kFullTensor) {
+          rc = SubmitTensor(api, run_id, key, nullptr, input);
+        } else if (mode_ == kNoTensor) {
+          rc = SubmitTensor(api, run_id, key, nullptr, EmptyFloat());
+        } else {
+          rc = SubmitSummary(api, run_id, key, summary_, attrs_, input);
+        }
       } catch (...) {
         rc = -1;
       }
       if (rc == TFDUMP_SUBMIT_OK || rc == TFDUMP_SUBMIT_DROPPED) {
         s.submitted.fetch_add(1, std::memory_order_relaxed);
+      } else if (rc == kSummarySkipped) {
+        s.skipped.fetch_add(1, std::memory_order_relaxed);
       } else {
         s.failed.fetch_add(1, std::memory_order_relaxed);
       }
@@ -153,8 +201,18 @@ class TfdumpCaptureV2Op : public tensorflow::OpKernel {
   bool IsExpensive() override { return false; }
 
  private:
+  // NO_TENSOR's record, as tfdbg v2's: float32[0] (shared, never written).
+  static const tensorflow::Tensor& EmptyFloat() {
+    static const tensorflow::Tensor* t =
+        new tensorflow::Tensor(tensorflow::DT_FLOAT, tensorflow::TensorShape({0}));
+    return *t;
+  }
+
   std::string op_name_, debug_op_;
   int32_t output_slot_ = 0;
+  int mode_ = kFullTensor;
+  SummaryMode summary_ = SummaryMode::kCurtHealth;
+  SummaryAttrs attrs_;
   std::atomic<uint64_t> key_{0};
 };
 
@@ -168,9 +226,11 @@ REGISTER_OP("TfdumpCaptureV2")
     .Attr("op_name: string = ''")
     .Attr("output_slot: int = 0")
     .Attr("tensor_debug_mode: int = 7")
+    .Attr("tensor_id: int = -1")
     .SetIsStateful()
     .SetShapeFn(tensorflow::shape_inference::UnchangedShape)
-    .Doc("tfdump-fast's TF2 capture op: forwards its input and hands it to the capture engine.");
+    .Doc("tfdump-fast's TF2 capture op: forwards its input and hands it (or its summary) to the "
+         "capture engine.");
 
 REGISTER_KERNEL_BUILDER(Name("TfdumpCaptureV2").Device(tensorflow::DEVICE_CPU), TfdumpCaptureV2Op);
 
@@ -213,6 +273,7 @@ TFDUMP_EXPORT void tfdump_tf2_get_stats(tfdump_tf2_stats* out) {
   out->tensors_submitted = s.submitted.load(std::memory_order_relaxed);
   out->tensors_unbound = s.unbound.load(std::memory_order_relaxed);
   out->tensors_failed = s.failed.load(std::memory_order_relaxed);
+  out->tensors_skipped = s.skipped.load(std::memory_order_relaxed);
 }
 
 }  // extern "C"

@@ -37,7 +37,8 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["HEALTH_MODES", "NATIVE_DEBUG_OPS", "SUMMARY_DEBUG_OPS", "native_debug_op", "summary_has_inf_or_nan"]
+__all__ = ["HEALTH_MODES", "NATIVE_DEBUG_OPS", "SUMMARY_DEBUG_OPS", "native_debug_op", "summary_has_inf_or_nan",
+           "summary_mode_of", "is_summary_debug_op"]
 
 #: tfdbg v2's health modes offered for TF1 watches (debug op spellings).
 HEALTH_MODES = ("CURT_HEALTH", "CONCISE_HEALTH", "FULL_HEALTH", "SHAPE")
@@ -56,6 +57,28 @@ NATIVE_DEBUG_OPS = {
 SUMMARY_DEBUG_OPS = frozenset(NATIVE_DEBUG_OPS)
 
 
+_TF2_PREFIX = "TfdumpCaptureV2."
+
+
+def summary_mode_of(debug_op) -> Optional[str]:
+    """The summary a record's debug op names: a TF1 summary op's name as is
+    (``"CURT_HEALTH"``, ``"DebugNumericSummary"``, ...), the mode of a TF2
+    capture summary record (``"TfdumpCaptureV2.<context>.<MODE>"``, see
+    :mod:`tfdump_fast.tf2`), else None (a full tensor)."""
+    if debug_op in SUMMARY_DEBUG_OPS:
+        return debug_op
+    if isinstance(debug_op, str) and debug_op.startswith(_TF2_PREFIX):
+        mode = debug_op.rpartition(".")[2]
+        if mode in HEALTH_MODES and debug_op.count(".") == 2:
+            return mode
+    return None
+
+
+def is_summary_debug_op(debug_op) -> bool:
+    """Whether records of ``debug_op`` are summaries (judged by their counts)."""
+    return summary_mode_of(debug_op) is not None
+
+
 def native_debug_op(debug_op: str) -> str:
     """``debug_op`` (``Name`` or ``Name(attrs)``) with a summary op's name
     replaced by the bridge's op; other debug ops unchanged."""
@@ -67,7 +90,8 @@ def native_debug_op(debug_op: str) -> str:
 
 def summary_has_inf_or_nan(debug_op: str, value) -> Optional[bool]:
     """Whether a summary record reports inf or nan in its tensor; None if
-    ``debug_op`` is not a summary op.
+    ``debug_op`` is not a summary op (TF2 capture's summary records,
+    ``TfdumpCaptureV2.<context>.<MODE>``, are judged as their mode).
 
     The summary's own values are not what is judged (an empty tensor's
     DebugNumericSummary has min=+inf and mean=nan): its counts are.
@@ -76,7 +100,8 @@ def summary_has_inf_or_nan(debug_op: str, value) -> Optional[bool]:
     CURT_HEALTH: the flag; CONCISE_HEALTH / FULL_HEALTH: their -inf, +inf,
     nan counts; SHAPE: never.
     """
-    if debug_op not in SUMMARY_DEBUG_OPS:
+    debug_op = summary_mode_of(debug_op)
+    if debug_op is None:
         return None
     v = np.asarray(value).reshape(-1)
     if debug_op == "SHAPE" or v.size == 0:

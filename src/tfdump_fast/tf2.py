@@ -25,7 +25,13 @@ sampling), ``tf2_function`` (the executed function's name), ``tf2_context_id``
 ``batch``, ``keras_mode`` and ``global_step`` (the optimizer's iterations).
 
 Records: key (device, op name, output slot, ``TfdumpCaptureV2.<context id>``);
-eager ops are keyed (device, op type, slot, ``TfdumpCaptureV2.eager``). Each
+eager ops are keyed (device, op type, slot, ``TfdumpCaptureV2.eager``); in a
+mode other than FULL_TENSOR the mode is appended
+(``TfdumpCaptureV2.<context id>.CURT_HEALTH``) and the record is tfdbg v2's
+float64 summary vector (its element 0: tfdbg v2's tensor id, numbered here
+exactly as tfdbg v2 numbers graph tensors; -1 for eager ops), computed
+natively off the step. ``circular_buffer_size=N`` runs the writer as a flight
+recorder (``keep_last=N``) written on inf/nan and at disable / exit. Each
 traced graph is described by ``tf2_graph`` META events (docs/FORMAT.md): its
 name, the function name, the outer graph, and per op its type, inputs and
 creation stack; source files of user code by ``tf2_source_file`` events.
@@ -60,7 +66,9 @@ XLA_EVENT = "tf2_xla_not_captured"
 #: tfdbg v2's TensorDebugMode values (tensorflow/core/protobuf/debug_event.proto)
 TENSOR_DEBUG_MODES = {"NO_TENSOR": 1, "CURT_HEALTH": 2, "CONCISE_HEALTH": 3, "FULL_HEALTH": 4,
                       "SHAPE": 5, "FULL_NUMERICS": 6, "FULL_TENSOR": 7, "REDUCE_INF_NAN_THREE_SLOTS": 8}
-_IMPLEMENTED_MODES = ("FULL_TENSOR",)
+_IMPLEMENTED_MODES = ("NO_TENSOR", "CURT_HEALTH", "CONCISE_HEALTH", "FULL_HEALTH", "SHAPE", "FULL_TENSOR")
+#: modes recorded as DebugNumericSummaryV2 vectors (computed natively, off the step)
+SUMMARY_MODES = ("CURT_HEALTH", "CONCISE_HEALTH", "FULL_HEALTH", "SHAPE")
 _FUNCTION_PREFIXES = ("__inference_", "__forward_", "__backward_")
 _PLACEHOLDER_TYPES = ("Const", "Placeholder", "PlaceholderWithDefault")
 _MAX_SOURCE_BYTES = 4 << 20
@@ -83,8 +91,10 @@ class _NativeTf2:
             raise errors.TfdumpBridgeError(
                 f"the TensorFlow bridge {get_bridge().path} has no TF2 capture; rebuild it with "
                 "`python -m tfdump_fast.bridge --rebuild`") from exc
-        if version != 1:
-            raise errors.TfdumpBridgeError(f"the TensorFlow bridge speaks TF2 API version {version}, not 1")
+        if version != 2:
+            raise errors.TfdumpBridgeError(
+                f"the TensorFlow bridge speaks TF2 API version {version}, not 2; rebuild it with "
+                "`python -m tfdump_fast.bridge --rebuild`")
         lib.tfdump_tf2_bind.argtypes = [ctypes.c_void_p]
         lib.tfdump_tf2_bind.restype = ctypes.c_int
         lib.tfdump_tf2_switch_run.argtypes = [ctypes.c_uint32]
@@ -94,9 +104,10 @@ class _NativeTf2:
         self.lib = lib
 
     def stats(self) -> Dict[str, int]:
-        buf = (ctypes.c_uint64 * 3)()
+        buf = (ctypes.c_uint64 * 4)()
         self.lib.tfdump_tf2_get_stats(ctypes.byref(buf))
-        return {"tensors_submitted": buf[0], "tensors_unbound": buf[1], "tensors_failed": buf[2]}
+        return {"tensors_submitted": buf[0], "tensors_unbound": buf[1], "tensors_failed": buf[2],
+                "tensors_skipped": buf[3]}
 
 
 def _check_mode(tensor_debug_mode) -> str:
@@ -111,8 +122,8 @@ def _check_mode(tensor_debug_mode) -> str:
             f"({', '.join(sorted(TENSOR_DEBUG_MODES))})")
     if mode not in _IMPLEMENTED_MODES:
         raise errors.TfdumpUsageError(
-            f"tensor_debug_mode={mode!r} is not implemented yet for TF2 capture; use 'FULL_TENSOR' "
-            "(health summaries are computed natively for the TF1 hook path first)")
+            f"tensor_debug_mode={mode!r} is not implemented for TF2 capture; use one of "
+            f"{', '.join(_IMPLEMENTED_MODES)}")
     return mode
 
 
@@ -131,14 +142,15 @@ def _dtype_filter(tensor_dtypes):
 
 
 class _GraphInfo:
-    __slots__ = ("context_id", "graph_name", "outer_context_id", "ops", "flushed", "function_name",
-                 "xla")
+    __slots__ = ("context_id", "graph_name", "outer_context_id", "ops", "first_ids", "flushed",
+                 "function_name", "xla")
 
     def __init__(self, context_id, graph_name, outer_context_id, xla):
         self.context_id = context_id
         self.graph_name = graph_name
         self.outer_context_id = outer_context_id
         self.ops: List[list] = []   # [name, type, inputs, num_outputs, stack (frames, outermost first)]
+        self.first_ids: List[int] = []   # per op: tfdbg v2's tensor id of its output 0 (0: no outputs)
         self.flushed = 0
         self.function_name = None
         self.xla = xla
@@ -152,6 +164,8 @@ class _Tf2Dumper:
         self._tfp = _tf_private
         self.mode = mode
         self.mode_value = TENSOR_DEBUG_MODES[mode]
+        self._summary = mode in SUMMARY_MODES
+        self._symbolic_tensor_counter = 0   # tfdbg v2's graph tensor ids: 1, 2, ... per output
         self.dump_root = os.fspath(dump_root)
         self._op_regex = re.compile(op_regex) if op_regex else None
         self._dtype_filter = dtype_filter
@@ -198,7 +212,7 @@ class _Tf2Dumper:
         if run is None:
             return
         md: Dict[str, Any] = {"tf2_execution": self.execution, "tf2_function": function_name,
-                              "eager_ops": self._eager_ops}
+                              "eager_ops": self._eager_ops, "tf2_tensor_debug_mode": self.mode}
         if function_name is not None:
             md["tf2_context_id"] = self._function_contexts.get(function_name)
         md.update(self.keras)
@@ -252,13 +266,31 @@ class _Tf2Dumper:
             frames.append(idx)
         return frames
 
+    def _dumpable(self, dtype) -> bool:
+        """Whether the mode records a tensor of ``dtype`` (tfdbg v2's rule: the
+        health modes floating point only, SHAPE also integers and bool)."""
+        if not dtype.is_numpy_compatible:
+            return False
+        if self.mode == "SHAPE":
+            return dtype.is_floating or dtype.is_integer or dtype.is_bool
+        if self._summary:
+            return dtype.is_floating
+        return True
+
     def graph_op(self, op_type, inputs, outputs, op_name, graph):
         with self._lock:
             info = self._context(graph)
             if op_type in _PLACEHOLDER_TYPES and outputs:
                 op_name = outputs[0].name.split(":")[0]
-            info.ops.append([op_name, op_type, [t.name for t in inputs], len(outputs or ()),
+            n_out = len(outputs or ())
+            # tfdbg v2 numbers every output of every graph op it is called for
+            # (skipped ops too), in creation order, from 1: the ids in slot 0 of
+            # its health vectors and in GraphOpCreation.output_tensor_ids
+            first_id = self._symbolic_tensor_counter + 1 if n_out else 0
+            self._symbolic_tensor_counter += n_out
+            info.ops.append([op_name, op_type, [t.name for t in inputs], n_out,
                              self._stack_of(graph, op_name, outputs)])
+            info.first_ids.append(first_id)
             if info.xla:
                 if info.context_id not in self._xla_warned:
                     self._xla_warned.add(info.context_id)
@@ -274,13 +306,19 @@ class _Tf2Dumper:
             return None
         for slot, tensor in enumerate(outputs):
             dtype = tensor.dtype
-            if not dtype.is_numpy_compatible:
-                continue
             if self._dtype_filter is not None and not self._dtype_filter(dtype):
                 continue
+            if not self._dumpable(dtype):
+                continue
+            if self.mode == "NO_TENSOR":
+                # as tfdbg v2, which captures an empty float32 constant in this mode: the same
+                # constant keeps the graph's op names (Const_N) the same as under tfdbg v2
+                import tensorflow as tf
+
+                tensor = tf.constant([], dtype=tf.float32)
             self._tfp.add_graph_op(CAPTURE_OP, f"{CAPTURE_OP}_{slot}", tensor,
                                    context_id=info.context_id, op_name=op_name, output_slot=slot,
-                                   tensor_debug_mode=self.mode_value)
+                                   tensor_debug_mode=self.mode_value, tensor_id=first_id + slot)
         return None
 
     def _flush_graphs(self) -> None:
@@ -292,6 +330,7 @@ class _Tf2Dumper:
             if frames_by_idx is None:
                 frames_by_idx = {i: f for f, i in self._frames.items()}
             new = info.ops[info.flushed:]
+            new_first_ids = info.first_ids[info.flushed:]
             files: List[str] = []
             file_idx: Dict[str, int] = {}
             local: Dict[int, int] = {}
@@ -314,7 +353,8 @@ class _Tf2Dumper:
             self.writer.record_event(GRAPH_EVENT, context_id=info.context_id, graph_name=info.graph_name,
                                      function_name=info.function_name,
                                      outer_context_id=info.outer_context_id, first_op=info.flushed,
-                                     xla=info.xla, files=files, frames=frames, ops=ops)
+                                     xla=info.xla, files=files, frames=frames, ops=ops,
+                                     first_tensor_ids=new_first_ids)
             info.flushed += len(new)
             for path in files:
                 self._record_source(path)
@@ -351,9 +391,15 @@ class _Tf2Dumper:
                         continue
                     if self._dtype_filter is not None and not self._dtype_filter(dtype):
                         continue
+                    mode = self.mode_value
+                    if not self._dumpable(dtype):
+                        # tfdbg v2 puts an empty TensorProto in the Execution for an
+                        # output its mode cannot summarise: a NO_TENSOR record keeps its place
+                        mode = TENSOR_DEBUG_MODES["NO_TENSOR"]
+                    # eager tensors have no tfdbg v2 graph tensor id: -1, as tfdbg v2
                     self._tfp.run_eager_op(CAPTURE_OP, tensor, (
                         "context_id", "eager", "op_name", op_type, "output_slot", slot,
-                        "tensor_debug_mode", self.mode_value))
+                        "tensor_debug_mode", mode, "tensor_id", -1))
         if is_function:
             self.function_executed(op_type)
 
@@ -378,6 +424,13 @@ class _Tf2Dumper:
             self._closed = True
             try:
                 self._end_run(None)
+                if self.writer.options.get("keep_last") is not None:
+                    # tfdbg v2 writes its circular buffer when disabled or at exit: so do we
+                    try:
+                        self.writer.persist("disable_dump_debug_info")
+                    except errors.TfdumpError as exc:
+                        log.error("tfdump-fast: could not write the last %s executions at disable: %s",
+                                  self.writer.options.get("keep_last"), exc)
             finally:
                 self._native.lib.tfdump_tf2_unbind()
                 stats = self._native.stats()
@@ -400,12 +453,29 @@ def enable_dump_debug_info(dump_root, tensor_debug_mode="FULL_TENSOR", circular_
     dump_root : str or os.PathLike
         The store's directory (a :class:`~tfdump_fast.DumpWriter` session root).
     tensor_debug_mode : str or int, default "FULL_TENSOR"
-        Only ``"FULL_TENSOR"`` is implemented; tfdbg v2's other modes raise
-        :class:`~tfdump_fast.TfdumpUsageError`.
+        What is recorded per instrumented tensor, as tfdbg v2:
+        ``"FULL_TENSOR"`` the tensor; ``"CURT_HEALTH"``, ``"CONCISE_HEALTH"``,
+        ``"FULL_HEALTH"``, ``"SHAPE"`` DebugNumericSummaryV2's float64 vector
+        (element 0: tfdbg v2's tensor id of a graph tensor, -1 for eager
+        ops), computed natively off the step; only floating-point tensors
+        (SHAPE: also integer and bool ones) are instrumented; ``"NO_TENSOR"``
+        an empty float32 tensor (that the op ran). ``FULL_NUMERICS`` and
+        ``REDUCE_INF_NAN_THREE_SLOTS`` raise
+        :class:`~tfdump_fast.TfdumpUsageError` (tfdbg v2 does not implement
+        them either).
     circular_buffer_size : int, optional
-        tfdbg v2 keeps only the last N traces in memory; tfdump-fast writes
-        every captured tensor. ``None`` or ``<= 0``: accepted; a positive value
-        is refused until the flight recorder is wired to TF2 capture.
+        ``N > 0``: the flight recorder (``keep_last=N``, at most 1024; memory
+        bound ``keep_bytes``, a writer option): the full tensors of the last
+        N executions (runs) stay in memory and are written when a trigger
+        fires (``persist_on``: an inf/nan in a captured float tensor) and at
+        :func:`disable_dump_debug_info` / interpreter exit, like tfdbg v2's
+        buffer. Counted in executions, not in tfdbg v2's events. ``None``
+        (default) or ``<= 0``: every captured tensor is written as it comes
+        (tfdbg v2's default, 1000 events, would drop all but the last
+        events of a long run; tfdump-fast's writes are asynchronous and
+        compressed, so writing everything is its default). Applies to
+        ``"FULL_TENSOR"`` only: the summary modes' records (tens of bytes)
+        are all written as they come.
     op_regex : str, optional
         Instrument only ops whose *type* matches (``re.match``), as tfdbg v2.
     tensor_dtypes : list of dtypes or callable, optional
@@ -435,14 +505,26 @@ def enable_dump_debug_info(dump_root, tensor_debug_mode="FULL_TENSOR", circular_
     from tfdump_fast import _tf_private
     from tfdump_fast.sampling import as_sampler
 
+    from tfdump_fast.writer import _MAX_KEEP_LAST
+
     mode = _check_mode(tensor_debug_mode)
     if circular_buffer_size is not None and (not isinstance(circular_buffer_size, int)
                                              or isinstance(circular_buffer_size, bool)):
         raise errors.TfdumpUsageError(f"circular_buffer_size={circular_buffer_size!r} must be an int or None")
-    if circular_buffer_size is not None and circular_buffer_size > 0:
-        raise errors.TfdumpUsageError(
-            f"circular_buffer_size={circular_buffer_size}: keeping only the last N tensors is not "
-            "implemented for TF2 capture yet; pass None (write every tensor) or use sample=")
+    if circular_buffer_size is not None and circular_buffer_size > 0 and mode != "FULL_TENSOR":
+        # the flight recorder holds full tensors; summaries (tens of bytes) are written as they come
+        log.info("tfdump-fast: circular_buffer_size=%d applies to FULL_TENSOR only; %s records are "
+                 "all written", circular_buffer_size, mode)
+    elif circular_buffer_size is not None and circular_buffer_size > 0:
+        if "keep_last" in writer_options:
+            raise errors.TfdumpUsageError(
+                f"circular_buffer_size={circular_buffer_size} and keep_last="
+                f"{writer_options['keep_last']!r} both set the flight recorder's ring: pass one")
+        if circular_buffer_size > _MAX_KEEP_LAST:
+            log.info("tfdump-fast: circular_buffer_size=%d capped at %d executions (the flight "
+                     "recorder's most); keep_bytes bounds their memory", circular_buffer_size,
+                     _MAX_KEEP_LAST)
+        writer_options = dict(writer_options, keep_last=min(circular_buffer_size, _MAX_KEEP_LAST))
     if not isinstance(capture_eager, bool):
         raise errors.TfdumpUsageError(f"capture_eager={capture_eager!r} must be True or False")
     if op_regex is not None and not isinstance(op_regex, str):

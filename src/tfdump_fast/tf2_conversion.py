@@ -10,9 +10,16 @@ execution,graph_execution_traces}``), so that TensorFlow's
 * each frame of the ops' creation stacks as a StackFrameWithId;
 * each traced graph (``tf2_graph``) as a DebuggedGraph, outer graphs first,
   and its ops as GraphOpCreation;
-* each captured graph tensor as a GraphExecutionTrace (FULL_TENSOR, with its
-  TensorProto), in run order then arrival order;
-* each eager op's / function execution's outputs as an Execution.
+* each captured graph tensor as a GraphExecutionTrace (its tensor_debug_mode,
+  with its TensorProto: the tensor, the health mode's float64 vector, or
+  NO_TENSOR's empty float32 tensor), in run order then arrival order;
+* each eager op's / function execution's outputs as an Execution (in
+  NO_TENSOR mode without values, as tfdbg v2; in the health modes an output
+  the mode cannot summarise as an empty TensorProto, as tfdbg v2).
+
+Tensor ids are tfdbg v2's: graph tensors numbered in creation order from 1
+(recorded at capture, ``first_tensor_ids`` of the ``tf2_graph`` events, and
+what slot 0 of the health vectors holds); eager outputs get ids after them.
 
 Uses TensorFlow's own DebugEventsWriter and protos, so it needs TensorFlow
 (reading a tfdump-fast store does not).
@@ -27,11 +34,12 @@ from typing import Dict, List
 
 from tfdump_fast.errors import TfdumpUsageError
 from tfdump_fast.reader import DumpReader
-from tfdump_fast.tf2_reader import EAGER_CONTEXT, Tf2Dump, context_of_debug_op
+from tfdump_fast.tf2_reader import EAGER_CONTEXT, Tf2Dump, context_of_debug_op, mode_of_debug_op
 
 __all__ = ["convert_tfdbg2"]
 
-_FULL_TENSOR = 7
+_MODES = {"NO_TENSOR": 1, "CURT_HEALTH": 2, "CONCISE_HEALTH": 3, "FULL_HEALTH": 4, "SHAPE": 5,
+          "FULL_TENSOR": 7}
 
 
 def _context_order(cid: str):
@@ -96,7 +104,9 @@ def convert_tfdbg2(session_root, dest, *, overwrite: bool = False) -> List[str]:
                     file_index=file_index[frame[0]], line=frame[1], func=frame[2])))
         return fid
 
-    tensor_ids = iter(range(1, 1 << 62))
+    recorded_ids = [op.first_tensor_id + op.num_outputs for g in dump.graphs.values()
+                    for op in g.ops.values() if op.first_tensor_id]
+    tensor_ids = iter(range(max(recorded_ids, default=1), 1 << 62))
     for cid in sorted(dump.graphs, key=_context_order):
         g = dump.graphs[cid]
         writer.WriteDebuggedGraph(D.DebuggedGraph(graph_id=cid, graph_name=g.name or "",
@@ -105,7 +115,9 @@ def convert_tfdbg2(session_root, dest, *, overwrite: bool = False) -> List[str]:
             writer.WriteGraphOpCreation(D.GraphOpCreation(
                 op_type=op.op_type, op_name=op.name, graph_name=g.name or "", graph_id=cid,
                 input_names=op.inputs, num_outputs=op.num_outputs,
-                output_tensor_ids=[next(tensor_ids) for _ in range(op.num_outputs)],
+                output_tensor_ids=(list(range(op.first_tensor_id, op.first_tensor_id + op.num_outputs))
+                                   if op.first_tensor_id else
+                                   [next(tensor_ids) for _ in range(op.num_outputs)]),
                 code_location=D.CodeLocation(host_name=host,
                                              stack_frame_ids=[frame_id(f) for f in op.stack])))
     writer.FlushNonExecutionFiles()
@@ -113,6 +125,7 @@ def convert_tfdbg2(session_root, dest, *, overwrite: bool = False) -> List[str]:
     function_context = {g.function_name: cid for cid, g in dump.graphs.items() if g.function_name}
     for run in reader.runs:
         execution = None
+        run_mode = _MODES.get(run.metadata.get("tf2_tensor_debug_mode"), _MODES["FULL_TENSOR"])
         for rec in run:
             cid = context_of_debug_op(rec.debug_op)
             if cid is None:
@@ -121,7 +134,8 @@ def convert_tfdbg2(session_root, dest, *, overwrite: bool = False) -> List[str]:
             if cid != EAGER_CONTEXT:
                 writer.WriteGraphExecutionTrace(D.GraphExecutionTrace(
                     tfdbg_context_id=cid, op_name=rec.node_name, output_slot=rec.output_slot,
-                    tensor_debug_mode=_FULL_TENSOR, tensor_proto=proto, device_name=rec.device))
+                    tensor_debug_mode=_MODES[mode_of_debug_op(rec.debug_op)], tensor_proto=proto,
+                    device_name=rec.device))
                 continue
             if execution is not None and (rec.output_slot == 0 or execution.op_type != rec.node_name):
                 writer.WriteExecution(execution)
@@ -129,11 +143,14 @@ def convert_tfdbg2(session_root, dest, *, overwrite: bool = False) -> List[str]:
             if execution is None:
                 execution = D.Execution(op_type=rec.node_name, num_outputs=0,
                                         graph_id=function_context.get(rec.node_name, ""),
-                                        tensor_debug_mode=_FULL_TENSOR,
+                                        tensor_debug_mode=run_mode,
                                         code_location=D.CodeLocation(host_name=host))
             execution.num_outputs += 1
             execution.output_tensor_ids.append(next(tensor_ids))
-            execution.tensor_protos.append(proto)
+            if run_mode != _MODES["NO_TENSOR"]:
+                if mode_of_debug_op(rec.debug_op) == "NO_TENSOR":   # an output the mode cannot summarise
+                    proto = tensor_pb2.TensorProto()
+                execution.tensor_protos.append(proto)
             execution.output_tensor_device_ids.append(writer.RegisterDeviceAndGetId(rec.device))
         if execution is not None:
             writer.WriteExecution(execution)
@@ -142,7 +159,7 @@ def convert_tfdbg2(session_root, dest, *, overwrite: bool = False) -> List[str]:
             # the function's outputs were not captured (none numpy can hold): its execution still counts
             writer.WriteExecution(D.Execution(op_type=function, num_outputs=0,
                                               graph_id=function_context.get(function, ""),
-                                              tensor_debug_mode=_FULL_TENSOR,
+                                              tensor_debug_mode=run_mode,
                                               code_location=D.CodeLocation(host_name=host)))
     writer.FlushExecutionFiles()
     writer.Close()

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 
 from tfdump_fast.creation_sites import user_frame
 
-__all__ = ["Tf2Dump", "Tf2Graph", "Tf2Op", "EAGER_CONTEXT", "context_of_debug_op"]
+__all__ = ["Tf2Dump", "Tf2Graph", "Tf2Op", "EAGER_CONTEXT", "context_of_debug_op", "mode_of_debug_op"]
 
 #: the context id of eager ops' records
 EAGER_CONTEXT = "eager"
@@ -31,10 +31,19 @@ Frame = Tuple[str, int, str]
 
 
 def context_of_debug_op(debug_op: str) -> Optional[str]:
-    """The graph context id in a TF2 record's debug op (``TfdumpCaptureV2.<id>``), else None."""
+    """The graph context id in a TF2 record's debug op (``TfdumpCaptureV2.<id>``, or
+    ``TfdumpCaptureV2.<id>.<MODE>`` for other modes than FULL_TENSOR), else None."""
     if debug_op.startswith(_DEBUG_OP_PREFIX):
-        return debug_op[len(_DEBUG_OP_PREFIX):]
+        return debug_op[len(_DEBUG_OP_PREFIX):].partition(".")[0]
     return None
+
+
+def mode_of_debug_op(debug_op: str) -> Optional[str]:
+    """The tensor_debug_mode of a TF2 record (``"FULL_TENSOR"``, ``"CURT_HEALTH"``,
+    ..., ``"NO_TENSOR"``), else None."""
+    if not debug_op.startswith(_DEBUG_OP_PREFIX):
+        return None
+    return debug_op[len(_DEBUG_OP_PREFIX):].partition(".")[2] or "FULL_TENSOR"
 
 
 @dataclass
@@ -47,6 +56,9 @@ class Tf2Op:
     inputs: List[str]
     num_outputs: int
     stack: List[Frame]
+    #: tfdbg v2's tensor id of output 0 (the others follow), as slot 0 of the
+    #: health modes' vectors; None in dumps written before it was recorded
+    first_tensor_id: Optional[int] = None
 
 
 @dataclass
@@ -90,8 +102,11 @@ class Tf2Dump:
             g.function_name = ev["function_name"]
         files = ev.get("files") or []
         frames = [(files[f[0]], int(f[1]), str(f[2])) for f in ev.get("frames") or []]
-        for name, op_type, inputs, n_out, stack in ev.get("ops") or []:
-            g.ops[name] = Tf2Op(name, op_type, list(inputs), int(n_out), [frames[i] for i in stack])
+        ops = ev.get("ops") or []
+        first_ids = ev.get("first_tensor_ids") or [None] * len(ops)
+        for (name, op_type, inputs, n_out, stack), first_id in zip(ops, first_ids):
+            g.ops[name] = Tf2Op(name, op_type, list(inputs), int(n_out), [frames[i] for i in stack],
+                                None if first_id is None else int(first_id))
 
     # -- executions
 

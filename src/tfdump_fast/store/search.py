@@ -15,7 +15,7 @@ from typing import Dict, List
 import numpy as np
 
 from tfdump_fast.store.decode import FLOATING_DTYPES, NUMPY_DTYPES
-from tfdump_fast.summaries import SUMMARY_DEBUG_OPS, summary_has_inf_or_nan
+from tfdump_fast.summaries import is_summary_debug_op, summary_has_inf_or_nan
 
 __all__ = ["find_inf_nan"]
 
@@ -43,7 +43,7 @@ def find_inf_nan(index, payloads, gidx: np.ndarray, rows: np.ndarray, first_n: i
     dt = t["dtype"][g]
     dt = np.where(dt > 100, dt - 100, dt)
     kids = index.key_of[g]
-    summary_kids = [k for k in np.unique(kids).tolist() if index.keys[k].debug_op in SUMMARY_DEBUG_OPS]
+    summary_kids = [k for k in np.unique(kids).tolist() if is_summary_debug_op(index.keys[k].debug_op)]
     found_summaries: List[int] = []
     if summary_kids:
         is_summary = np.isin(kids, summary_kids)

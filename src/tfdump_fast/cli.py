@@ -599,6 +599,16 @@ def cmd_convert(args) -> int:
 
 def cmd_import(args) -> int:
     from tfdump_fast.importer import import_tfdbg
+    from tfdump_fast.tf2_importer import import_tfdbg2, is_tfdbg2_dump
+
+    if is_tfdbg2_dump(args.tfdbg_dir):
+        names = import_tfdbg2(args.tfdbg_dir, args.root)
+        if args.json:
+            _emit_json({"root": os.path.abspath(args.root), "runs": list(names)})
+            return EXIT_OK
+        print("imported a tfdbg v2 dump: %d run(s) into %s (read them with tfdump_fast.Tf2Dump)"
+              % (len(names), args.root))
+        return EXIT_OK
 
     names = import_tfdbg(args.tfdbg_dir, args.root, progress=not args.no_progress and sys.stderr.isatty())
     if args.json:
@@ -922,7 +932,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("import", help="import a tfdbg dump into a new store",
                 description="Read a tfdbg dump (a session root of run_* directories, or one run "
                             "directory) into a new tfdump-fast session root. Converting it back "
-                            "reproduces the same files.")
+                            "reproduces the same files. A tfdbg v2 dump (tfdbg_events.* files of "
+                            "tf.debugging.experimental.enable_dump_debug_info, FULL_TENSOR) is "
+                            "detected and imported as a TF2 store (needs TensorFlow).")
     p.add_argument("tfdbg_dir", help="tfdbg dump directory")
     p.add_argument("root", help="new session root (empty or missing directory)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

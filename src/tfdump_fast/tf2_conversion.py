@@ -169,7 +169,19 @@ def convert_tfdbg2(session_root, dest, *, overwrite: bool = False,
 
     tensor_ids = iter(range(1, 1 << 62))
     output_ids: Dict[tuple, list] = {}   # (context id, op name) -> the op's output tensor ids
+    ordered: Dict[str, None] = {}
+
+    def outer_first(cid):   # DebugDataReader needs a graph's outer graph written before it
+        if cid in ordered or cid not in dump.graphs:
+            return
+        outer = dump.graphs[cid].outer_context_id
+        if outer and outer != cid:
+            outer_first(outer)
+        ordered[cid] = None
+
     for cid in sorted(dump.graphs, key=_context_order):
+        outer_first(cid)
+    for cid in ordered:
         g = dump.graphs[cid]
         writer.WriteDebuggedGraph(D.DebuggedGraph(graph_id=cid, graph_name=g.name or "",
                                                   outer_context_id=g.outer_context_id or ""))

@@ -176,6 +176,7 @@ class _Tf2Dumper:
         self._sources_done: set = set()
         self._xla_warned: set = set()
         self._eager_stacks: Dict[tuple, int] = {}
+        self._eager_stack_codes: List[list] = []   # keeps the keys' code objects alive
         self.execution = 0
         self.run = None
         self._eager_ops = 0
@@ -349,12 +350,15 @@ class _Tf2Dumper:
     def _eager_stack_id(self) -> Optional[int]:
         """The id of the Python stack executing the current eager op; new stacks
         are recorded once (their frames outside this package, outermost first)."""
-        locations = []
+        # keyed by the code objects' ids (hashing a code object hashes its contents);
+        # the code objects are kept alive below, so their ids are not reused
+        key = []
         frame = sys._getframe(1)
         while frame is not None:
-            locations.append((frame.f_code, frame.f_lineno))
+            key.append(id(frame.f_code))
+            key.append(frame.f_lineno)
             frame = frame.f_back
-        key = tuple(locations)
+        key = tuple(key)
         sid = self._eager_stacks.get(key)
         if sid is not None:
             return sid
@@ -363,6 +367,12 @@ class _Tf2Dumper:
             if sid is not None or len(self._eager_stacks) >= _MAX_EAGER_STACKS:
                 return sid
             sid = len(self._eager_stacks)
+            locations = []
+            frame = sys._getframe(1)
+            while frame is not None:
+                locations.append((frame.f_code, frame.f_lineno))
+                frame = frame.f_back
+            self._eager_stack_codes.append(locations)
             files: List[str] = []
             file_idx: Dict[str, int] = {}
             frames = []

@@ -2,6 +2,7 @@
 stacks through the tfdbg2 conversion, and TensorBoard's Debugger V2 data
 provider on converted TF2 dumps (skipped without tensorboard)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -100,6 +101,19 @@ def test_cli_import_detects_a_tfdbg2_dump(dumps, tmp_path):
     assert "tfdbg v2" in proc.stdout and "5 run(s)" in proc.stdout, proc.stdout
     dump = Tf2Dump(DumpReader(str(tmp_path / "cli")))
     assert dump.op_of(dump.first_non_finite()).op_type == "Sqrt"
+    # and back: convert --layout tfdbg2 with a summary mode, --json as cli_schemas says
+    proc = subprocess.run([sys.executable, "-m", "tfdump_fast", "convert", str(tmp_path / "cli"),
+                           str(tmp_path / "v2"), "--layout", "tfdbg2", "--tensor-debug-mode", "CURT_HEALTH",
+                           "--json"], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    jsonschema = pytest.importorskip("jsonschema")
+    from tfdump_fast.cli_schemas import SCHEMAS
+    jsonschema.validate(out, SCHEMAS["convert"])
+    assert {os.path.basename(f).rsplit(".", 1)[1] for f in out["files"]} >= {"execution", "graph_execution_traces"}
+    with tfdbg_reader(tmp_path / "v2") as reader:
+        curt = [t.debug_tensor_value for t in reader.graph_execution_traces()]
+    assert curt and all(len(v) == 2 for v in curt) and any(v[1] == 1 for v in curt)
 
 
 def test_converted_eager_stacks_read_by_debug_data_reader(dumps, tmp_path):

@@ -21,6 +21,7 @@ showed what it should, 1 otherwise (the screenshot is saved either way).
 
 import argparse
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -140,12 +141,17 @@ def main(argv=None):
     root, logdir = os.path.join(work, "dump"), os.path.join(work, "tfdbg2")
     make_dump(root)
     tfdump_fast.convert(root, logdir, layout="tfdbg2", tensor_debug_mode="FULL_HEALTH", overwrite=True)
-    text = screenshot(logdir, args.out, args.width, args.height, args.timeout)
+    try:
+        text = screenshot(logdir, args.out, args.width, args.height, args.timeout)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
     wanted = {"the NaN alert": "NaN/∞", "the NaN's op": "sqrt_layer_1/Sqrt:0",
               "the executions": "Python Execution Timeline", "the graph executions": "Graph Executions",
               "the graph structure": "Graph Structure", "the creation stack": os.path.basename(__file__)}
     missing = [what for what, s in wanted.items() if s.lower() not in text.lower()]
-    print(f"saved {args.out} ({os.path.getsize(args.out)} bytes); dump {root}, tfdbg v2 files {logdir}")
+    print(f"saved {args.out} ({os.path.getsize(args.out)} bytes)"
+          + (f"; dump {root}, tfdbg v2 files {logdir}" if args.workdir else ""))
     if missing:
         print("the page did not show: " + ", ".join(missing) + "\n--- page text ---\n" + text)
         return 1

@@ -164,8 +164,10 @@ def test_nested_functions_tf_data_and_eager_ops(capture, caplog):
         return inner(x) + total
 
     x = tf.constant([1.0, 2.0])
+    outer_line = sys._getframe().f_lineno + 1
     outer(x)
     outer(x)
+    exp_line = sys._getframe().f_lineno + 1
     eager = tf.exp(tf.constant([0.0, 1.0]))
     tfdump_fast.disable_dump_debug_info()
     assert not [m for m in caplog.messages if "tfdump-fast" in m]
@@ -174,7 +176,7 @@ def test_nested_functions_tf_data_and_eager_ops(capture, caplog):
     from conftest import scan_store
 
     _, events = scan_store(str(root))
-    assert {"tf2_graph", "tf2_source_file"} <= check_events(events)   # as FORMAT.md's table says
+    assert {"tf2_graph", "tf2_source_file", "tf2_eager_stack"} <= check_events(events)   # as FORMAT.md's table says
     check_values(events)
     dump = tfdump_fast.Tf2Dump(DumpReader(str(root)))
     assert [r.node_name for r in dump.eager_records()].count("Exp") == 1
@@ -192,7 +194,7 @@ def test_nested_functions_tf_data_and_eager_ops(capture, caplog):
         assert sum(1 for r in run if dump.graph_of(r) and dump.graph_of(r).name == "Dataset_map_lambda"
                    and r.node_name == "mul") == 3
         # the function's outputs, as tfdbg v2's execution outputs
-        out = [r for r in run if r.debug_op == "TfdumpCaptureV2.eager"]
+        out = [r for r in run if r.debug_op.startswith("TfdumpCaptureV2.eager@")]
         assert [r.node_name for r in out] == [run.metadata["tf2_function"]]
         np.testing.assert_allclose(out[0].value, np.sin([1.0, 2.0]) * 2 + 6.0, rtol=1e-6)
     # eager ops after the last function: their own run
@@ -200,6 +202,13 @@ def test_nested_functions_tf_data_and_eager_ops(capture, caplog):
     assert last.metadata["tf2_function"] is None
     exp = [r for r in last if r.node_name == "Exp"]
     assert len(exp) == 1 and np.array_equal(exp[0].value, eager.numpy())
+    # eager stacks: the line that executed each eager op / function
+    this_file = os.path.abspath(__file__)
+    assert dump.creation_site(exp[0]) == (this_file, exp_line, "test_nested_functions_tf_data_and_eager_ops")
+    assert dump.source_line(this_file, exp_line).strip().startswith("eager = tf.exp(")
+    calls = [dump.creation_site(r) for run in execs for r in run if r.node_name.startswith("__inference_outer")]
+    assert [c[1] for c in calls] == [outer_line, outer_line + 1]
+    assert all(f[0] != tfdump_fast.tf2.__file__ for f in dump.creation_stack(exp[0]))
 
 
 @eager_child

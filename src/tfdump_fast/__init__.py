@@ -38,6 +38,7 @@ _LAZY = {
     "enable_dump_debug_info": "tfdump_fast.tf2",
     "disable_dump_debug_info": "tfdump_fast.tf2",
     "Tf2Dump": "tfdump_fast.tf2_reader",
+    "import_tfdbg2": "tfdump_fast.tf2_importer",
 }
 
 

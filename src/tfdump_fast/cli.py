@@ -567,6 +567,22 @@ def cmd_convert(args) -> int:
     from tfdump_fast.conversion import convert
 
     reader = _open(args.root)
+    if args.layout == "tfdbg2":
+        if args.run:
+            raise TfdumpUsageError("convert --layout tfdbg2 converts the whole store: leave --run out")
+        files = convert(reader, args.dest, overwrite=args.overwrite, layout="tfdbg2",
+                        tensor_debug_mode=args.tensor_debug_mode)
+        if args.json:
+            _emit_json({"dest": os.path.abspath(args.dest), "run_dirs": [], "files": list(files)})
+            return EXIT_OK
+        for f in files:
+            print(f)
+        print("converted the TF2 store to tfdbg v2's DebugEvents files in %s; open them with "
+              "tensorboard --logdir %s (Debugger V2) or DebugDataReader" % (args.dest, args.dest),
+              file=sys.stderr)
+        return EXIT_OK
+    if args.tensor_debug_mode != "FULL_TENSOR":
+        raise TfdumpUsageError("--tensor-debug-mode is for --layout tfdbg2")
     runs = [_run_arg(r) for r in args.run] if args.run else None
     dirs = convert(reader, args.dest, runs=runs, progress=not args.no_progress and sys.stderr.isatty(),
                    overwrite=args.overwrite)
@@ -583,6 +599,16 @@ def cmd_convert(args) -> int:
 
 def cmd_import(args) -> int:
     from tfdump_fast.importer import import_tfdbg
+    from tfdump_fast.tf2_importer import import_tfdbg2, is_tfdbg2_dump
+
+    if is_tfdbg2_dump(args.tfdbg_dir):
+        names = import_tfdbg2(args.tfdbg_dir, args.root)
+        if args.json:
+            _emit_json({"root": os.path.abspath(args.root), "runs": list(names)})
+            return EXIT_OK
+        print("imported a tfdbg v2 dump: %d run(s) into %s (read them with tfdump_fast.Tf2Dump)"
+              % (len(names), args.root))
+        return EXIT_OK
 
     names = import_tfdbg(args.tfdbg_dir, args.root, progress=not args.no_progress and sys.stderr.isatty())
     if args.json:
@@ -894,12 +920,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="convert only this run (repeatable; index or name); default: all runs")
     p.add_argument("--overwrite", action="store_true", help="write into run directories that exist")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--layout", choices=("tfdbg", "tfdbg2"), default="tfdbg",
+                   help="tfdbg (default: run_* directories) or tfdbg2 (tfdbg v2's DebugEvents files "
+                        "of a TF2 store, for DebugDataReader and TensorBoard's Debugger V2)")
+    p.add_argument("--tensor-debug-mode", default="FULL_TENSOR",
+                   choices=("FULL_TENSOR", "CURT_HEALTH", "CONCISE_HEALTH", "FULL_HEALTH", "SHAPE"),
+                   help="with --layout tfdbg2: values (default) or tfdbg v2's summaries of them "
+                        "(TensorBoard's Debugger V2 needs a summary mode)")
     p.set_defaults(func=cmd_convert)
 
     p = command("import", help="import a tfdbg dump into a new store",
                 description="Read a tfdbg dump (a session root of run_* directories, or one run "
                             "directory) into a new tfdump-fast session root. Converting it back "
-                            "reproduces the same files.")
+                            "reproduces the same files. A tfdbg v2 dump (tfdbg_events.* files of "
+                            "tf.debugging.experimental.enable_dump_debug_info, FULL_TENSOR) is "
+                            "detected and imported as a TF2 store (needs TensorFlow).")
     p.add_argument("tfdbg_dir", help="tfdbg dump directory")
     p.add_argument("root", help="new session root (empty or missing directory)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -57,14 +57,16 @@ __all__ = ["convert", "tensor_event", "tensor_proto", "run_dir_name", "dump_file
 # --------------------------------------------------------------------------- export
 
 def convert(session_root, dest, runs=None, progress: Union[bool, Callable[[int, int], None]] = False,
-            *, overwrite: bool = False, layout: str = "tfdbg") -> List[str]:
+            *, overwrite: bool = False, layout: str = "tfdbg",
+            tensor_debug_mode: str = "FULL_TENSOR") -> List[str]:
     """Write runs of a tfdump-fast store in tfdbg's dump layout.
 
     ``layout="tfdbg2"`` writes a TF2 store (:func:`tfdump_fast.enable_dump_debug_info`)
     as tfdbg v2's DebugEvents files instead, for TensorFlow's ``DebugDataReader``
     and TensorBoard's Debugger V2 (:func:`tfdump_fast.tf2_conversion.convert_tfdbg2`;
     needs TensorFlow; all runs, ``runs`` and ``progress`` must be left out; returns the
-    files written).
+    files written; ``tensor_debug_mode`` picks FULL_TENSOR or one of tfdbg v2's
+    summary modes, which TensorBoard's Debugger V2 needs).
 
     Parameters
     ----------
@@ -101,7 +103,10 @@ def convert(session_root, dest, runs=None, progress: Union[bool, Callable[[int, 
         from tfdump_fast.tf2_conversion import convert_tfdbg2
 
         root = session_root.session_root if isinstance(session_root, DumpReader) else session_root
-        return convert_tfdbg2(root, dest, overwrite=overwrite)
+        return convert_tfdbg2(root, dest, overwrite=overwrite, tensor_debug_mode=tensor_debug_mode)
+    if tensor_debug_mode != "FULL_TENSOR":
+        raise TfdumpUsageError(f"convert(tensor_debug_mode={tensor_debug_mode!r}) is for layout='tfdbg2'; "
+                               "tfdbg's layout holds full tensors")
     if layout != "tfdbg":
         raise TfdumpUsageError(f"convert(layout={layout!r}): the layouts are 'tfdbg' (tfdbg's "
                                "per-run directories) and 'tfdbg2' (tfdbg v2's DebugEvents files)")

@@ -25,7 +25,9 @@ sampling), ``tf2_function`` (the executed function's name), ``tf2_context_id``
 ``batch``, ``keras_mode`` and ``global_step`` (the optimizer's iterations).
 
 Records: key (device, op name, output slot, ``TfdumpCaptureV2.<context id>``);
-eager ops are keyed (device, op type, slot, ``TfdumpCaptureV2.eager``); in a
+eager ops are keyed (device, op type, slot, ``TfdumpCaptureV2.eager@<stack id>``),
+the stack id naming the Python stack that executed the op (a ``tf2_eager_stack``
+META event per distinct stack, cached by code location); in a
 mode other than FULL_TENSOR the mode is appended
 (``TfdumpCaptureV2.<context id>.CURT_HEALTH``) and the record is tfdbg v2's
 float64 summary vector (its element 0: tfdbg v2's tensor id, numbered here
@@ -45,6 +47,7 @@ import itertools
 import logging
 import os
 import re
+import sys
 import threading
 from typing import Any, Dict, List, Optional
 
@@ -53,13 +56,15 @@ from tfdump_fast import errors
 log = logging.getLogger("tfdump_fast")
 
 __all__ = ["enable_dump_debug_info", "disable_dump_debug_info", "keras_callback", "CAPTURE_OP",
-           "TENSOR_DEBUG_MODES", "GRAPH_EVENT", "SOURCE_FILE_EVENT", "XLA_EVENT"]
+           "TENSOR_DEBUG_MODES", "GRAPH_EVENT", "SOURCE_FILE_EVENT", "XLA_EVENT", "EAGER_STACK_EVENT"]
 
 CAPTURE_OP = "TfdumpCaptureV2"
 #: META event per traced graph (and again for ops a graph gained since)
 GRAPH_EVENT = "tf2_graph"
 #: META event per user source file (its lines), once per file
 SOURCE_FILE_EVENT = "tf2_source_file"
+#: META event per distinct Python stack that executed eager ops
+EAGER_STACK_EVENT = "tf2_eager_stack"
 #: META event per graph left uninstrumented because XLA compiles it
 XLA_EVENT = "tf2_xla_not_captured"
 
@@ -72,6 +77,8 @@ SUMMARY_MODES = ("CURT_HEALTH", "CONCISE_HEALTH", "FULL_HEALTH", "SHAPE")
 _FUNCTION_PREFIXES = ("__inference_", "__forward_", "__backward_")
 _PLACEHOLDER_TYPES = ("Const", "Placeholder", "PlaceholderWithDefault")
 _MAX_SOURCE_BYTES = 4 << 20
+_MAX_EAGER_STACKS = 100_000   # beyond: eager records keyed without a stack
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 _lock = threading.Lock()
 _active: Optional["_Tf2Dumper"] = None
@@ -182,6 +189,8 @@ class _Tf2Dumper:
         self._frames: Dict[tuple, int] = {}
         self._sources_done: set = set()
         self._xla_warned: set = set()
+        self._eager_stacks: Dict[tuple, int] = {}
+        self._eager_stack_codes: List[list] = []   # keeps the keys' code objects alive
         self.execution = 0
         self.run = None
         self._eager_ops = 0
@@ -378,6 +387,50 @@ class _Tf2Dumper:
 
     # -- eager ops
 
+    def _eager_stack_id(self) -> Optional[int]:
+        """The id of the Python stack executing the current eager op; new stacks
+        are recorded once (their frames outside this package, outermost first)."""
+        # keyed by the code objects' ids (hashing a code object hashes its contents);
+        # the code objects are kept alive below, so their ids are not reused
+        key = []
+        frame = sys._getframe(1)
+        while frame is not None:
+            key.append(id(frame.f_code))
+            key.append(frame.f_lineno)
+            frame = frame.f_back
+        key = tuple(key)
+        sid = self._eager_stacks.get(key)
+        if sid is not None:
+            return sid
+        with self._lock:
+            sid = self._eager_stacks.get(key)
+            if sid is not None or len(self._eager_stacks) >= _MAX_EAGER_STACKS:
+                return sid
+            sid = len(self._eager_stacks)
+            locations = []
+            frame = sys._getframe(1)
+            while frame is not None:
+                locations.append((frame.f_code, frame.f_lineno))
+                frame = frame.f_back
+            self._eager_stack_codes.append(locations)
+            files: List[str] = []
+            file_idx: Dict[str, int] = {}
+            frames = []
+            for code, line in reversed(locations):
+                path = code.co_filename
+                if path.startswith(_PACKAGE_DIR):
+                    continue
+                fi = file_idx.get(path)
+                if fi is None:
+                    fi = file_idx[path] = len(files)
+                    files.append(path)
+                frames.append([fi, int(line or 0), code.co_name])
+            self.writer.record_event(EAGER_STACK_EVENT, stack_id=sid, files=files, frames=frames)
+            for path in files:
+                self._record_source(path)
+            self._eager_stacks[key] = sid
+        return sid
+
     def eager_op(self, op_type, outputs) -> None:
         if op_type in self._skip_ops:
             return
@@ -385,6 +438,8 @@ class _Tf2Dumper:
         if self.run is not None and outputs and (self._capture_eager or is_function):
             self._eager_ops += 1
             if self._op_regex is None or self._op_regex.match(op_type):   # as tfdbg v2
+                sid = self._eager_stack_id()
+                context_id = "eager" if sid is None else f"eager@{sid}"
                 for slot, tensor in enumerate(outputs):
                     dtype = tensor.dtype
                     if not dtype.is_numpy_compatible:
@@ -398,7 +453,7 @@ class _Tf2Dumper:
                         mode = TENSOR_DEBUG_MODES["NO_TENSOR"]
                     # eager tensors have no tfdbg v2 graph tensor id: -1, as tfdbg v2
                     self._tfp.run_eager_op(CAPTURE_OP, tensor, (
-                        "context_id", "eager", "op_name", op_type, "output_slot", slot,
+                        "context_id", context_id, "op_name", op_type, "output_slot", slot,
                         "tensor_debug_mode", mode, "tensor_id", -1))
         if is_function:
             self.function_executed(op_type)

@@ -21,7 +21,8 @@ from typing import Dict, List, Optional, Tuple
 
 from tfdump_fast.creation_sites import user_frame
 
-__all__ = ["Tf2Dump", "Tf2Graph", "Tf2Op", "EAGER_CONTEXT", "context_of_debug_op", "mode_of_debug_op"]
+__all__ = ["Tf2Dump", "Tf2Graph", "Tf2Op", "EAGER_CONTEXT", "context_of_debug_op", "mode_of_debug_op",
+           "eager_stack_of_debug_op"]
 
 #: the context id of eager ops' records
 EAGER_CONTEXT = "eager"
@@ -32,9 +33,19 @@ Frame = Tuple[str, int, str]
 
 def context_of_debug_op(debug_op: str) -> Optional[str]:
     """The graph context id in a TF2 record's debug op (``TfdumpCaptureV2.<id>``, or
-    ``TfdumpCaptureV2.<id>.<MODE>`` for other modes than FULL_TENSOR), else None."""
+    ``TfdumpCaptureV2.<id>.<MODE>`` for other modes than FULL_TENSOR; ``eager`` for
+    eager ops, whatever their stack), else None."""
     if debug_op.startswith(_DEBUG_OP_PREFIX):
-        return debug_op[len(_DEBUG_OP_PREFIX):].partition(".")[0]
+        return debug_op[len(_DEBUG_OP_PREFIX):].partition(".")[0].split("@", 1)[0]
+    return None
+
+
+def eager_stack_of_debug_op(debug_op: str) -> Optional[int]:
+    """The stack id in an eager record's debug op (``TfdumpCaptureV2.eager@<id>``,
+    ``TfdumpCaptureV2.eager@<id>.<MODE>``), else None."""
+    if debug_op.startswith(_DEBUG_OP_PREFIX + EAGER_CONTEXT + "@"):
+        tail = debug_op[len(_DEBUG_OP_PREFIX) + len(EAGER_CONTEXT) + 1:].partition(".")[0]
+        return int(tail) if tail.isdigit() else None
     return None
 
 
@@ -85,12 +96,17 @@ class Tf2Dump:
         self.reader = reader
         self.graphs: Dict[str, Tf2Graph] = {}
         self._sources: Dict[str, List[str]] = {}
+        self._eager_stacks: Dict[int, List[Frame]] = {}
         for ev in reader.events():
             name = ev.get("event")
             if name == "tf2_graph":
                 self._add_graph_event(ev)
             elif name == "tf2_source_file":
                 self._sources[str(ev.get("path"))] = list(ev.get("lines") or [])
+            elif name == "tf2_eager_stack":
+                files = ev.get("files") or []
+                self._eager_stacks[int(ev["stack_id"])] = [
+                    (files[f[0]], int(f[1]), str(f[2])) for f in ev.get("frames") or []]
 
     def _add_graph_event(self, ev) -> None:
         cid = str(ev["context_id"])
@@ -142,8 +158,21 @@ class Tf2Dump:
         g = self.graph_of(record)
         return g.ops.get(record.node_name) if g is not None else None
 
+    def eager_stack(self, record) -> List[Frame]:
+        """The Python stack that executed an eager record's op, outermost first
+        (empty for graph records and when unknown)."""
+        sid = eager_stack_of_debug_op(record.debug_op)
+        return list(self._eager_stacks.get(sid, ())) if sid is not None else []
+
+    def eager_stacks(self) -> Dict[int, List[Frame]]:
+        """Every recorded eager stack by id."""
+        return {k: list(v) for k, v in self._eager_stacks.items()}
+
     def creation_stack(self, record) -> List[Frame]:
-        """The op's creation stack, outermost first (empty when unknown)."""
+        """The op's creation stack, outermost first (empty when unknown); for an
+        eager record the stack that executed it."""
+        if context_of_debug_op(record.debug_op) == EAGER_CONTEXT:
+            return self.eager_stack(record)
         op = self.op_of(record)
         return list(op.stack) if op is not None else []
 

@@ -489,6 +489,54 @@ def test_other_hooks_fetches_get_their_own_graphs_and_core_names(tmp_path):
         assert ("z" in graph_nodes) == ("z" in dd.nodes())
 
 
+class RecordMergedOptions(tf1.train.SessionRunHook):
+    """Records, per run, whether the merged RunOptions asked for partition graphs."""
+
+    def __init__(self):
+        self.asked = []
+
+    def after_run(self, run_context, run_values):
+        self.asked.append(bool(run_values.options.output_partition_graphs))
+
+
+def test_other_hooks_runs_take_graphs_from_tf_publishing_not_run_metadata(tmp_path):
+    # Another hook that may change the fetches: the executor is named after
+    # the run, and a new one's graphs come from what TF publishes, so no run
+    # makes TF copy every partition graph into RunMetadata.
+    g, x, z, train = small_graph()
+    hook, probe = DumpingDebugHook(str(tmp_path / "d")), RecordMergedOptions()
+    with g.as_default():
+        with tf1.train.MonitoredSession(hooks=[hook, FetchOnSecondRun(z), probe]) as sess:
+            for _ in range(4):
+                sess.run(train, feed_dict={x: FEED})
+    assert probe.asked == [False] * 4
+    runs = DumpReader(str(tmp_path / "d")).runs
+    assert all(r.graphs for r in runs)
+    # Runs 1, 3 and 4 ran the same executor: the same graphs, stored once.
+    assert runs[0].metadata["graph_hashes"] == runs[2].metadata["graph_hashes"] == runs[3].metadata["graph_hashes"]
+    assert runs[1].metadata["graph_hashes"] != runs[0].metadata["graph_hashes"]
+    assert ["attachment_hashes" in r.metadata for r in runs] == [True, True, False, False]
+
+
+def test_unnamed_executor_falls_back_to_run_metadata_graphs(tmp_path, monkeypatch):
+    # Should TF's MonitoredSession internals change so that the executor
+    # cannot be named after the run, later runs ask RunMetadata again and
+    # every run still has its graphs.
+    from tfdump_fast import _tf_private
+
+    monkeypatch.setattr(_tf_private, "hooked_run_args", lambda run_context: None)
+    g, x, z, train = small_graph()
+    hook, probe = DumpingDebugHook(str(tmp_path / "d")), RecordMergedOptions()
+    with g.as_default():
+        with tf1.train.MonitoredSession(hooks=[hook, FetchOnSecondRun(z), probe]) as sess:
+            for _ in range(3):
+                sess.run(train, feed_dict={x: FEED})
+    assert probe.asked == [False, True, True]
+    runs = DumpReader(str(tmp_path / "d")).runs
+    assert [bool(r.graphs) for r in runs] == [True, True, True]
+    assert ("z" in node_names(runs[1])) and not ("z" in node_names(runs[2]))
+
+
 def test_constant_fetch_hooks_keep_graphs_requested_once(tmp_path):
     g, x, z, train = small_graph()
     hook = DumpingDebugHook(str(tmp_path))

@@ -67,6 +67,10 @@ def make_swappable_hook():
     (to compare its watches with the floor's, and the URLs it used).
     TensorFlow is imported here, not at module level: the parent process
     imports this module for its constants and never loads TensorFlow.
+    To the inner hook this wrapper is another hook whose fetches it cannot
+    predict, so the hook configurations measure what a ``MonitoredSession``
+    with, e.g., a ``LoggingTensorHook`` gets: the executor named after each
+    run, a new executor's graphs taken from TensorFlow's publishing.
     """
     import tensorflow as tf
 

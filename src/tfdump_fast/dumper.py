@@ -178,6 +178,12 @@ class Dumper:
         self.runs_debugged = 0
         self.published = PublishDirectory(owner, self._log_once)
         self._degraded_recorded_in: Optional[DumpWriter] = None
+        # Whether runs whose executor is known only after the fact (another
+        # hook may change the fetches) ask TensorFlow for their partition
+        # graphs in RunMetadata. False while TF's published graphs and the
+        # after-the-fact executor key cover them; set for good by the first
+        # run left without graphs (see start_run).
+        self._unidentified_runs_want_graphs = False
         _live_dumpers.add(self)
 
     # -- writer lifecycle
@@ -272,7 +278,13 @@ class Dumper:
             debug_options, _ = self._watches.debug_options(graph, spec, url, publish_dir,
                                                            placement=placement)
             key_tail = (url, spec, graph.version) + tuple(key_extra)
-            want = True
+            # Without a key known beforehand (another hook may change the
+            # fetches), a new executor's graphs still arrive through TF's
+            # publishing, and finish_run keys the executor by what really
+            # ran: RunMetadata's copy of every partition graph (on a Keras
+            # model, TF's serializing and Python's parsing cost tens of ms a
+            # run) is asked for only once a run ended without graphs that way.
+            want = publish_dir is None or self._unidentified_runs_want_graphs
             if identity_ok and io_names is not None:
                 executor = self._executor(session, io_names, key_tail, create=False)
                 if executor is None:
@@ -391,6 +403,13 @@ class Dumper:
                     with self._lock:
                         if executor.graph_hashes is None:
                             executor.graph_hashes = hashes
+            if ((hashes is None or full_io_names is None) and error is None and error_text is None
+                    and not (pending.identity_ok and pending.io_names is not None)):
+                # A run that ended well without graphs, or whose executor
+                # could not be named after the fact (the next run on it would
+                # find none): from now on such runs ask for RunMetadata's
+                # graphs, as they all did before.
+                self._unidentified_runs_want_graphs = True
             gstep = pending.core_global_step if core_global_step is None else core_global_step
             if published_core is not None:
                 core = {k: published_core.get(k) for k in CORE_METADATA_KEYS}

@@ -445,12 +445,15 @@ def test_two_workers_concurrent_steps_on_a_served_ps_are_never_mixed(cluster, tm
             w_worker = np.asarray(run.get("mul")[0]) / np.float32(i + 1)
             np.testing.assert_allclose(ps_run.get("ReadVariableOp")[0], w_worker, rtol=1e-5)
             joined += 1
-        # Each worker's steps began at ever larger global steps (the other
-        # worker's steps come in between), read in the run itself.
+        # Each worker's steps read ever larger global steps (the other
+        # worker's steps come in between), read in the run itself. Not
+        # strictly: TF does not order the read before the step's own
+        # increment, and under load a step may read the value after it,
+        # which the next step reads too (seen once: [.., 11, 11]).
         gsteps = [r.global_step for r in worker_runs]
         assert all(r.metadata.get("global_step_read") == "in_run" for r in worker_runs)
-        assert all(isinstance(g, int) and 0 <= g < 2 * steps for g in gsteps), gsteps
-        assert gsteps == sorted(set(gsteps)), gsteps
+        assert all(isinstance(g, int) and 0 <= g <= 2 * steps for g in gsteps), gsteps
+        assert gsteps == sorted(gsteps) and gsteps[-1] > gsteps[0], gsteps
     assert joined == 2 * steps
 
 

@@ -227,10 +227,12 @@ def in_run_global_step_read(graph, global_step) -> Any:
     an ``Identity`` of the variable's value, placed with the variable) and
     reused after; None when the graph is finalized and lacks it, or when
     ``global_step`` is None. Fetched together with a training step, it
-    reads the value the step began with: nothing in it waits for the step's
-    own computation, while the step's increment waits for the gradients
-    (TensorFlow's ``StopAtStepHook`` and ``CheckpointSaverHook`` rely on the
-    same order when they fetch the global step with the step).
+    usually reads the value the step began with: nothing in it waits for the
+    step's own computation, while the step's increment waits for the
+    gradients (TensorFlow's ``StopAtStepHook`` and ``CheckpointSaverHook``
+    rely on the same order when they fetch the global step with the step).
+    TensorFlow does not guarantee that order: under load the read may run
+    after the increment (one more), which the docs say.
     """
     if global_step is None:
         return None

@@ -182,19 +182,32 @@ def _report_row(model, regime, mode, s) -> str:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Each (model, configuration, regime) runs in a fresh process; configurations "
+               "round-robin per round; medians over rounds. Sustained with few --steps is dominated by "
+               "the final disable (flush + close, inside the window): use 100+ steps for small steps. "
+               "Example: python -m benchmarks.tf2_steps --models rnn,cnn --modes FULL_TENSOR,CURT_HEALTH "
+               "--regimes sustained --steps 150 --rounds 2 --out tf2.json")
+    ap.add_argument("--models", default=",".join(MODELS),
+                    help=f"comma-separated, of {','.join(MODELS)} (default: all)")
+    ap.add_argument("--configs", default=",".join(CONFIGS),
+                    help="comma-separated: none (undebugged), tfdbg2 (TF's enable_dump_debug_info), "
+                         "ours (tfdump_fast.enable_dump_debug_info) (default: all)")
     ap.add_argument("--modes", default="FULL_TENSOR",
-                    help="tensor_debug_modes of tfdbg2 and ours (comma-separated)")
-    ap.add_argument("--regimes", default="burst,sustained")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--block", type=int, default=4)
-    ap.add_argument("--scale", default="full")
-    ap.add_argument("--out", default=None)
+                    help="tensor_debug_modes of tfdbg2 and ours, comma-separated (default: FULL_TENSOR)")
+    ap.add_argument("--regimes", default="burst,sustained",
+                    help="burst: median step inside blocks of --block steps, writers drained between "
+                         "blocks untimed; sustained: --steps back to back plus the final disable "
+                         "(default: both)")
+    ap.add_argument("--rounds", type=int, default=3, help="repetitions of every measurement (default: 3)")
+    ap.add_argument("--steps", type=int, default=12, help="timed steps per measurement (default: 12)")
+    ap.add_argument("--block", type=int, default=4, help="steps per burst block (default: 4)")
+    ap.add_argument("--scale", default="full", help="workload scale, as benchmarks.workloads (default: full)")
+    ap.add_argument("--out", default=None, help="write every measurement as JSON here")
     ap.add_argument("--report", metavar="JSON", help="print the markdown table of a results file and exit")
-    ap.add_argument("--child", nargs=4, metavar=("MODEL", "CONFIG", "REGIME", "ROOT"))
+    ap.add_argument("--child", nargs=4, metavar=("MODEL", "CONFIG", "REGIME", "ROOT"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.report:
         with open(args.report) as f:

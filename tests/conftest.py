@@ -112,3 +112,21 @@ def no_ram_filesystem(monkeypatch):
             return unimplemented
 
     monkeypatch.setattr(published_module, "_gfile", NoRamFileSystem())
+
+
+def failing_graph():
+    """``x`` (float32[2]) -> ``before = 2x`` -> ``check`` (assert_positive) ->
+    ``after`` (an identity that waits for the check): a run fed a negative
+    element raises ``InvalidArgumentError`` after ``before`` ran.
+    Returns ``(graph, x, after)``."""
+    import tensorflow as tf
+
+    tf1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default():
+        x = tf1.placeholder(tf.float32, [2], name="x")
+        before = tf.multiply(x, 2.0, name="before")
+        check = tf.debugging.assert_positive(before, message="not positive", name="check")
+        with tf.control_dependencies([check]):
+            after = tf.identity(before, name="after")
+    return g, x, after

@@ -28,7 +28,7 @@ from tfdump_fast.hooks import DumpingDebugHook, DumpingDebugWrapperSession  # no
 from tfdump_fast.reader import DumpReader  # noqa: E402
 from tfdump_fast.writer import DumpWriter  # noqa: E402
 
-from conftest import PKG_PARENT as SRC  # noqa: E402
+from conftest import PKG_PARENT as SRC, failing_graph  # noqa: E402
 
 TRIGGER = "flight_recorder_trigger"
 
@@ -149,13 +149,7 @@ def tf_debug_watch(ops):
 
 def test_raising_run_is_a_trigger_with_the_runs_before_it(tmp_path):
     root = str(tmp_path / "d")
-    g = tf.Graph()
-    with g.as_default():
-        x = tf1.placeholder(tf.float32, [2], name="x")
-        before = tf.multiply(x, 2.0, name="before")
-        check = tf.debugging.assert_positive(before, message="not positive", name="check")
-        with tf.control_dependencies([check]):
-            after = tf.identity(before, name="after")
+    g, x, after = failing_graph()
     hook = DumpingDebugHook(root, keep_last=2, persist_on=("error",))
     with g.as_default(), tf1.train.MonitoredSession(hooks=[hook]) as sess:
         for v in (1.0, 2.0, 3.0, 4.0):

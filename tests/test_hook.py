@@ -25,7 +25,7 @@ from tfdump_fast.errors import TfdumpUsageError  # noqa: E402
 from tfdump_fast.hooks import DumpingDebugHook  # noqa: E402
 from tfdump_fast.reader import DumpReader  # noqa: E402
 
-from conftest import PKG_PARENT as SRC  # noqa: E402  (the package under test)
+from conftest import PKG_PARENT as SRC, failing_graph  # noqa: E402  (the package under test)
 
 
 def small_graph():
@@ -345,17 +345,6 @@ def test_concurrent_runs_land_in_their_own_runs(tmp_path):
 
 
 # ----------------------------------------------------------------- failures
-
-
-def failing_graph():
-    g = tf.Graph()
-    with g.as_default():
-        x = tf1.placeholder(tf.float32, [2], name="x")
-        before = tf.multiply(x, 2.0, name="before")
-        check = tf.debugging.assert_positive(before, message="not positive", name="check")
-        with tf.control_dependencies([check]):
-            after = tf.identity(before, name="after")
-    return g, x, after
 
 
 def test_failed_run_keeps_tensors_and_is_marked_failed(tmp_path):

@@ -17,16 +17,7 @@ import tfdump_fast  # noqa: E402
 from tfdump_fast import DumpReader, DumpWriter, TfdumpUsageError  # noqa: E402
 from tfdump_fast.conversion import convert  # noqa: E402
 
-
-def failing_graph():
-    g = tf.Graph()
-    with g.as_default():
-        x = tf1.placeholder(tf.float32, [2], name="x")
-        before = tf.multiply(x, 2.0, name="before")
-        check = tf.debugging.assert_positive(before, name="check")
-        with tf.control_dependencies([check]):
-            after = tf.identity(before, name="after")
-    return g, x, after
+from conftest import failing_graph  # noqa: E402
 
 
 def debugged_run(writer, sess, fetch, feed):

@@ -181,8 +181,14 @@ def convert_tfdbg2(session_root, dest, *, overwrite: bool = False,
                 f"tensor_debug_mode='FULL_TENSOR' (what was captured) or {got!r}, not {mode!r}")
         return got
 
-    def value_proto(rec, tensor_id):
-        if mode_value == _FULL_TENSOR or record_mode(rec) != "FULL_TENSOR":
+    def mode_skips(rec, captured: str) -> bool:
+        """A full tensor the requested summary mode does not summarise (health
+        modes: floating point only, as tfdbg v2)."""
+        return (captured == "FULL_TENSOR" and mode_value != _FULL_TENSOR and mode != "SHAPE"
+                and rec.dtype not in _FLOAT_DTYPES)
+
+    def value_proto(rec, captured: str, tensor_id):
+        if mode_value == _FULL_TENSOR or captured != "FULL_TENSOR":
             # what was captured: the value, or the summary computed at capture
             return tensor_pb2.TensorProto.FromString(tensor_proto(reader, rec.tensor_id))
         summary = numeric_summary(rec.value, mode, tensor_id, rec.dtype)
@@ -236,16 +242,14 @@ def convert_tfdbg2(session_root, dest, *, overwrite: bool = False,
                 ids = output_ids.get((cid, rec.node_name), ())
                 tensor_id = ids[rec.output_slot] if rec.output_slot < len(ids) else -1
                 captured = record_mode(rec)
-                if captured == "FULL_TENSOR" and mode_value != _FULL_TENSOR and mode != "SHAPE" \
-                        and rec.dtype not in _FLOAT_DTYPES:
+                if mode_skips(rec, captured):
                     continue
-                proto = value_proto(rec, tensor_id)
+                proto = value_proto(rec, captured, tensor_id)
                 trace_mode = mode_value if captured == "FULL_TENSOR" else _MODES[captured]
                 writer.WriteGraphExecutionTrace(D.GraphExecutionTrace(
                     tfdbg_context_id=cid, op_name=rec.node_name, output_slot=rec.output_slot,
                     tensor_debug_mode=trace_mode, tensor_proto=proto, device_name=rec.device))
                 continue
-            proto = None
             if execution is not None and (rec.output_slot == 0 or execution.op_type != rec.node_name):
                 writer.WriteExecution(execution)
                 execution = None
@@ -261,12 +265,11 @@ def convert_tfdbg2(session_root, dest, *, overwrite: bool = False,
             execution.output_tensor_ids.append(tensor_id)
             if run_mode != _MODES["NO_TENSOR"]:
                 captured = record_mode(rec)
-                if captured == "NO_TENSOR" or (captured == "FULL_TENSOR" and mode_value != _FULL_TENSOR
-                                               and mode != "SHAPE" and rec.dtype not in _FLOAT_DTYPES):
+                if captured == "NO_TENSOR" or mode_skips(rec, captured):
                     # an output the mode cannot summarise: an empty TensorProto, as tfdbg v2
                     execution.tensor_protos.append(tensor_pb2.TensorProto())
                 else:
-                    execution.tensor_protos.append(value_proto(rec, tensor_id))
+                    execution.tensor_protos.append(value_proto(rec, captured, tensor_id))
             execution.output_tensor_device_ids.append(writer.RegisterDeviceAndGetId(rec.device))
         if execution is not None:
             writer.WriteExecution(execution)

@@ -75,7 +75,7 @@ class FlightRecorder:
         # Ring runs released after the engine ended them but before this
         # side got their run_end (another thread's trigger in between): their
         # run_begin is written, their run_end is written when it comes.
-        self._released_ended: Dict[int, bool] = {}
+        self._released_ended: set = set()
 
     # -- the writer's calls
 
@@ -94,7 +94,8 @@ class FlightRecorder:
         before). Returns whether the run was persisted."""
         with self._lock:
             self._sync_locked()
-            if self._released_ended.pop(run_id, False):
+            if run_id in self._released_ended:
+                self._released_ended.discard(run_id)
                 self._write_run_end(event, attachments, hashes)
                 self._note_released(run_id)
                 return True
@@ -178,7 +179,7 @@ class FlightRecorder:
                 self._write_run_end(meta.end, meta.attachments, meta.hashes)
                 self._note_released(run_id)
             else:
-                self._released_ended[run_id] = True
+                self._released_ended.add(run_id)
             self._names[run_id] = str(meta.begin.get("run_name", run_id)) if meta is not None else str(run_id)
             self._window.append(run_id)
 

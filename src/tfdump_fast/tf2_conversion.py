@@ -41,10 +41,12 @@ import socket
 import uuid
 from typing import Dict, List
 
+import ml_dtypes
 import numpy as np
 
 from tfdump_fast.errors import TfdumpUsageError
 from tfdump_fast.reader import DumpReader
+from tfdump_fast.tensor_stats import numeric
 from tfdump_fast.tf2_reader import EAGER_CONTEXT, Tf2Dump, context_of_debug_op, mode_of_debug_op
 
 __all__ = ["convert_tfdbg2"]
@@ -61,32 +63,37 @@ _SHAPE_DIMS = 6   # DebugNumericSummaryV2's SHAPE: the last 6 dims, zero-padded 
 
 def numeric_summary(value, mode: str, tensor_id: int, tf_dtype: int) -> np.ndarray:
     """tfdbg v2's summary of one tensor value, as DebugNumericSummaryV2 computes it
-    (a float64 vector; see tensorflow/core/kernels/debug_ops.h)."""
-    arr = np.asarray(value)
-    size = int(arr.size)
-    if arr.dtype.kind in "fc":
-        flat = arr.reshape(-1)
-        nan = int(np.count_nonzero(np.isnan(flat)))
-        pos_inf = int(np.count_nonzero(np.isposinf(flat.real) if arr.dtype.kind == "c" else np.isposinf(flat)))
-        neg_inf = int(np.count_nonzero(np.isneginf(flat.real) if arr.dtype.kind == "c" else np.isneginf(flat)))
-    else:
-        nan = pos_inf = neg_inf = 0
+    (a float64 vector; see tensorflow/core/kernels/debug_ops.h). ml_dtypes
+    floats (bfloat16, ...) count as floats; subnormal floats count as zeros,
+    as TF's kernel sees them (its threads flush subnormals to zero) and as
+    the bridge's native health modes count them."""
+    raw = np.asarray(value)
+    arr = numeric(raw)
+    size = int(raw.size)
+    nan = pos_inf = neg_inf = 0
+    if arr is not None and arr.dtype.kind in "fc":
+        flat = arr.reshape(-1).real if arr.dtype.kind == "c" else arr.reshape(-1)
+        nan = int(np.count_nonzero(np.isnan(arr)))
+        pos_inf = int(np.count_nonzero(np.isposinf(flat)))
+        neg_inf = int(np.count_nonzero(np.isneginf(flat)))
     if mode == "CURT_HEALTH":
         out = [tensor_id, 1.0 if nan or pos_inf or neg_inf else 0.0]
     elif mode == "CONCISE_HEALTH":
         out = [tensor_id, size, neg_inf, pos_inf, nan]
     elif mode == "FULL_HEALTH":
         neg = zero = pos = 0
-        if arr.dtype.kind in "iufb":
-            flat = arr.reshape(-1).astype(np.float64) if arr.dtype.kind != "b" else arr.reshape(-1).astype(np.int8)
+        if arr is not None and arr.dtype.kind in "iufb":
+            flat = arr.reshape(-1).astype(np.float64)
+            # the smallest normal of the stored dtype: below it a float is a zero to TF
+            tiny = float(ml_dtypes.finfo(raw.dtype).tiny) if raw.dtype.kind in "fV" else 0.0
             finite = np.isfinite(flat)
-            neg = int(np.count_nonzero(finite & (flat < 0)))
-            zero = int(np.count_nonzero(flat == 0))
-            pos = int(np.count_nonzero(finite & (flat > 0)))
-        out = [tensor_id, -1, tf_dtype, arr.ndim, size, neg_inf, pos_inf, nan, neg, zero, pos]
+            neg = int(np.count_nonzero(finite & (flat < 0) & (np.abs(flat) >= tiny)))
+            pos = int(np.count_nonzero(finite & (flat > 0) & (flat >= tiny)))
+            zero = int(np.count_nonzero(np.abs(flat) < tiny)) if tiny else int(np.count_nonzero(flat == 0))
+        out = [tensor_id, -1, tf_dtype, raw.ndim, size, neg_inf, pos_inf, nan, neg, zero, pos]
     elif mode == "SHAPE":
-        dims = list(arr.shape)[-_SHAPE_DIMS:] if arr.ndim else []
-        out = [tensor_id, tf_dtype, arr.ndim, size] + dims + [0] * (_SHAPE_DIMS - len(dims))
+        dims = list(raw.shape)[-_SHAPE_DIMS:] if raw.ndim else []
+        out = [tensor_id, tf_dtype, raw.ndim, size] + dims + [0] * (_SHAPE_DIMS - len(dims))
     else:
         raise TfdumpUsageError(f"tensor_debug_mode={mode!r}: convert_tfdbg2 writes FULL_TENSOR or "
                                f"one of {', '.join(SUMMARY_MODES)}")
@@ -174,12 +181,9 @@ def convert_tfdbg2(session_root, dest, *, overwrite: bool = False,
         return fid
 
     def record_mode(rec) -> str:
-        got = mode_of_debug_op(rec.debug_op) or "FULL_TENSOR"
-        if mode_value != _FULL_TENSOR and got not in ("FULL_TENSOR", mode):
-            raise TfdumpUsageError(
-                f"{session_root} was captured with tensor_debug_mode={got!r}: it converts to "
-                f"tensor_debug_mode='FULL_TENSOR' (what was captured) or {got!r}, not {mode!r}")
-        return got
+        # per record: a health-mode capture keys the eager outputs its mode
+        # cannot summarise NO_TENSOR (tf2.py)
+        return mode_of_debug_op(rec.debug_op) or "FULL_TENSOR"
 
     def mode_skips(rec, captured: str) -> bool:
         """A full tensor the requested summary mode does not summarise (health
@@ -231,9 +235,13 @@ def convert_tfdbg2(session_root, dest, *, overwrite: bool = False,
     function_context = {g.function_name: cid for cid, g in dump.graphs.items() if g.function_name}
     for run in reader.runs:
         execution = None
-        run_mode = mode_value
-        if mode_value == _FULL_TENSOR:   # what the run was captured in
-            run_mode = _MODES.get(run.metadata.get("tf2_tensor_debug_mode"), _FULL_TENSOR)
+        captured_run = run.metadata.get("tf2_tensor_debug_mode") or "FULL_TENSOR"
+        if mode_value != _FULL_TENSOR and captured_run not in ("FULL_TENSOR", mode):
+            raise TfdumpUsageError(
+                f"{session_root} was captured with tensor_debug_mode={captured_run!r}: it converts to "
+                f"tensor_debug_mode='FULL_TENSOR' (what was captured) or {captured_run!r}, not {mode!r}")
+        # the mode written: the one asked for, else what the run was captured in
+        run_mode = mode_value if mode_value != _FULL_TENSOR else _MODES.get(captured_run, _FULL_TENSOR)
         for rec in run:
             cid = context_of_debug_op(rec.debug_op)
             if cid is None:

@@ -337,21 +337,7 @@ RunCounters Engine::EndRun(uint32_t run_id, bool persist) {
       run.held.store(false, std::memory_order_release);
       HeldRun h;
       h.run_id = run_id;
-      for (Stripe& s : stripes_) {
-        std::lock_guard<std::mutex> slk(s.mu);
-        size_t keep = 0;
-        for (size_t i = 0; i < s.held.size(); ++i) {
-          if (s.held[i].run_id == run_id) {
-            h.charge += s.held[i].charge;
-            h.bytes += s.held[i].size;
-            h.records.push_back(std::move(s.held[i]));
-          } else {
-            if (keep != i) s.held[keep] = std::move(s.held[i]);
-            ++keep;
-          }
-        }
-        s.held.resize(keep);
-      }
+      TakeHeldLocked(run_id, &h.records, &h.charge, &h.bytes);
       ring_.push_back(std::move(h));
       ring_size_.store(ring_.size());
       while (ring_.size() > options_.keep_last ||
@@ -439,18 +425,35 @@ void Engine::EvictOldestLocked() {
   ring_size_.store(ring_.size());
 }
 
-void Engine::QueueRecords(std::vector<Record>* records) {
-  if (records->empty()) return;
-  uint64_t charge = 0, bytes = 0;
-  for (const Record& r : *records) {
-    charge += r.charge;
-    bytes += r.size;
+void Engine::TakeHeldLocked(uint32_t run_id, std::vector<Record>* out, uint64_t* charge, uint64_t* bytes) {
+  for (Stripe& s : stripes_) {
+    std::lock_guard<std::mutex> slk(s.mu);
+    size_t keep = 0;
+    for (size_t i = 0; i < s.held.size(); ++i) {
+      if (s.held[i].run_id == run_id) {
+        *charge += s.held[i].charge;
+        *bytes += s.held[i].size;
+        out->push_back(std::move(s.held[i]));
+      } else {
+        if (keep != i) s.held[keep] = std::move(s.held[i]);
+        ++keep;
+      }
+    }
+    s.held.resize(keep);
   }
+}
+
+void Engine::MoveHeldChargeToQueue(uint64_t charge) {
   held_bytes_.fetch_sub(charge, std::memory_order_acq_rel);
   const uint64_t cur = queued_bytes_.fetch_add(charge, std::memory_order_acq_rel) + charge;
   uint64_t hw = high_water_.load(std::memory_order_relaxed);
   while (cur > hw && !high_water_.compare_exchange_weak(hw, cur)) {
   }
+}
+
+void Engine::QueueRecords(std::vector<Record>* records, uint64_t charge, uint64_t bytes) {
+  if (records->empty()) return;
+  MoveHeldChargeToQueue(charge);
   const size_t n = records->size();
   outstanding_.fetch_add(n, std::memory_order_acq_rel);
   {
@@ -470,7 +473,7 @@ void Engine::QueueRecords(std::vector<Record>* records) {
 void Engine::ReleaseRingLocked() {
   while (!ring_.empty()) {
     HeldRun& h = ring_.front();
-    QueueRecords(&h.records);
+    QueueRecords(&h.records, h.charge, h.bytes);
     st_released_runs_.fetch_add(1, std::memory_order_relaxed);
     flight_changes_.push_back(FlightChange{h.run_id, true, 0, 0});
     ring_.pop_front();
@@ -483,20 +486,9 @@ void Engine::ReleaseOpenRunLocked(RunState& run, uint32_t run_id) {
   // each record is either moved here or queued by its producer.
   run.held.store(false, std::memory_order_release);
   std::vector<Record> out;
-  for (Stripe& s : stripes_) {
-    std::lock_guard<std::mutex> slk(s.mu);
-    size_t keep = 0;
-    for (size_t i = 0; i < s.held.size(); ++i) {
-      if (s.held[i].run_id == run_id) {
-        out.push_back(std::move(s.held[i]));
-      } else {
-        if (keep != i) s.held[keep] = std::move(s.held[i]);
-        ++keep;
-      }
-    }
-    s.held.resize(keep);
-  }
-  QueueRecords(&out);
+  uint64_t charge = 0, bytes = 0;
+  TakeHeldLocked(run_id, &out, &charge, &bytes);
+  QueueRecords(&out, charge, bytes);
   st_released_runs_.fetch_add(1, std::memory_order_relaxed);
   flight_changes_.push_back(FlightChange{run_id, true, 0, 0, true});
 }
@@ -757,8 +749,7 @@ int Engine::Submit(const tfdump_tensor_in& in) {
       if (hold) {
         // Released by a trigger since this submit began: queued after all,
         // its charge moves from the held bytes to the queue's.
-        held_bytes_.fetch_sub(r.charge, std::memory_order_acq_rel);
-        queued_bytes_.fetch_add(r.charge, std::memory_order_acq_rel);
+        MoveHeldChargeToQueue(r.charge);
       }
       stripe.records.push_back(std::move(r));
     }

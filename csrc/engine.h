@@ -343,7 +343,13 @@ class Engine {
   bool ReserveHeld(uint64_t charge);
   // Queues records for the writers regardless of the budget (the memory is
   // already held): moves their charge from the held to the queued bytes.
-  void QueueRecords(std::vector<Record>* records);
+  // Queues held records whose charge and bytes add up to those given.
+  void QueueRecords(std::vector<Record>* records, uint64_t charge, uint64_t bytes);
+  // Moves one run's held records out of every stripe (the others stay, in
+  // order) into `out`, adding their charge and bytes to the counters given.
+  void TakeHeldLocked(uint32_t run_id, std::vector<Record>* out, uint64_t* charge, uint64_t* bytes);
+  // A held record's budget charge moves to the queue's (it is queued now).
+  void MoveHeldChargeToQueue(uint64_t charge);
   void ReleaseRingLocked();
   void ReleaseOpenRunLocked(RunState& run, uint32_t run_id);
   void EvictOldestLocked();

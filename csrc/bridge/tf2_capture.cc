@@ -66,13 +66,14 @@ constexpr int kFullHealth = 4;
 constexpr int kShape = 5;
 constexpr int kFullTensor = 7;
 
-// The summary for a tfdbg mode and the suffix of its records' debug op.
-bool SummaryOfMode(int mode, SummaryMode* summary, const char** suffix) {
+// The summary for a tfdbg mode (its records' debug op ends in
+// "." + SummaryDebugOp(summary)).
+bool SummaryOfMode(int mode, SummaryMode* summary) {
   switch (mode) {
-    case kCurtHealth: *summary = SummaryMode::kCurtHealth; *suffix = ".CURT_HEALTH"; return true;
-    case kConciseHealth: *summary = SummaryMode::kConciseHealth; *suffix = ".CONCISE_HEALTH"; return true;
-    case kFullHealth: *summary = SummaryMode::kFullHealth; *suffix = ".FULL_HEALTH"; return true;
-    case kShape: *summary = SummaryMode::kShape; *suffix = ".SHAPE"; return true;
+    case kCurtHealth: *summary = SummaryMode::kCurtHealth; return true;
+    case kConciseHealth: *summary = SummaryMode::kConciseHealth; return true;
+    case kFullHealth: *summary = SummaryMode::kFullHealth; return true;
+    case kShape: *summary = SummaryMode::kShape; return true;
     default: return false;
   }
 }
@@ -127,11 +128,11 @@ class TfdumpCaptureV2Op : public tensorflow::OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("tensor_debug_mode", &mode_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("tensor_id", &tensor_id));
     debug_op_ = "TfdumpCaptureV2." + context_id;
-    const char* suffix = "";
-    if (SummaryOfMode(mode_, &summary_, &suffix)) {
+    if (SummaryOfMode(mode_, &summary_)) {
       attrs_.tensor_id = tensor_id;
+      debug_op_ += std::string(".") + SummaryDebugOp(summary_);
     } else if (mode_ == kNoTensor) {
-      suffix = ".NO_TENSOR";
+      debug_op_ += ".NO_TENSOR";
     } else {
       OP_REQUIRES(ctx, mode_ == kFullTensor,
                   tensorflow::errors::Unimplemented(
@@ -139,7 +140,6 @@ class TfdumpCaptureV2Op : public tensorflow::OpKernel {
                       " is not implemented (NO_TENSOR = 1, CURT_HEALTH = 2, CONCISE_HEALTH = 3, "
                       "FULL_HEALTH = 4, SHAPE = 5, FULL_TENSOR = 7 are)"));
     }
-    debug_op_ += suffix;
   }
 
   void Compute(tensorflow::OpKernelContext* ctx) override {

@@ -36,7 +36,9 @@
 #include "tensorflow/core/framework/tensor.h"
 
 #include "bridge/capture.h"
+#include "bridge/debug_op_def.h"
 #include "bridge/probe.h"
+#include "bridge/slots.h"
 #include "served_api.h"
 
 #define TFDUMP_EXPORT __attribute__((visibility("default")))
@@ -44,9 +46,6 @@
 namespace tfdump {
 namespace bridge {
 namespace {
-
-constexpr int kMaxSlots = 64;  // as slots.cc
-constexpr const char* kSlotUrlPrefix = "memcbk://tfdump_slot_";
 
 std::atomic<int64_t> g_slot_step[kMaxSlots];
 
@@ -137,19 +136,12 @@ class TfdumpIdentityOp : public tensorflow::OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("device_name", &device_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("tensor_name", &tensor_name));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("debug_urls", &urls));
-    size_t colon = tensor_name.rfind(':');
-    node_ = tensor_name.substr(0, colon);
-    output_slot_ = colon == std::string::npos
-                       ? 0
-                       : atoi(tensor_name.c_str() + colon + 1);
+    SplitTensorName(tensor_name, &node_, &output_slot_);
     const std::string served_url = std::string("memcbk://") + kServedCallbackKey;
-    const size_t plen = strlen(kSlotUrlPrefix);
     for (const std::string& url : urls) {
       if (url == served_url) served_ = true;
-      if (url.compare(0, plen, kSlotUrlPrefix) == 0) {
-        int i = atoi(url.c_str() + plen);
-        if (i >= 0 && i < kMaxSlots) slot_index_ = i;
-      }
+      const int i = SlotOfUrl(url);
+      if (i >= 0) slot_index_ = i;
     }
   }
 
@@ -263,30 +255,9 @@ const tfdump_served_api kServedApi = {
 
 }  // namespace
 
-REGISTER_OP("TfdumpIdentity")
-    .Input("input: T")
-    .Output("output: T")
-    .Attr("T: type")
-    .Attr("device_name: string = ''")
-    .Attr("tensor_name: string = ''")
-    .Attr("debug_urls: list(string) = []")
-    .Attr("gated_grpc: bool = false")
-    .SetIsStateful()
-    .SetAllowsUninitializedInput()
-    .SetShapeFn(tensorflow::shape_inference::UnchangedShape)
+TFDUMP_REGISTER_DEBUG_OP("TfdumpIdentity")
     .Doc("tfdump-fast's debug op: DebugIdentity that also sees the step id.");
-
-REGISTER_KERNEL_BUILDER(Name("TfdumpIdentity").Device(tensorflow::DEVICE_CPU),
-                        TfdumpIdentityOp);
-// On a GPU the op reads its input from host memory, as TF's own DebugIdentity
-// GPU kernel does (TF inserts the device-to-host copy): a watch of a node
-// placed on a GPU must not fail the run for want of a kernel. A plain
-// registration; nothing here needs CUDA.
-REGISTER_KERNEL_BUILDER(Name("TfdumpIdentity")
-                            .Device(tensorflow::DEVICE_GPU)
-                            .HostMemory("input")
-                            .HostMemory("output"),
-                        TfdumpIdentityOp);
+TFDUMP_REGISTER_DEBUG_KERNELS("TfdumpIdentity", TfdumpIdentityOp);
 
 }  // namespace bridge
 }  // namespace tfdump

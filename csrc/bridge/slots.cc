@@ -73,7 +73,7 @@ using tfdump::bridge::ListRegistry;
 using tfdump::bridge::NewListRegistry;
 using tfdump::bridge::SubmitTensor;
 
-constexpr int kMaxSlots = 64;
+using tfdump::bridge::kMaxSlots;
 
 // ---------------------------------------------------------------------------
 // Statistics: per-thread counters summed on demand, so the hot path never
@@ -349,6 +349,12 @@ int SlotOfUrl(const std::string& url) {
     i = i * 10 + (url[p] - '0');
   }
   return i < kMaxSlots ? i : -1;
+}
+
+void SplitTensorName(const std::string& tensor_name, std::string* node, int32_t* output_slot) {
+  const size_t colon = tensor_name.rfind(':');
+  *node = tensor_name.substr(0, colon);
+  *output_slot = colon == std::string::npos ? 0 : static_cast<int32_t>(atoi(tensor_name.c_str() + colon + 1));
 }
 
 void SubmitThroughSlot(int slot, const DebugNodeKey& key, SlotSubmitFn fn, void* ctx) noexcept {

@@ -15,8 +15,15 @@
 namespace tfdump {
 namespace bridge {
 
+// How many capture slots there are (memcbk://tfdump_slot_0 ... _63).
+constexpr int kMaxSlots = 64;
+
 // The slot index of a `memcbk://tfdump_slot_<i>` URL, or -1.
 int SlotOfUrl(const std::string& url);
+
+// A debug op's `tensor_name` attribute split as TF's BaseDebugOp does:
+// "node:slot" (no ":slot" means slot 0).
+void SplitTensorName(const std::string& tensor_name, std::string* node, int32_t* output_slot);
 
 // Called with the run a slot is bound to and the interned key id; returns a
 // TFDUMP_SUBMIT_* code (or a negative code counted as failed).

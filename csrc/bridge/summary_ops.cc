@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "bridge/debug_op_def.h"
 #include "bridge/slots.h"
 #include "bridge/summaries.h"
 #include "tensorflow/core/debug/debug_node_key.h"
@@ -55,14 +56,9 @@ class TfdumpSummaryOp : public tensorflow::OpKernel {
       OP_REQUIRES_OK(ctx, ctx->GetAttr("upper_bound", &attrs_.upper_bound));
       OP_REQUIRES_OK(ctx, ctx->GetAttr("mute_if_healthy", &attrs_.mute_if_healthy));
     }
-    // As TF's BaseDebugOp: "node:slot" (no ":slot" means slot 0).
-    const size_t colon = tensor_name.rfind(':');
-    std::string node = tensor_name;
+    std::string node;
     int32_t output_slot = 0;
-    if (colon != std::string::npos) {
-      node = tensor_name.substr(0, colon);
-      output_slot = static_cast<int32_t>(atoi(tensor_name.c_str() + colon + 1));
-    }
+    SplitTensorName(tensor_name, &node, &output_slot);
     key_.reset(new tensorflow::DebugNodeKey(device, node, output_slot, SummaryDebugOp(kMode)));
     for (const std::string& url : urls) {
       const int s = SlotOfUrl(url);
@@ -87,38 +83,16 @@ class TfdumpSummaryOp : public tensorflow::OpKernel {
   std::vector<int> slots_;
 };
 
-#define TFDUMP_REGISTER_SUMMARY_OP(NAME, MODE, DOC)                                      \
-  REGISTER_OP(NAME)                                                                      \
-      .Input("input: T")                                                                 \
-      .Output("output: T")                                                               \
-      .Attr("T: type")                                                                   \
-      .Attr("device_name: string = ''")                                                  \
-      .Attr("tensor_name: string = ''")                                                  \
-      .Attr("debug_urls: list(string) = []")                                             \
-      .Attr("gated_grpc: bool = false")                                                  \
-      .SetIsStateful()                                                                   \
-      .SetAllowsUninitializedInput()                                                     \
-      .SetShapeFn(tensorflow::shape_inference::UnchangedShape)                           \
-      .Doc(DOC);                                                                         \
-  REGISTER_KERNEL_BUILDER(Name(NAME).Device(tensorflow::DEVICE_CPU), TfdumpSummaryOp<MODE>)
+#define TFDUMP_REGISTER_SUMMARY_OP(NAME, MODE, DOC) \
+  TFDUMP_REGISTER_DEBUG_OP(NAME).Doc(DOC);         \
+  TFDUMP_REGISTER_DEBUG_KERNELS(NAME, TfdumpSummaryOp<MODE>)
 
-REGISTER_OP("TfdumpNumericSummary")
-    .Input("input: T")
-    .Output("output: T")
-    .Attr("T: type")
-    .Attr("device_name: string = ''")
-    .Attr("tensor_name: string = ''")
-    .Attr("debug_urls: list(string) = []")
+TFDUMP_REGISTER_DEBUG_OP("TfdumpNumericSummary")
     .Attr("lower_bound: float = -inf")
     .Attr("upper_bound: float = inf")
     .Attr("mute_if_healthy: bool = false")
-    .Attr("gated_grpc: bool = false")
-    .SetIsStateful()
-    .SetAllowsUninitializedInput()
-    .SetShapeFn(tensorflow::shape_inference::UnchangedShape)
     .Doc("tfdump-fast: DebugNumericSummary computed off the step.");
-REGISTER_KERNEL_BUILDER(Name("TfdumpNumericSummary").Device(tensorflow::DEVICE_CPU),
-                        TfdumpSummaryOp<SummaryMode::kNumericSummary>);
+TFDUMP_REGISTER_DEBUG_KERNELS("TfdumpNumericSummary", TfdumpSummaryOp<SummaryMode::kNumericSummary>);
 
 TFDUMP_REGISTER_SUMMARY_OP("TfdumpNanCount", SummaryMode::kNanCount,
                            "tfdump-fast: DebugNanCount computed off the step.");

@@ -9,7 +9,9 @@ TF's thread, as the tensor arrives), a run that ends as failed
 (``persist_on`` "error"), or :meth:`DumpWriter.persist`. This module keeps the
 ``run_begin`` / ``run_end`` events (and partition-graph attachments) of held
 runs until the engine says what became of them: released runs get their
-events written, in order, followed by one ``flight_recorder_trigger`` event;
+events written, in order, followed by one ``flight_recorder_trigger`` event
+(a ring run that another thread's trigger released between its engine end
+and its ``run_end`` here gets that ``run_end`` after the event that lists it);
 evicted runs leave nothing in the store. A store written this way reads like
 a full dump of exactly the persisted runs.
 """
@@ -48,11 +50,10 @@ class FlightRecorder:
     usual pace (an evicted run's summary records).
     """
 
-    def __init__(self, engine, keep_last: int, keep_bytes: int, persist_on: Sequence[str],
+    def __init__(self, engine, keep_last: int, persist_on: Sequence[str],
                  write_meta, note_released, note_ended):
         self.engine = engine
         self.keep_last = keep_last
-        self.keep_bytes = keep_bytes
         self.persist_on = tuple(persist_on)
         self._write_meta = write_meta
         self._note_released = note_released
@@ -66,7 +67,6 @@ class FlightRecorder:
         # Ended runs released since the last trigger was recorded (the
         # window before the next triggering run).
         self._window: List[int] = []
-        self.triggers = 0
         # Attachments (partition graphs) of evicted runs: later runs refer
         # to them by hash (each graph is given once per writer), so they go
         # with the next run that is written.
@@ -89,28 +89,27 @@ class FlightRecorder:
                 self._held[run_id] = _HeldMeta(event)
 
     def end(self, run_id: int, run_name: str, event: Dict[str, Any], attachments: Sequence[bytes],
-            hashes: Sequence[bytes], error: Optional[str]) -> bool:
+            hashes: Sequence[bytes], error: Optional[str]) -> None:
         """Keep or write a held run's run_end (the engine ended it just
-        before). Returns whether the run was persisted."""
+        before)."""
         with self._lock:
             self._sync_locked()
             if run_id in self._released_ended:
                 self._released_ended.discard(run_id)
                 self._write_run_end(event, attachments, hashes)
                 self._note_released(run_id)
-                return True
+                return
             window = self._live.pop(run_id, None)
             if window is None:
                 meta = self._held.get(run_id)
                 if meta is not None:
                     meta.end, meta.attachments, meta.hashes = event, tuple(attachments), tuple(hashes)
-                return False
+                return
             self._write_run_end(event, attachments, hashes)
             self._note_released(run_id)
             for r in window:
                 self._names.pop(r, None)
             self._record_trigger(run_id, run_name, window, error)
-            return True
 
     def persist(self, reason: str) -> List[int]:
         """Release the ring now (``DumpWriter.persist``); returns the run ids written."""
@@ -119,7 +118,6 @@ class FlightRecorder:
             self._sync_locked()
             runs, self._window = self._window, []
             if runs:
-                self.triggers += 1
                 self._write_meta(self._trigger_event("manual", runs[-1], self._names.get(runs[-1]), runs,
                                                  message=reason))
             return runs
@@ -128,11 +126,6 @@ class FlightRecorder:
         """Names of runs :meth:`persist` wrote (forgotten once asked for)."""
         with self._lock:
             return [self._names.pop(r, str(r)) for r in run_ids]
-
-    def sync(self) -> None:
-        """Write the events of runs the engine released since the last call."""
-        with self._lock:
-            self._sync_locked()
 
     def close(self) -> None:
         """The writer closes: the ring's runs are evicted (runs with
@@ -198,7 +191,6 @@ class FlightRecorder:
             reason = "error"
         else:
             reason = "unknown"
-        self.triggers += 1
         self._write_meta(self._trigger_event(reason, run_id, run_name, window + [run_id], hit=hit,
                                              error=error))
 

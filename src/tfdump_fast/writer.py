@@ -294,7 +294,7 @@ class DumpWriter:
         self._closing = False
         self._flight: Optional[flight.FlightRecorder] = None
         if keep_last is not None:
-            self._flight = flight.FlightRecorder(self._engine, int(keep_last), int(keep_bytes), persist_on,
+            self._flight = flight.FlightRecorder(self._engine, int(keep_last), persist_on,
                                                  self._write_meta, self._note_run_released,
                                                  self._note_run_ended)
         self._meta_compressor = zstandard.ZstdCompressor(level=_META_LEVEL)

@@ -253,8 +253,6 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
         # inside the debugged run (sampling.in_run_global_step_read); None
         # where it could not be added (graph finalized before begin()).
         self._in_run_step = None
-        # Per thread: whether the current debugged run fetches it.
-        self._fetching_step = threading.local()
 
     @property
     def session_root(self) -> str:
@@ -301,7 +299,6 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
         d = self._dumper
         # A run of this thread that raised never reached after_run: close it.
         d.end_dangling(threading.get_ident())
-        self._fetching_step.value = False
         call = d.count_run_call()
         if not d.thread_enabled():
             return None
@@ -341,7 +338,6 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
             return None
         pending, debug_options = started
         self._signatures.value = signature
-        self._fetching_step.value = in_run
         options = tf.compat.v1.RunOptions()
         if debug_options is not None:
             options.debug_options.CopyFrom(debug_options)
@@ -365,8 +361,9 @@ class DumpingDebugHook(tf.compat.v1.train.SessionRunHook):
             if actual is not None:
                 full = d.names.names(pending.graph, actual[0], actual[1])
         end_metadata = None
-        if getattr(self._fetching_step, "value", False):
-            self._fetching_step.value = False
+        # This hook's results are the in-run read when before_run fetched it
+        # (its only fetch), else None.
+        if run_values.results is not None:
             try:
                 value = int(run_values.results)
             except (TypeError, ValueError):

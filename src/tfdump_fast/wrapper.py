@@ -172,6 +172,11 @@ class DumpingDebugWrapperSession(_tf_private.SessionInterface):
             return plain()
         callable_info = getattr(callable_runner, "_tfdump_callable", None)
         meta_fetches, meta_feeds = fetches, feed_dict
+        sampled_at = None
+        if d.sampler is not None:
+            sampled_at = self._current_step(call)
+            if not d.sampler.should_sample(sampled_at[0]):
+                return plain()   # a run sampled out costs the step read and nothing else
         metadata: Dict[str, Any] = {
             # tfdbg stores what run() was given: None for callables.
             "fetches": repr(meta_fetches), "feed_keys": feed_keys_repr(meta_feeds),
@@ -181,11 +186,6 @@ class DumpingDebugWrapperSession(_tf_private.SessionInterface):
             # Before the signature: callables with different fetches must not
             # share one TFDBG_DISK_BYTES_LIMIT signature.
             metadata["callable_fetches"] = repr(callable_info[0])
-        sampled_at = None
-        if d.sampler is not None:
-            sampled_at = self._current_step(call)
-            if not d.sampler.should_sample(sampled_at[0]):
-                return plain()
         signature = (metadata["fetches"], metadata["feed_keys"], metadata.get("callable_fetches"),
                      id(callable_options) if callable_options else None)
         if not self._dumper.byte_limit.allows(signature):

@@ -130,6 +130,7 @@ class Unit:
             unfinalize(wl.graph)
             self.session = tf.compat.v1.train.MonitoredSession(hooks=hooks)
         self.count = 0
+        self.steps_since_trigger = 0   # flight-trigger: steps of this measurement since its last persist()
 
     def _watch_fn(self):
         ops = SUMMARY_DEBUG_OPS.get(self.name)
@@ -168,12 +169,13 @@ class Unit:
         root = os.path.join(self.workdir, f"{self.name}-{self.count}")
         self.inner = self._new_inner(root)
         self.swap.swap(self.inner)
+        self.steps_since_trigger = 0
         return root
 
     def run_step(self) -> None:
         self.session.run(self.wl.train_op)
         if self.name == "flight-trigger" and self.inner is not None:
-            self.steps_since_trigger = getattr(self, "steps_since_trigger", 0) + 1
+            self.steps_since_trigger += 1
             if self.steps_since_trigger >= FLIGHT_TRIGGER_EVERY:
                 self.steps_since_trigger = 0
                 self.inner.persist("benchmark")

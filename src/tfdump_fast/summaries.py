@@ -37,6 +37,8 @@ from typing import Optional
 
 import numpy as np
 
+from tfdump_fast.tf2_reader import mode_of_debug_op
+
 __all__ = ["HEALTH_MODES", "NATIVE_DEBUG_OPS", "SUMMARY_DEBUG_OPS", "native_debug_op", "summary_has_inf_or_nan",
            "summary_mode_of", "is_summary_debug_op"]
 
@@ -57,9 +59,6 @@ NATIVE_DEBUG_OPS = {
 SUMMARY_DEBUG_OPS = frozenset(NATIVE_DEBUG_OPS)
 
 
-_TF2_PREFIX = "TfdumpCaptureV2."
-
-
 def summary_mode_of(debug_op) -> Optional[str]:
     """The summary a record's debug op names: a TF1 summary op's name as is
     (``"CURT_HEALTH"``, ``"DebugNumericSummary"``, ...), the mode of a TF2
@@ -67,11 +66,8 @@ def summary_mode_of(debug_op) -> Optional[str]:
     :mod:`tfdump_fast.tf2`), else None (a full tensor)."""
     if debug_op in SUMMARY_DEBUG_OPS:
         return debug_op
-    if isinstance(debug_op, str) and debug_op.startswith(_TF2_PREFIX):
-        mode = debug_op.rpartition(".")[2]
-        if mode in HEALTH_MODES and debug_op.count(".") == 2:
-            return mode
-    return None
+    mode = mode_of_debug_op(debug_op) if isinstance(debug_op, str) else None
+    return mode if mode in HEALTH_MODES else None
 
 
 def is_summary_debug_op(debug_op) -> bool:

@@ -25,12 +25,12 @@ from typing import Dict, List, Optional
 
 from tfdump_fast.creation_sites import user_frame
 from tfdump_fast.errors import TfdumpFormatError, TfdumpIOError, TfdumpUsageError
+from tfdump_fast.tf2_reader import DEBUG_OP_PREFIX
 
 __all__ = ["import_tfdbg2", "is_tfdbg2_dump"]
 
 _FULL_TENSOR = 7
 _NO_TENSOR = 1
-_PREFIX = "TfdumpCaptureV2."
 
 
 def is_tfdbg2_dump(path) -> bool:
@@ -113,7 +113,7 @@ def import_tfdbg2(src, dest, *, allow_existing: bool = False, **writer_options) 
         modes = {e.tensor_debug_mode for e in executions} | {t.tensor_debug_mode for t in traces}
         if modes - {_FULL_TENSOR, _NO_TENSOR}:
             raise TfdumpFormatError(
-                f"{src} was written with tensor_debug_mode {sorted(modes - {_FULL_TENSOR})} (summaries, not "
+                f"{src} was written with tensor_debug_mode {sorted(modes - {_FULL_TENSOR, _NO_TENSOR})} (summaries, not "
                 "tensors): only FULL_TENSOR dumps can be imported")
         writer = DumpWriter(dest, **writer_options)
         try:
@@ -184,7 +184,7 @@ def _import(reader, executions, traces, writer) -> List[str]:
     def eager_debug_op(execution) -> str:
         key = tuple(execution.stack_frame_ids)
         if not key:
-            return _PREFIX + "eager"
+            return DEBUG_OP_PREFIX + "eager"
         sid = stack_ids.get(key)
         if sid is None:
             sid = stack_ids[key] = len(stack_ids)
@@ -194,7 +194,7 @@ def _import(reader, executions, traces, writer) -> List[str]:
             writer.record_event("tf2_eager_stack", stack_id=sid, files=frames.files,
                                 frames=[frames.frames[i] for i in idx])
             record_sources((host, p) for p in frames.files)
-        return f"{_PREFIX}eager@{sid}"
+        return f"{DEBUG_OP_PREFIX}eager@{sid}"
 
     # runs: eager executions up to and including a top-level function execution
     trace_pos = 0
@@ -251,5 +251,5 @@ def _write_trace(reader, writer, run, trace) -> Optional[bool]:
         return None
     value = reader.graph_execution_trace_to_tensor_value(trace)
     kw = {"device": trace.device_name} if trace.device_name else {}
-    return writer.write(value, trace.op_name, trace.output_slot, debug_op=_PREFIX + trace.graph_id, run=run,
+    return writer.write(value, trace.op_name, trace.output_slot, debug_op=DEBUG_OP_PREFIX + trace.graph_id, run=run,
                         wall_us=int(trace.wall_time * 1e6), **kw)

@@ -26,7 +26,8 @@ __all__ = ["Tf2Dump", "Tf2Graph", "Tf2Op", "EAGER_CONTEXT", "context_of_debug_op
 
 #: the context id of eager ops' records
 EAGER_CONTEXT = "eager"
-_DEBUG_OP_PREFIX = "TfdumpCaptureV2."
+#: the debug op of every TF2 capture record starts with this (tfdump_fast.tf2)
+DEBUG_OP_PREFIX = "TfdumpCaptureV2."
 
 Frame = Tuple[str, int, str]
 
@@ -35,16 +36,16 @@ def context_of_debug_op(debug_op: str) -> Optional[str]:
     """The graph context id in a TF2 record's debug op (``TfdumpCaptureV2.<id>``, or
     ``TfdumpCaptureV2.<id>.<MODE>`` for other modes than FULL_TENSOR; ``eager`` for
     eager ops, whatever their stack), else None."""
-    if debug_op.startswith(_DEBUG_OP_PREFIX):
-        return debug_op[len(_DEBUG_OP_PREFIX):].partition(".")[0].split("@", 1)[0]
+    if debug_op.startswith(DEBUG_OP_PREFIX):
+        return debug_op[len(DEBUG_OP_PREFIX):].partition(".")[0].split("@", 1)[0]
     return None
 
 
 def eager_stack_of_debug_op(debug_op: str) -> Optional[int]:
     """The stack id in an eager record's debug op (``TfdumpCaptureV2.eager@<id>``,
     ``TfdumpCaptureV2.eager@<id>.<MODE>``), else None."""
-    if debug_op.startswith(_DEBUG_OP_PREFIX + EAGER_CONTEXT + "@"):
-        tail = debug_op[len(_DEBUG_OP_PREFIX) + len(EAGER_CONTEXT) + 1:].partition(".")[0]
+    if debug_op.startswith(DEBUG_OP_PREFIX + EAGER_CONTEXT + "@"):
+        tail = debug_op[len(DEBUG_OP_PREFIX) + len(EAGER_CONTEXT) + 1:].partition(".")[0]
         return int(tail) if tail.isdigit() else None
     return None
 
@@ -52,9 +53,9 @@ def eager_stack_of_debug_op(debug_op: str) -> Optional[int]:
 def mode_of_debug_op(debug_op: str) -> Optional[str]:
     """The tensor_debug_mode of a TF2 record (``"FULL_TENSOR"``, ``"CURT_HEALTH"``,
     ..., ``"NO_TENSOR"``), else None."""
-    if not debug_op.startswith(_DEBUG_OP_PREFIX):
+    if not debug_op.startswith(DEBUG_OP_PREFIX):
         return None
-    return debug_op[len(_DEBUG_OP_PREFIX):].partition(".")[2] or "FULL_TENSOR"
+    return debug_op[len(DEBUG_OP_PREFIX):].partition(".")[2] or "FULL_TENSOR"
 
 
 @dataclass
